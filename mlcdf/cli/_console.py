@@ -1,0 +1,67 @@
+"""Consoles and progress bars shared by the commands.
+
+Results go to stdout (``out``); messages, warnings and progress bars go to stderr (``err``), so that
+``mlcdf ... --json > file`` stays clean.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from mlcdf.progress import ProgressFn
+
+T = TypeVar("T")
+
+out = Console()
+err = Console(stderr=True)
+
+
+def progress_columns() -> tuple:
+    return (
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+
+
+def rich_progress(*, quiet: bool = False) -> ProgressFn:
+    """A :class:`~mlcdf.progress.ProgressFn` drawing a transient rich bar on stderr.
+
+    The bar is off with ``quiet`` and when stderr is not a terminal (logs stay readable).
+    """
+    disable = quiet or not sys.stderr.isatty()
+
+    def progress(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
+        if total is None and hasattr(items, "__len__"):
+            total = len(items)  # type: ignore[arg-type]
+        with Progress(*progress_columns(), console=err, transient=True, disable=disable) as bar:
+            task = bar.add_task(description, total=total)
+            for item in items:
+                yield item
+                bar.advance(task)
+
+    return progress
+
+
+def warn(message: str) -> None:
+    err.print(f"[yellow]warning:[/yellow] {message}", highlight=False)
+
+
+def note(message: str) -> None:
+    err.print(message, highlight=False)

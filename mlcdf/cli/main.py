@@ -1,0 +1,74 @@
+"""The ``mlcdf`` application: wires one sub-module per stage and maps user errors to exit code 2."""
+
+from __future__ import annotations
+
+import os
+
+import click
+import typer
+from typer.core import TyperGroup
+
+from mlcdf import __version__
+from mlcdf.cli import prepare
+from mlcdf.cli._console import err
+from mlcdf.errors import MlcdfError
+
+DEBUG_ENV = "MLCDF_DEBUG"
+
+
+class _MlcdfGroup(TyperGroup):
+    """Turns :class:`~mlcdf.errors.MlcdfError` into one line on stderr and exit code 2.
+
+    Done at the group, not in ``main()``, so that ``typer.testing.CliRunner`` sees the same exit codes
+    as a user. ``MLCDF_DEBUG=1`` re-raises with the full traceback.
+    """
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except MlcdfError as error:
+            if os.environ.get(DEBUG_ENV):
+                raise
+            err.print(f"[bold red]error:[/bold red] {error}", highlight=False, soft_wrap=True)
+            raise typer.Exit(code=2) from None
+
+
+app = typer.Typer(
+    name="mlcdf",
+    cls=_MlcdfGroup,
+    help="Multi-label deepfake classification: which manipulations were applied to a face image.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    add_completion=False,
+    rich_markup_mode="markdown",
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"mlcdf {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """Multi-label deepfake classification: which manipulations were applied to a face image.
+
+    Pipeline: synth | prepare -> build-graph -> train -> evaluate -> report. Set MLCDF_DEBUG=1 for
+    tracebacks.
+    """
+
+
+for _module in (prepare,):
+    _module.register(app)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Readers and writers of the dataset files (the release, the prepared contract, the synthetic stand-in)."""

@@ -1,0 +1,35 @@
+"""User-facing errors.
+
+Library code raises these; the CLI turns them into a one-line message on stderr and exit code 2
+(a user error, like Click's usage errors). Anything else that escapes is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class MlcdfError(Exception):
+    """A problem with the user's input or environment, explained in one line."""
+
+
+class SchemaError(MlcdfError):
+    """A file does not follow its documented format; names the file and, where known, the line."""
+
+    def __init__(self, path: str | Path, message: str, *, line: int | None = None) -> None:
+        self.path = Path(path)
+        self.line = line
+        self.detail = message
+        where = f"{path}:{line}" if line is not None else f"{path}"
+        super().__init__(f"{where}: {message}")
+
+
+class MissingArtifactError(MlcdfError):
+    """A file or folder an earlier stage should have written is not there."""
+
+    def __init__(self, path: str | Path, hint: str = "") -> None:
+        self.path = Path(path)
+        message = f"{path}: not found"
+        if hint:
+            message += f" ({hint})"
+        super().__init__(message)

@@ -1,0 +1,105 @@
+"""Label vocabularies of Seq-DeepFake and conversions between id lists, sequences and multi-hot vectors.
+
+The release annotates each image with a list of 5 manipulation ids in the order applied, zero-padded on
+the right (``"[1, 2, 4, 0, 0]"``); id 0 means "no manipulation". Ids 1..5 index the subset's vocabulary.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import numpy as np
+
+#: Vocabularies in id order (id 1 is the first name).
+SUBSETS: dict[str, tuple[str, ...]] = {
+    "facial_components": ("nose", "eye", "eyebrow", "lip", "hair"),
+    "facial_attributes": ("Bangs", "Eyeglasses", "Beard", "Smiling", "Young"),
+}
+
+#: Length of every label list in the release.
+MAX_STEPS = 5
+
+#: Folder name of unmanipulated images in the release.
+REAL_FOLDER = "original"
+
+SEQUENCE_SEPARATOR = "-"
+
+_LABEL_RE = re.compile(r"^\s*\[([^\[\]]*)\]\s*$")
+
+
+def vocabulary(subset: str) -> tuple[str, ...]:
+    """Label names of ``subset`` in id order."""
+    try:
+        return SUBSETS[subset]
+    except KeyError:
+        raise ValueError(f"unknown subset {subset!r}; expected one of {', '.join(SUBSETS)}") from None
+
+
+def parse_label_ids(text: str, num_labels: int = MAX_STEPS) -> tuple[int, ...]:
+    """Parse and validate a release label cell such as ``"[1, 2, 4, 0, 0]"``.
+
+    Raises:
+        ValueError: the text is not a list of ``MAX_STEPS`` integers, an id is outside
+            ``0..num_labels``, an id repeats, or a non-zero id follows a zero.
+    """
+    match = _LABEL_RE.match(text)
+    if match is None:
+        raise ValueError(f"label {text!r} is not a list like \"[1, 2, 0, 0, 0]\"")
+    items = [item.strip() for item in match.group(1).split(",")] if match.group(1).strip() else []
+    if len(items) != MAX_STEPS:
+        raise ValueError(f"label {text!r} has {len(items)} entries, expected {MAX_STEPS}")
+    ids = []
+    for item in items:
+        if not re.fullmatch(r"[+-]?\d+", item):
+            raise ValueError(f"label {text!r} has a non-integer entry {item!r}")
+        ids.append(int(item))
+    for value in ids:
+        if not 0 <= value <= num_labels:
+            raise ValueError(f"label {text!r} has id {value} outside 0..{num_labels}")
+    steps = [value for value in ids if value != 0]
+    if len(set(steps)) != len(steps):
+        raise ValueError(f"label {text!r} repeats a manipulation id")
+    first_zero = ids.index(0) if 0 in ids else len(ids)
+    if any(value != 0 for value in ids[first_zero:]):
+        raise ValueError(f"label {text!r} has a non-zero id after a zero")
+    return tuple(ids)
+
+
+def format_label_ids(ids: Sequence[int]) -> str:
+    """Write ids the way the release does: ``"[1, 2, 4, 0, 0]"`` (padded to ``MAX_STEPS``)."""
+    padded = list(ids) + [0] * (MAX_STEPS - len(ids))
+    return "[" + ", ".join(str(int(value)) for value in padded) + "]"
+
+
+def steps_of(ids: Sequence[int]) -> tuple[int, ...]:
+    """The non-zero ids, in the order applied."""
+    return tuple(int(value) for value in ids if value != 0)
+
+
+def ids_to_sequence(ids: Sequence[int], vocab: Sequence[str]) -> str:
+    """``[1, 3, 0, 0, 0]`` -> ``"nose-eyebrow"``; real images give ``""``."""
+    return SEQUENCE_SEPARATOR.join(vocab[value - 1] for value in steps_of(ids))
+
+
+def sequence_to_ids(sequence: str, vocab: Sequence[str]) -> tuple[int, ...]:
+    """``"nose-eyebrow"`` -> ``(1, 3, 0, 0, 0)`` (case-insensitive); ``""`` gives all zeros.
+
+    Raises:
+        ValueError: a step name is not in ``vocab``.
+    """
+    lookup = {name.lower(): index + 1 for index, name in enumerate(vocab)}
+    ids = []
+    for name in filter(None, sequence.split(SEQUENCE_SEPARATOR)):
+        if name.lower() not in lookup:
+            raise ValueError(f"{name!r} is not one of {', '.join(vocab)}")
+        ids.append(lookup[name.lower()])
+    return tuple(ids + [0] * (MAX_STEPS - len(ids)))
+
+
+def ids_to_multihot(ids: Sequence[int], num_labels: int) -> np.ndarray:
+    """Multi-hot vector: ``y[id - 1] = 1`` for every non-zero id; real images are all zeros."""
+    target = np.zeros(num_labels, dtype=np.uint8)
+    for value in steps_of(ids):
+        target[value - 1] = 1
+    return target
