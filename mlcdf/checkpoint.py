@@ -1,0 +1,39 @@
+"""Checkpoint files: written atomically, read with ``torch.load(weights_only=True)`` only.
+
+A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so the safe loader reads
+it and nothing in the project unpickles arbitrary objects.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mlcdf.errors import MissingArtifactError, SchemaError
+from mlcdf.io import atomic_path
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint on the CPU.
+
+    Raises:
+        MissingArtifactError: no file at ``path``.
+        SchemaError: the file is not a checkpoint the safe loader can read.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MissingArtifactError(path, "train a model with 'mlcdf train' first")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types for corrupt or unsafe files
+        raise SchemaError(path, f"not a readable mlcdf checkpoint ({type(error).__name__}: {str(error).splitlines()[0]})") from None
+    if not isinstance(state, dict) or "model" not in state:
+        raise SchemaError(path, "not an mlcdf checkpoint (no 'model' entry)")
+    return state

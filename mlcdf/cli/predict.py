@@ -1,0 +1,149 @@
+"""``mlcdf predict``, ``mlcdf explain`` and ``mlcdf export``: use a trained run on new images."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from mlcdf.cli._console import err, out, rich_progress, warn
+from mlcdf.cli._options import Device, DeviceOpt, QuietOpt, RunArg
+from mlcdf.errors import MlcdfError
+from mlcdf.explain import explain_image
+from mlcdf.export import export_onnx
+from mlcdf.inference import CHECKPOINT_CHOICES, ImagePredictions, predict_images
+from mlcdf.io import atomic_open
+
+CheckpointOpt = Annotated[
+    str, typer.Option("--checkpoint", help=f"Weights to use: {', '.join(CHECKPOINT_CHOICES)} (best = chosen on validation).")
+]
+
+#: Rows shown on screen; the output file always has every image.
+SHOWN_ROWS = 30
+
+
+def predict_command(
+    run: RunArg,
+    inputs: Annotated[list[Path], typer.Argument(help="Image files and/or folders (searched recursively).")],
+    out_file: Annotated[Optional[Path], typer.Option("--out", help="Write every prediction to FILE.csv or FILE.json.", dir_okay=False)] = None,
+    threshold: Annotated[float, typer.Option("--threshold", min=0.0, max=1.0, help="A manipulation is predicted when its probability is at least this.")] = 0.5,
+    checkpoint: CheckpointOpt = "best",
+    device: DeviceOpt = Device.auto,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 64,
+    workers: Annotated[int, typer.Option("--workers", min=0, help="Decoding processes.")] = 2,
+    quiet: QuietOpt = False,
+) -> None:
+    """Say which manipulations each image carries: per-label probabilities, the predicted set and a fake score.
+
+    Unreadable files are reported and skipped. The fake score is the largest label probability.
+
+    Example:
+
+        mlcdf predict runs/r101-asl suspicious/ --out predictions.csv
+    """
+    if out_file is not None and out_file.suffix.lower() not in (".csv", ".json"):
+        raise MlcdfError(f"--out {out_file}: use a .csv or .json file name")
+    result = predict_images(
+        run, inputs, checkpoint=checkpoint, device=device.value, batch_size=batch_size,
+        threshold=threshold, workers=workers, progress=rich_progress(quiet=quiet),
+    )
+    for path, reason in result.unreadable:
+        warn(f"{path}: skipped, cannot read the image ({reason})")
+    if not result.paths:
+        raise MlcdfError("no readable image among the inputs")
+    _print_predictions(result)
+    if out_file is not None:
+        _write_predictions(result, out_file)
+        err.print(f"wrote {len(result.paths)} prediction(s) to {out_file}")
+
+
+def _print_predictions(result: ImagePredictions) -> None:
+    table = Table(title=f"{len(result.paths)} image(s), threshold {result.threshold}", title_justify="left")
+    table.add_column("image", overflow="fold")
+    for label in result.labels:
+        table.add_column(label, justify="right")
+    table.add_column("fake", justify="right")
+    table.add_column("predicted")
+    for path, row, fake, chosen in list(zip(result.paths, result.scores, result.fake_scores, result.predicted_sets()))[:SHOWN_ROWS]:
+        cells = [f"[bold]{p:.2f}[/bold]" if p >= result.threshold else f"{p:.2f}" for p in row]
+        table.add_row(str(path), *cells, f"{fake:.2f}", ", ".join(chosen) or "real")
+    out.print(table)
+    if len(result.paths) > SHOWN_ROWS:
+        err.print(f"... {len(result.paths) - SHOWN_ROWS} more (use --out to write them all)")
+
+
+def _write_predictions(result: ImagePredictions, path: Path) -> None:
+    rows = [
+        {
+            "file_path": str(file_path),
+            **{f"score_{label}": float(score) for label, score in zip(result.labels, scores)},
+            "fake_score": float(fake),
+            "predicted": "+".join(chosen),
+        }
+        for file_path, scores, fake, chosen in zip(result.paths, result.scores, result.fake_scores, result.predicted_sets())
+    ]
+    with atomic_open(path) as handle:
+        if path.suffix.lower() == ".json":
+            json.dump({"labels": list(result.labels), "threshold": result.threshold, "predictions": rows}, handle, indent=2)
+        else:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]), lineterminator="\n")
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({k: repr(v) if isinstance(v, float) else v for k, v in row.items()})
+
+
+def explain_command(
+    run: RunArg,
+    image: Annotated[Path, typer.Argument(help="The image to explain.", exists=True, dir_okay=False)],
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for the PNG overlays.", file_okay=False)],
+    label: Annotated[str, typer.Option("--label", help="A label name, or 'all'.")] = "all",
+    checkpoint: CheckpointOpt = "best",
+    device: DeviceOpt = Device.auto,
+) -> None:
+    """Grad-CAM heat maps: where the model sees each manipulation, one PNG per label (plus IMAGE_all.png).
+
+    Example:
+
+        mlcdf explain runs/r101-asl face.jpg --out explain/
+    """
+    labels = None if label == "all" else [label]
+    results = explain_image(run, image, out_dir, labels=labels, checkpoint=checkpoint, device=device.value)
+    table = Table(title=str(image), title_justify="left")
+    table.add_column("label")
+    table.add_column("probability", justify="right")
+    table.add_column("heat map", overflow="fold")
+    for item in results:
+        table.add_row(item.label, f"{item.probability:.3f}", str(item.path))
+    out.print(table)
+
+
+def export_command(
+    run: RunArg,
+    onnx: Annotated[Path, typer.Option("--onnx", help="The .onnx file to write.", dir_okay=False)],
+    checkpoint: CheckpointOpt = "best",
+    opset: Annotated[int, typer.Option("--opset", help="ONNX opset version.")] = 18,
+) -> None:
+    """Export the classifier to ONNX (normalisation and sigmoid inside; dynamic batch), checked against PyTorch.
+
+    Input: float32 RGB in [0, 1], shape (batch, 3, S, S); output: per-label probabilities. A JSON file
+    beside it records labels and S.
+
+    Example:
+
+        mlcdf export runs/r101-asl --onnx r101-asl.onnx
+    """
+    report = export_onnx(run, onnx, checkpoint=checkpoint, opset=opset)
+    out.print(
+        f"{report.path}: {len(report.labels)} labels, input {report.image_size}x{report.image_size}, "
+        f"max |onnxruntime - PyTorch| = {report.max_abs_diff:.2e}"
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.command("predict")(predict_command)
+    app.command("explain")(explain_command)
+    app.command("export")(export_command)

@@ -1,0 +1,62 @@
+"""``mlcdf report``: one table over many runs, in the layout of the paper's Tables I and II."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from mlcdf.cli._console import note
+from mlcdf.cli.evaluate import Split
+from mlcdf.io import atomic_open
+
+
+class Format(str, Enum):
+    md = "md"
+    latex = "latex"
+    csv = "csv"
+
+
+def report_command(
+    paths: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Run folders (RUN, read RUN/config.json and RUN/eval/SPLIT/metrics.json) or evaluation folders (with metrics.json).",
+            exists=True,
+            file_okay=False,
+        ),
+    ],
+    split: Annotated[Split, typer.Option("--split", help="Which evaluation of each run folder to report.")] = Split.test,
+    fmt: Annotated[Format, typer.Option("--format", help="Markdown or a LaTeX tabular per subset (one decimal, as the paper), or CSV (6 decimals).")] = Format.md,
+    out_file: Annotated[Path | None, typer.Option("--out", help="Write the table to this file instead of stdout.", dir_okay=False)] = None,
+    paper: Annotated[
+        bool, typer.Option("--paper", help="Add the paper's published rows for each subset, and our difference from them.")
+    ] = False,
+) -> None:
+    """Tabulate runs as the paper does: category, method, #Params, mAP, CP, CR, CF1, OP, OR, OF1.
+
+    One table per subset; the best value of each metric is in bold. Method, loss and subset come from
+    each run's config.json. An evaluation folder outside a run is labelled by its folder name.
+
+    Examples:
+
+        mlcdf report runs/* --paper
+
+        mlcdf report runs/r50 runs/r101 --format latex --out table.tex
+    """
+    # Imported here: the evaluate stage pulls in scikit-learn, which every other command would pay for.
+    from mlcdf.report import load_result, results_table
+
+    text = results_table([load_result(path, split=split.value) for path in paths], fmt=fmt.value, paper=paper)
+    if out_file is None:
+        typer.echo(text, nl=False)
+        return
+    with atomic_open(out_file) as handle:
+        handle.write(text)
+    note(f"wrote {out_file}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("report")(report_command)

@@ -1,0 +1,168 @@
+"""``mlcdf train``: train one model on one prepared subset (single process, or torchrun for DDP)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.progress import Progress, TextColumn
+
+from mlcdf.cli._console import err, out, progress_columns, rich_progress
+from mlcdf.cli._options import Device, QuietOpt
+from mlcdf.distributed import launched_by_torchrun
+from mlcdf.engine import StepInfo
+from mlcdf.errors import MlcdfError
+from mlcdf.training import RECIPES, TrainConfig, saved_run_options, train
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+
+class RichTrainCallbacks:
+    """A transient bar per epoch (loss, lr, images/s) and one summary line per epoch on stderr."""
+
+    def __init__(self, quiet: bool, show: bool) -> None:
+        self.show = show
+        self.progress = Progress(
+            *progress_columns(),
+            TextColumn("loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.2e}  {task.fields[ips]:.0f} img/s"),
+            console=err,
+            transient=True,
+            disable=quiet or not show or not err.is_terminal,
+        )
+        self.task = None
+        self.epochs = 0
+
+    def __enter__(self) -> "RichTrainCallbacks":
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.__exit__(*exc)
+
+    def epoch_start(self, epoch: int, epochs: int, steps: int) -> None:
+        self.epochs = epochs
+        if self.task is not None:
+            self.progress.remove_task(self.task)
+        self.task = self.progress.add_task(f"epoch {epoch + 1}/{epochs}", total=steps, loss=0.0, lr=0.0, ips=0.0)
+
+    def step(self, info: StepInfo) -> None:
+        self.progress.update(self.task, completed=info.step, loss=info.loss, lr=info.lr, ips=info.images_per_s)
+
+    def epoch_end(self, record: dict) -> None:
+        if not self.show:
+            return
+        ema = f" (EMA {100 * record['val_mAP_ema']:.2f})" if record.get("val_mAP_ema") is not None else ""
+        star = "  [green]best[/green]" if record["best"] else ""
+        self.progress.console.print(
+            f"epoch {record['epoch'] + 1}/{self.epochs}  loss {record['train_loss']:.4f}  "
+            f"val mAP {100 * record['val_mAP']:.2f}{ema}  {record['images_per_s']:.0f} img/s  "
+            f"{record['epoch_seconds']:.0f}s{star}",
+            highlight=False,
+        )
+
+    def message(self, text: str) -> None:
+        if self.show:
+            self.progress.console.print(text, highlight=False)
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+        values = tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as error:
+        raise MlcdfError(f"{path}: not valid {'TOML' if path.suffix.lower() == '.toml' else 'JSON'} ({error})") from None
+    # A run's config.json nests the options under "train"; accept it as a template.
+    values = values.get("train", values)
+    return {key.replace("-", "_"): value for key, value in values.items()}
+
+
+#: CLI parameters whose name differs from the TrainConfig field they set.
+_CLI_TO_FIELD = {"asl": "loss"}
+
+
+def train_command(
+    ctx: typer.Context,
+    prepared: Annotated[Optional[Path], typer.Option("--prepared", help="Prepared subset folder (PREPARED/SUBSET).", file_okay=False)] = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="Model name (see 'mlcdf models'), e.g. resnet101, tresnet_m, ml_gcn, timm:convnext_tiny.")] = None,
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Run folder to write.", file_okay=False)] = None,
+    asl: Annotated[bool, typer.Option("--asl", help="Train with the Asymmetric Loss instead of binary cross-entropy.")] = False,
+    backbone: Annotated[Optional[str], typer.Option("--backbone", help="Graph models: the timm backbone under the GCN head (default: the paper's).")] = None,
+    graph: Annotated[Optional[Path], typer.Option("--graph", help="Label graph (.npz from 'mlcdf build-graph'); needed by graph models.", dir_okay=False)] = None,
+    recipe: Annotated[str, typer.Option("--recipe", help=f"Optimisation recipe: {', '.join(RECIPES)}. 'asl': AdamW + OneCycle, lr 1e-4. 'mlgcn': SGD 0.9, lr 0.1 (backbone 0.01), step decay, clip 10.")] = "asl",
+    epochs: Annotated[int, typer.Option("--epochs", min=1, help="Maximum epochs.")] = 40,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Global batch size (split over torchrun processes).")] = 128,
+    image_size: Annotated[int, typer.Option("--image-size", min=8, help="Square input size in pixels.")] = 224,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate (default: the recipe's).")] = None,
+    weight_decay: Annotated[float, typer.Option("--weight-decay", help="Decoupled weight decay on weights (not biases or norms).")] = 1e-4,
+    patience: Annotated[int, typer.Option("--patience", min=0, help="Stop after this many epochs without a better validation mAP (0: never).")] = 10,
+    ema_decay: Annotated[float, typer.Option("--ema-decay", min=0.0, max=1.0, help="Weight EMA decay (0 disables); plain and EMA weights are both validated.")] = 0.9997,
+    device: Annotated[Device, typer.Option("--device", help="'auto' takes CUDA when present.")] = Device.auto,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed (initialisation, shuffling, augmentation).")] = 0,
+    pretrained: Annotated[bool, typer.Option("--pretrained", help="Start from timm's ImageNet weights (needs internet or a warm cache).")] = False,
+    weights: Annotated[Optional[Path], typer.Option("--weights", help="Start the backbone from a local .pth/.safetensors file.", dir_okay=False, exists=True)] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", min=0, help="DataLoader worker processes (default: min(4, CPUs)).")] = None,
+    amp: Annotated[Optional[bool], typer.Option("--amp/--no-amp", help="Mixed precision (default: on for CUDA; bf16, or fp16 with a grad scaler).", show_default=False)] = None,
+    channels_last: Annotated[Optional[bool], typer.Option("--channels-last/--no-channels-last", help="channels_last memory format (default: on for CUDA).", show_default=False)] = None,
+    compile_model: Annotated[bool, typer.Option("--compile", help="torch.compile the model.")] = False,
+    sync_bn: Annotated[bool, typer.Option("--sync-bn", help="SyncBatchNorm across torchrun processes (CUDA only).")] = False,
+    cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Decode and resize each image once into PREPARED/SUBSET/cache (default) instead of every epoch.")] = True,
+    val_fraction: Annotated[float, typer.Option("--val-fraction", help="Share of train held out for validation when there is no val split.")] = 0.1,
+    flip: Annotated[bool, typer.Option("--flip/--no-flip", help="Random horizontal flips.")] = True,
+    jitter: Annotated[float, typer.Option("--jitter", min=0.0, max=0.5, help="Brightness/contrast/saturation jitter strength (0 disables).")] = 0.1,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from checkpoints/last.pt, with its saved options.")] = False,
+    config: Annotated[Optional[Path], typer.Option("--config", help="TOML or JSON file of these options (snake_case keys); flags override it.", dir_okay=False, exists=True)] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Train a multi-label classifier and write RUN/{config.json, log.jsonl, checkpoints/{last,best}.pt}.
+
+    The best checkpoint is chosen on the validation split (plain and EMA weights both compete). On
+    several GPUs, launch with torchrun: each process takes batch-size / N images per step.
+
+    Examples:
+
+        mlcdf train --prepared prepared/facial_components --model resnet101 --asl --pretrained --out runs/r101-asl
+
+        torchrun --nproc_per_node=4 -m mlcdf train --prepared prepared/facial_attributes --model tresnet_m --out runs/tm
+    """
+    values: dict[str, Any] = _read_config_file(config) if config else {}
+    for name, value in ctx.params.items():
+        if name in ("config", "quiet", "resume") or getattr(ctx.get_parameter_source(name), 'name', None) != 'COMMANDLINE':
+            continue
+        field = _CLI_TO_FIELD.get(name, {"out_dir": "out", "compile_model": "compile"}.get(name, name))
+        if field == "loss":
+            value = "asl" if value else "bce"
+        values[field] = value.value if isinstance(value, Device) else str(value) if isinstance(value, Path) else value
+    saved = saved_run_options(out_dir) if resume and out_dir is not None else None
+    if saved is not None:
+        # Resuming continues the saved run; only where and how fast it runs may change.
+        values = {**saved, **{k: v for k, v in values.items() if k in ("device", "workers")}}
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
+    merged = {**defaults, **values}
+    unknown = sorted(set(merged) - set(defaults) - {"prepared", "model", "out"})
+    if unknown:
+        raise MlcdfError(f"{config or 'options'}: unknown option(s) {unknown}")
+    missing = [f"--{name}" for name in ("prepared", "model", "out") if not merged.get(name)]
+    if missing:
+        raise MlcdfError(f"missing option(s) {', '.join(missing)} (give them as flags or in --config)")
+    train_config = TrainConfig.from_dict(merged, source=str(config) if config else "options")
+    show = not launched_by_torchrun() or os.environ.get("RANK") == "0"
+    with RichTrainCallbacks(quiet, show) as callbacks:
+        result = train(train_config, resume=resume, callbacks=callbacks, progress=rich_progress(quiet=quiet or not show))
+    if show:
+        verdict = "stopped early (patience)" if result.stopped_early else "done"
+        out.print(
+            f"{result.run_dir}: {verdict} after {result.epochs_run} epoch(s); best val mAP "
+            f"{100 * result.best_map:.2f} at epoch {result.best_epoch + 1} ({result.best_source} weights)"
+        )
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train_command)

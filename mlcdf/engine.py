@@ -1,0 +1,162 @@
+"""The training loop: one epoch of training, and batched inference.
+
+Each optional feature is one visible branch, as in torchvision's classification reference: AMP
+(``autocast_dtype`` and a ``None``-able ``scaler``), EMA, gradient clipping, a per-step scheduler.
+The device is passed in; nothing here calls ``.cuda()``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from mlcdf.distributed import gather_rows
+from mlcdf.errors import MlcdfError
+
+#: Steps between loss reads: reading the loss synchronises the GPU, so it is not done every step.
+LOG_EVERY = 10
+
+
+class NonFiniteLossError(MlcdfError):
+    """The loss became NaN or infinite; training stops and the last good checkpoint stays."""
+
+
+@dataclass
+class StepInfo:
+    epoch: int
+    step: int
+    steps: int
+    loss: float
+    lr: float
+    images_per_s: float
+
+
+@dataclass
+class EpochStats:
+    loss: float
+    images: int
+    seconds: float
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else 0.0
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """``torch.autocast`` for ``dtype``, or a no-op when mixed precision is off."""
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+
+def train_one_epoch(
+    model: torch.nn.Module,
+    criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    loader,
+    device: torch.device,
+    epoch: int,
+    *,
+    prepare_input: Callable[[dict], torch.Tensor],
+    scheduler=None,
+    scaler: torch.amp.GradScaler | None = None,
+    autocast_dtype: torch.dtype | None = None,
+    ema=None,
+    clip_grad_norm: float | None = None,
+    loss_scale: float = 1.0,
+    on_step: Callable[[StepInfo], None] | None = None,
+) -> EpochStats:
+    """Train for one pass over ``loader`` and return the mean loss and throughput.
+
+    Args:
+        prepare_input: turns a loader batch into the model's input on ``device`` (augmentation and
+            normalisation happen there).
+        loss_scale: multiplies the loss before backward; a distributed run with a sum-reduced loss
+            passes its world size, because DDP averages gradients over ranks.
+
+    Raises:
+        NonFiniteLossError: the loss is NaN or infinite (checked every ``LOG_EVERY`` steps and at the end).
+    """
+    model.train()
+    steps = len(loader)
+    running = torch.zeros((), device=device)
+    images = 0
+    start = time.perf_counter()
+    for step, batch in enumerate(loader, start=1):
+        x = prepare_input(batch)
+        y = batch["targets"].to(device, non_blocking=device.type == "cuda")
+        with autocast(device, autocast_dtype):
+            logits = model(x)
+        loss = criterion(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss * loss_scale).backward()
+            if clip_grad_norm is not None:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            (loss * loss_scale).backward()
+            if clip_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
+            optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        if ema is not None:
+            ema.update(model)
+        running += loss.detach()
+        images += x.shape[0]
+        if step % LOG_EVERY == 0 or step == steps:
+            mean_loss = running.item() / step
+            if not np.isfinite(mean_loss):
+                raise NonFiniteLossError(
+                    f"the training loss became {mean_loss} at epoch {epoch + 1}, step {step}; "
+                    "the last good checkpoint is kept (try a lower --lr)"
+                )
+            if on_step is not None:
+                elapsed = time.perf_counter() - start
+                on_step(StepInfo(epoch, step, steps, mean_loss, optimizer.param_groups[0]["lr"], images / elapsed))
+    seconds = time.perf_counter() - start
+    return EpochStats(loss=running.item() / max(steps, 1), images=images, seconds=seconds)
+
+
+@torch.no_grad()
+def predict(
+    model: torch.nn.Module,
+    loader,
+    device: torch.device,
+    *,
+    prepare_input: Callable[[dict], torch.Tensor],
+    autocast_dtype: torch.dtype | None = None,
+    progress: Callable | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sigmoid scores for every image of ``loader``, gathered over distributed ranks.
+
+    Returns:
+        ``(scores, targets, indices)``: float64 (N, C) probabilities, float32 (N, C) targets and the
+        dataset row of each, sorted by row so that a sharded run returns rows in dataset order.
+    """
+    model.eval()
+    scores, targets, indices = [], [], []
+    batches = progress(loader, "Predicting", total=len(loader)) if progress is not None else loader
+    for batch in batches:
+        x = prepare_input(batch)
+        with autocast(device, autocast_dtype):
+            logits = model(x)
+        scores.append(torch.sigmoid(logits.float()))
+        targets.append(batch["targets"].to(device))
+        indices.append(batch["indices"].to(device))
+    num_labels = scores[0].shape[1] if scores else 0
+    score = gather_rows(torch.cat(scores) if scores else torch.zeros((0, num_labels), device=device))
+    target = gather_rows(torch.cat(targets) if targets else torch.zeros((0, num_labels), device=device))
+    index = gather_rows(torch.cat(indices) if indices else torch.zeros((0,), dtype=torch.int64, device=device))
+    order = torch.argsort(index)
+    return (
+        score[order].cpu().double().numpy(),
+        target[order].cpu().numpy(),
+        index[order].cpu().numpy(),
+    )

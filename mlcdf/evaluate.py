@@ -1,0 +1,595 @@
+"""The evaluation stage: from targets and scores to an evaluation folder of files (DESIGN.md §3).
+
+An evaluation folder (``RUN/eval/<split>/``, or the ``--out`` of ``mlcdf evaluate --predictions``) is
+written all at once (:func:`mlcdf.io.atomic_dir`). It holds:
+
+- ``predictions.csv``: ``file_path``, then ``target_<label>`` (0/1) and ``score_<label>`` (a
+  probability, written with full float precision) for each label in vocabulary order. The pairs are
+  interleaved: ``target_nose, score_nose, target_eye, ...``. :func:`read_predictions` finds the
+  columns by name, so other tools may order them differently.
+- ``metrics.json`` (:func:`compute_metrics`). Every fraction is given in percent, and ``null`` stands
+  for an undefined value. The keys:
+
+  - ``mAP``, ``CP``, ``CR``, ``CF1``, ``OP``, ``OR``, ``OF1``: the paper's figures (see
+    :mod:`mlcdf.metrics`).
+  - ``threshold``: a number, or ``{label: threshold}`` when the thresholds differ per label.
+  - ``threshold_tuning``: ``null``, or ``{"objective", "tuned_on", "num_images", "default"}``.
+  - ``num_params``: the model's parameters in millions, or ``null`` when no model is known.
+  - ``num_images``, ``labels`` (names in order), ``source`` (where the predictions came from).
+  - ``per_label``: ``{label: {"AP", "precision", "recall", "F1", "support", "threshold"}}``.
+  - ``labels_without_positives``: names of the labels left out of the per-class means.
+  - ``exact_match`` and ``hamming_loss``.
+  - ``real_vs_fake``: ``{"roc_auc", "accuracy", "num_real", "num_fake"}``.
+  - ``mAP_by_num_steps``: ``{"1": {"num_images", "mAP"}, ...}``.
+  - ``warnings``: the undefined cases met, one sentence each.
+  - ``mlcdf_version``.
+- ``report.md``: the same numbers for people, with the definitions and the plots.
+- ``pr_curves.png``: precision-recall curves per label. ``ap_per_label.png``: AP per label as bars.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import precision_recall_curve
+
+from mlcdf import __version__
+from mlcdf.metrics import (
+    UndefinedMetricWarning,
+    average_precision,
+    average_precision_by_num_steps,
+    exact_match_ratio,
+    hamming_loss,
+    paper_metrics,
+    per_label_thresholds,
+    precision_recall_f1,
+    real_fake_accuracy,
+    real_fake_roc_auc,
+    tune_thresholds,
+)
+from mlcdf.errors import MissingArtifactError, MlcdfError, SchemaError
+from mlcdf.io import atomic_dir, atomic_open, write_json
+from mlcdf.progress import ProgressFn, silent
+
+PREDICTIONS_FILE = "predictions.csv"
+METRICS_FILE = "metrics.json"
+REPORT_FILE = "report.md"
+PR_CURVES_FILE = "pr_curves.png"
+AP_BARS_FILE = "ap_per_label.png"
+
+#: The figures of the paper's tables, in their column order.
+PAPER_METRICS = ("mAP", "CP", "CR", "CF1", "OP", "OR", "OF1")
+
+TARGET_PREFIX = "target_"
+SCORE_PREFIX = "score_"
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """Targets and scores of one split, one row per image.
+
+    Attributes:
+        file_paths: image identifiers (paths as in the dataset's CSV).
+        labels: label names, in vocabulary order.
+        targets: 0/1 array of shape (n_images, n_labels).
+        scores: probabilities, float64 array of shape (n_images, n_labels).
+        num_steps: manipulation steps per image, shape (n_images,). Use None to derive it from the
+            targets (see :attr:`steps`).
+        origin: where the predictions come from (a file, a run and split), recorded in metrics.json.
+    """
+
+    file_paths: list[str]
+    labels: tuple[str, ...]
+    targets: np.ndarray
+    scores: np.ndarray
+    num_steps: np.ndarray | None = None
+    origin: str = ""
+
+    def __post_init__(self) -> None:
+        expected = (len(self.file_paths), len(self.labels))
+        for name in ("targets", "scores"):
+            if np.shape(getattr(self, name)) != expected:
+                raise ValueError(f"{name} has shape {np.shape(getattr(self, name))}, expected {expected}")
+        if self.num_steps is not None and np.shape(self.num_steps) != expected[:1]:
+            raise ValueError(f"num_steps has shape {np.shape(self.num_steps)}, expected {expected[:1]}")
+
+    def __len__(self) -> int:
+        return len(self.file_paths)
+
+    @property
+    def steps(self) -> np.ndarray:
+        """Manipulation steps per image. Without ``num_steps``, this is the number of labels present.
+
+        The two agree on Seq-DeepFake because each manipulation appears at most once per sequence.
+        """
+        if self.num_steps is not None:
+            return np.asarray(self.num_steps, dtype=np.int64)
+        return np.asarray(self.targets, dtype=np.int64).sum(axis=1)
+
+
+def predictions_header(labels: Sequence[str]) -> list[str]:
+    """``file_path``, then ``target_<label>`` and ``score_<label>`` for each label."""
+    return ["file_path", *(f"{prefix}{label}" for label in labels for prefix in (TARGET_PREFIX, SCORE_PREFIX))]
+
+
+def write_predictions(path: str | Path, predictions: Predictions) -> None:
+    """Write ``predictions.csv`` atomically. Scores use ``repr``, which reads back to the same float."""
+    with atomic_open(path) as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(predictions_header(predictions.labels))
+        targets = np.asarray(predictions.targets).astype(np.int64).tolist()
+        scores = np.asarray(predictions.scores, dtype=np.float64).tolist()
+        for file_path, target_row, score_row in zip(predictions.file_paths, targets, scores):
+            writer.writerow([file_path, *(cell for pair in zip(target_row, map(repr, score_row)) for cell in pair)])
+
+
+def _labels_from_header(path: Path, header: list[str]) -> tuple[tuple[str, ...], list[int], list[int]]:
+    """Label names (in the order of the target columns) and the column index of each target and score."""
+    if len(set(header)) != len(header):
+        duplicates = sorted({name for name in header if header.count(name) > 1})
+        raise SchemaError(path, f"repeated column(s) {duplicates}", line=1)
+    if "file_path" not in header:
+        raise SchemaError(path, f"no 'file_path' column; header is {header}", line=1)
+    targets = [name[len(TARGET_PREFIX) :] for name in header if name.startswith(TARGET_PREFIX)]
+    scores = [name[len(SCORE_PREFIX) :] for name in header if name.startswith(SCORE_PREFIX)]
+    if not targets or set(targets) != set(scores):
+        raise SchemaError(
+            path,
+            f"need a target_<label> and a score_<label> column for each label; got targets {targets} and "
+            f"scores {scores}",
+            line=1,
+        )
+    return (
+        tuple(targets),
+        [header.index(TARGET_PREFIX + label) for label in targets],
+        [header.index(SCORE_PREFIX + label) for label in targets],
+    )
+
+
+def _parse_score(path: Path, line: int, column: str, text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise SchemaError(path, f"{column} is {text!r}, not a number", line=line) from None
+    if not 0.0 <= value <= 1.0:  # also rejects NaN
+        raise SchemaError(path, f"{column} is {text!r}, expected a probability in [0, 1]", line=line)
+    return value
+
+
+def read_predictions(path: str | Path, *, labels: Sequence[str] | None = None) -> Predictions:
+    """Read and check a predictions file.
+
+    The file has a ``file_path`` column and a ``target_<label>``/``score_<label>`` pair per label. The
+    label order is the order of the target columns. Other columns are ignored. Targets must be 0 or 1
+    and scores numbers in [0, 1].
+
+    Args:
+        path: the CSV file (UTF-8, with or without a byte-order mark).
+        labels: the expected label names, in order. Use None to accept the file's labels.
+
+    Raises:
+        MissingArtifactError: there is no such file.
+        SchemaError: the file breaks the format. The message names the file and the line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MissingArtifactError(path, "a predictions CSV written by 'mlcdf evaluate' or in its format")
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        reader = csv.reader(handle)
+        header = next(reader, None)
+        if header is None:
+            raise SchemaError(path, "empty file; expected a header row", line=1)
+        names, target_columns, score_columns = _labels_from_header(path, header)
+        if labels is not None and names != tuple(labels):
+            raise SchemaError(path, f"labels are {list(names)}, expected {list(labels)}", line=1)
+        path_column = header.index("file_path")
+        file_paths: list[str] = []
+        targets: list[list[int]] = []
+        scores: list[list[float]] = []
+        for record in reader:
+            line = reader.line_num
+            if len(record) != len(header):
+                raise SchemaError(path, f"{len(record)} columns, expected {len(header)}", line=line)
+            target_row = [record[column] for column in target_columns]
+            if any(value not in ("0", "1") for value in target_row):
+                raise SchemaError(path, f"target columns must be 0 or 1, got {target_row}", line=line)
+            file_paths.append(record[path_column])
+            targets.append([int(value) for value in target_row])
+            scores.append([_parse_score(path, line, header[column], record[column]) for column in score_columns])
+    if not file_paths:
+        raise SchemaError(path, "no predictions after the header", line=2)
+    return Predictions(
+        file_paths=file_paths,
+        labels=names,
+        targets=np.array(targets, dtype=np.uint8),
+        scores=np.array(scores, dtype=np.float64),
+        origin=str(path),
+    )
+
+
+def _percent(value: float) -> float | None:
+    """A fraction as a percentage for metrics.json. An undefined (NaN) value becomes None (JSON null)."""
+    return None if math.isnan(value) else 100.0 * float(value)
+
+
+def _check_same_labels(reference: Predictions, other: Predictions) -> None:
+    if tuple(other.labels) != tuple(reference.labels):
+        raise MlcdfError(
+            f"{other.origin or 'tuning predictions'}: labels {list(other.labels)} differ from "
+            f"{list(reference.labels)} of {reference.origin or 'the predictions evaluated'}"
+        )
+
+
+def compute_metrics(
+    predictions: Predictions,
+    *,
+    threshold: float | Sequence[float] | np.ndarray = 0.5,
+    tune_on: Predictions | None = None,
+    num_params: int | None = None,
+) -> dict:
+    """All metrics of one split as the ``metrics.json`` document (see the module docstring).
+
+    Args:
+        predictions: the targets and scores to evaluate.
+        threshold: the decision threshold, a scalar or one value per label. With ``tune_on``, it is the
+            fallback for labels that have no positives there.
+        tune_on: other predictions (validation) with the same labels. If given, per-label thresholds
+            are tuned on them for F1 (:func:`mlcdf.metrics.tune_thresholds`) and applied here. Tuning on
+            the predictions being evaluated would be optimistic.
+        num_params: the model's parameter count (an integer, not millions), if known.
+
+    Returns:
+        A JSON-ready dict.
+
+    Raises:
+        MlcdfError: ``tune_on`` has different labels.
+    """
+    labels = tuple(predictions.labels)
+    y_true, y_score = predictions.targets, predictions.scores
+    if tune_on is not None:
+        _check_same_labels(predictions, tune_on)
+        if np.ndim(threshold) != 0:
+            raise ValueError("with tune_on, threshold must be a scalar: the fallback for labels without positives")
+    # Undefined cases (a label without positives, only fakes) are expected in small or custom data:
+    # they go into metrics.json and the report once each instead of repeating on stderr.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UndefinedMetricWarning)
+        if tune_on is None:
+            thresholds = per_label_thresholds(threshold, len(labels))
+        else:
+            thresholds = tune_thresholds(tune_on.targets, tune_on.scores, default=float(threshold), labels=labels)
+        summary = paper_metrics(y_true, y_score, threshold=thresholds, labels=labels)
+        ap = average_precision(y_true, y_score, average=None, labels=labels)
+        precision, recall, f1 = precision_recall_f1(y_true, y_score, threshold=thresholds, average=None, labels=labels)
+        steps = predictions.steps
+        by_steps = average_precision_by_num_steps(y_true, y_score, steps)
+        is_fake = np.asarray(y_true).any(axis=1)
+        real_vs_fake = {
+            "roc_auc": _percent(real_fake_roc_auc(y_true, y_score)),
+            "accuracy": _percent(real_fake_accuracy(y_true, y_score, threshold=thresholds)),
+            "num_real": int((~is_fake).sum()),
+            "num_fake": int(is_fake.sum()),
+        }
+        exact_match = exact_match_ratio(y_true, y_score, threshold=thresholds)
+        hamming = hamming_loss(y_true, y_score, threshold=thresholds)
+    undefined = [w for w in caught if issubclass(w.category, UndefinedMetricWarning)]
+    for warning in caught:
+        if warning not in undefined:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    support = np.asarray(y_true, dtype=np.int64).sum(axis=0)
+    return {
+        **{name: _percent(summary[name]) for name in PAPER_METRICS},
+        "threshold": float(threshold) if tune_on is None and np.ndim(threshold) == 0 else dict(zip(labels, thresholds.tolist())),
+        "threshold_tuning": None
+        if tune_on is None
+        else {"objective": "F1 per label", "tuned_on": tune_on.origin, "num_images": len(tune_on), "default": float(threshold)},
+        "num_params": None if num_params is None else round(num_params / 1e6, 4),
+        "num_images": len(predictions),
+        "labels": list(labels),
+        "source": predictions.origin,
+        "per_label": {
+            label: {
+                "AP": _percent(ap[j]),
+                "precision": _percent(precision[j]),
+                "recall": _percent(recall[j]),
+                "F1": _percent(f1[j]),
+                "support": int(support[j]),
+                "threshold": float(thresholds[j]),
+            }
+            for j, label in enumerate(labels)
+        },
+        "labels_without_positives": [label for label, count in zip(labels, support) if count == 0],
+        "exact_match": _percent(exact_match),
+        "hamming_loss": _percent(hamming),
+        "real_vs_fake": real_vs_fake,
+        "mAP_by_num_steps": {
+            str(k): {"num_images": int((steps == k).sum()), "mAP": _percent(value)} for k, value in by_steps.items()
+        },
+        "warnings": list(dict.fromkeys(str(w.message) for w in undefined)),
+        "mlcdf_version": __version__,
+    }
+
+
+def read_metrics(path: str | Path) -> dict:
+    """Read a ``metrics.json`` and check the keys that tables rely on.
+
+    Raises:
+        MissingArtifactError: there is no such file.
+        SchemaError: it is not JSON, or lacks a paper figure or ``labels``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MissingArtifactError(path, "run 'mlcdf evaluate' first")
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise SchemaError(path, f"not valid JSON ({error.msg})", line=error.lineno) from None
+    if not isinstance(document, dict):
+        raise SchemaError(path, "expected a JSON object")
+    for key in PAPER_METRICS:
+        value = document.get(key, "missing")
+        if not (value is None or isinstance(value, (int, float))):
+            raise SchemaError(path, f"{key!r} is {value!r}, expected a number (percent) or null")
+    if not isinstance(document.get("labels"), list):
+        raise SchemaError(path, "missing the 'labels' list")
+    return document
+
+
+def _cell(value: float | None, digits: int = 2) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _threshold_sentence(metrics: dict) -> str:
+    tuning = metrics["threshold_tuning"]
+    if tuning is not None:
+        return (
+            f"Per-label thresholds tuned for F1 on {tuning['tuned_on']} ({tuning['num_images']} images); "
+            "see the per-label table."
+        )
+    if isinstance(metrics["threshold"], dict):
+        return "Per-label thresholds; see the per-label table."
+    return f"A label is predicted when its score is >= {metrics['threshold']:g}."
+
+
+def render_report(metrics: dict) -> str:
+    """``report.md``: the numbers of a ``metrics.json`` document, with definitions and plots."""
+    params = "unknown" if metrics["num_params"] is None else f"{metrics['num_params']:.1f} M"
+    lines = [
+        "# Evaluation",
+        "",
+        f"Source: `{metrics['source'] or 'n/a'}`. {metrics['num_images']} images, labels: "
+        f"{', '.join(metrics['labels'])}. Parameters: {params}. {_threshold_sentence(metrics)}",
+        "",
+        "## The paper's metrics (percent)",
+        "",
+        "| " + " | ".join(PAPER_METRICS) + " |",
+        "|" + " ---: |" * len(PAPER_METRICS),
+        "| " + " | ".join(_cell(metrics[name]) for name in PAPER_METRICS) + " |",
+        "",
+        "## Per label (percent)",
+        "",
+        "| label | support | AP | precision | recall | F1 | threshold |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for label, row in metrics["per_label"].items():
+        lines.append(
+            f"| {label} | {row['support']} | {_cell(row['AP'])} | {_cell(row['precision'])} | "
+            f"{_cell(row['recall'])} | {_cell(row['F1'])} | {row['threshold']:.4g} |"
+        )
+    rvf = metrics["real_vs_fake"]
+    lines += [
+        "",
+        "## Beyond the paper (percent)",
+        "",
+        f"- Exact match (all labels right): {_cell(metrics['exact_match'])}",
+        f"- Hamming loss (wrong label decisions): {_cell(metrics['hamming_loss'])}",
+        f"- Real vs fake ({rvf['num_real']} real, {rvf['num_fake']} fake; fake score = highest label score): "
+        f"ROC-AUC {_cell(rvf['roc_auc'])}, accuracy {_cell(rvf['accuracy'])}",
+        "",
+        "mAP by number of manipulation steps (labels present in all or none of a group are left out):",
+        "",
+        "| steps | images | mAP |",
+        "| ---: | ---: | ---: |",
+        *(f"| {k} | {row['num_images']} | {_cell(row['mAP'])} |" for k, row in metrics["mAP_by_num_steps"].items()),
+        "",
+        "## Definitions",
+        "",
+        "- AP per label: scikit-learn's `average_precision_score` (sum over score steps of "
+        "(R_n - R_n-1) * P_n; tied scores form one step). mAP: mean AP over labels.",
+        "- P_j = TP/(TP+FP) (0 when label j is never predicted), R_j = TP/(TP+FN), F1_j = 2PR/(P+R).",
+        "- CP, CR, CF1: means over labels of P_j, R_j, F1_j. OP, OR: the same ratios with TP, FP, FN "
+        "summed over labels; OF1 = 2 OP OR / (OP + OR).",
+        "- A label without positives has no AP, recall or F1 and is left out of every per-class mean.",
+        "",
+        "## Plots",
+        "",
+        f"![Precision-recall curves]({PR_CURVES_FILE})",
+        "",
+        f"![AP per label]({AP_BARS_FILE})",
+        "",
+    ]
+    if metrics["warnings"]:
+        lines += ["## Warnings", "", *(f"- {message}" for message in metrics["warnings"]), ""]
+    return "\n".join(lines)
+
+
+def _plot_precision_recall(path: Path, predictions: Predictions, metrics: dict) -> None:
+    # Imported here: matplotlib costs about a second, and only this stage draws. A bare Figure (no
+    # pyplot) renders with Agg and touches no global backend state, so it works without a display.
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6, 5), layout="constrained")
+    axes = figure.add_subplot()
+    for j, label in enumerate(predictions.labels):
+        column = np.asarray(predictions.targets)[:, j]
+        ap = metrics["per_label"][label]["AP"]
+        if ap is None:
+            continue
+        precision, recall, _ = precision_recall_curve(column, predictions.scores[:, j])
+        axes.step(recall, precision, where="post", label=f"{label} (AP {ap:.1f})")
+    axes.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02))
+    axes.set_title(f"Precision-recall per label (mAP {_cell(metrics['mAP'], 1)})")
+    axes.grid(alpha=0.3)
+    if axes.get_legend_handles_labels()[0]:
+        axes.legend(loc="lower left")
+    figure.savefig(path, dpi=120)
+
+
+def _plot_average_precision(path: Path, metrics: dict) -> None:
+    from matplotlib.figure import Figure
+
+    labels = metrics["labels"]
+    values = [metrics["per_label"][label]["AP"] for label in labels]
+    figure = Figure(figsize=(max(4, 1.0 * len(labels) + 2), 4), layout="constrained")
+    axes = figure.add_subplot()
+    bars = axes.bar(labels, [0 if value is None else value for value in values], color="tab:blue")
+    axes.bar_label(bars, labels=[_cell(value, 1) for value in values], padding=2)
+    if metrics["mAP"] is not None:
+        axes.axhline(metrics["mAP"], color="tab:red", linestyle="--")
+    axes.set(ylabel="AP (%)", ylim=(0, 108), title=f"Average precision per label (dashed: mAP {_cell(metrics['mAP'], 1)})")
+    figure.savefig(path, dpi=120)
+
+
+def _check_replaceable(out_dir: Path) -> None:
+    """Refuse to replace a folder that is not an evaluation folder, since :func:`atomic_dir` replaces it whole."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise MlcdfError(f"{out_dir}: exists and is not a folder; choose another output folder")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / METRICS_FILE).is_file():
+        raise MlcdfError(
+            f"{out_dir}: exists and is not an evaluation folder (no {METRICS_FILE}); it would be replaced "
+            "whole, so choose a new or empty output folder"
+        )
+
+
+def write_evaluation(
+    out_dir: str | Path,
+    predictions: Predictions,
+    *,
+    threshold: float | Sequence[float] | np.ndarray = 0.5,
+    tune_on: Predictions | None = None,
+    num_params: int | None = None,
+) -> dict:
+    """Evaluate ``predictions`` and write the evaluation folder atomically (see the module docstring).
+
+    Args:
+        out_dir: the folder to write. A previous evaluation folder there is replaced. Any other
+            non-empty folder is refused.
+        predictions: targets and scores.
+        threshold, tune_on, num_params: as for :func:`compute_metrics`.
+
+    Returns:
+        The metrics.json document.
+
+    Raises:
+        MlcdfError: ``out_dir`` cannot be replaced, or ``tune_on`` has different labels.
+    """
+    out_dir = Path(out_dir)
+    _check_replaceable(out_dir)
+    metrics = compute_metrics(predictions, threshold=threshold, tune_on=tune_on, num_params=num_params)
+    with atomic_dir(out_dir) as tmp:
+        write_predictions(tmp / PREDICTIONS_FILE, predictions)
+        write_json(tmp / METRICS_FILE, metrics)
+        (tmp / REPORT_FILE).write_text(render_report(metrics), encoding="utf-8")
+        _plot_precision_recall(tmp / PR_CURVES_FILE, predictions, metrics)
+        _plot_average_precision(tmp / AP_BARS_FILE, metrics)
+    return metrics
+
+
+def evaluate_predictions_file(
+    predictions_path: str | Path,
+    out_dir: str | Path,
+    *,
+    threshold: float = 0.5,
+    tune_on_path: str | Path | None = None,
+) -> dict:
+    """``mlcdf evaluate --predictions``: score a predictions file from any tool and write ``out_dir``.
+
+    Args:
+        predictions_path: a file in the predictions.csv format.
+        out_dir: the evaluation folder to write.
+        threshold: the decision threshold, or the fallback of the tuned thresholds.
+        tune_on_path: validation predictions (same labels) to tune per-label thresholds on.
+
+    Returns:
+        The metrics.json document.
+    """
+    predictions = read_predictions(predictions_path)
+    tune_on = None if tune_on_path is None else read_predictions(tune_on_path, labels=predictions.labels)
+    return write_evaluation(out_dir, predictions, threshold=threshold, tune_on=tune_on)
+
+
+def default_eval_dir(run_dir: str | Path, split: str) -> Path:
+    """``RUN/eval/<split>``, where ``mlcdf report`` looks for a run's metrics."""
+    return Path(run_dir) / "eval" / split
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    *,
+    split: str = "test",
+    checkpoint: str = "best",
+    device: str = "auto",
+    batch_size: int = 64,
+    threshold: float = 0.5,
+    tune_on_val: bool = False,
+    out_dir: str | Path | None = None,
+    progress: ProgressFn = silent,
+) -> tuple[Path, dict]:
+    """``mlcdf evaluate --run``: predict a split with a trained run's checkpoint and evaluate it.
+
+    Inference is :func:`mlcdf.inference.predict_split`. With ``tune_on_val``, the val split is
+    predicted too, and per-label F1 thresholds tuned on it are applied to ``split``.
+
+    Args:
+        run_dir: a run folder written by ``mlcdf train``.
+        split: the split to evaluate.
+        checkpoint: ``best``, ``last`` or ``ema``.
+        device: ``auto``, ``cuda`` or ``cpu``.
+        batch_size: images per inference batch.
+        threshold: the decision threshold, or the fallback of the tuned thresholds.
+        tune_on_val: tune per-label thresholds on the val split (``--tune-thresholds``).
+        out_dir: the evaluation folder. Defaults to ``RUN/eval/<split>``.
+        progress: draws the inference progress.
+
+    Returns:
+        ``(out_dir, metrics)``.
+
+    Raises:
+        MlcdfError: inference is not available, or thresholds would be tuned on the split evaluated.
+    """
+    try:
+        from mlcdf.inference import predict_split
+    except ModuleNotFoundError as error:
+        if error.name != "mlcdf.inference":
+            raise
+        raise MlcdfError("evaluate --run needs the trainer (not built yet)") from None
+    if tune_on_val and split == "val":
+        raise MlcdfError("--tune-thresholds tunes on the val split, so evaluating val with it would be optimistic; evaluate test")
+    run_dir = Path(run_dir)
+    out = Path(out_dir) if out_dir is not None else default_eval_dir(run_dir, split)
+    _check_replaceable(out)  # before inference, which may take a while
+
+    def predict(name: str) -> tuple[Predictions, int | None]:
+        y_true, y_score, file_paths, num_steps, labels, num_params = predict_split(
+            run_dir, name, checkpoint, device, batch_size, progress
+        )
+        predictions = Predictions(
+            file_paths=list(file_paths),
+            labels=tuple(labels),
+            targets=np.asarray(y_true, dtype=np.uint8),
+            scores=np.asarray(y_score, dtype=np.float64),
+            num_steps=None if num_steps is None else np.asarray(num_steps, dtype=np.int64),
+            origin=f"{run_dir} ({name} split, {checkpoint} checkpoint)",
+        )
+        return predictions, num_params
+
+    predictions, num_params = predict(split)
+    tune_on = predict("val")[0] if tune_on_val else None
+    return out, write_evaluation(out, predictions, threshold=threshold, tune_on=tune_on, num_params=num_params)

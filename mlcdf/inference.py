@@ -1,0 +1,241 @@
+"""Rebuild a trained model from its run folder and score images with it.
+
+A run folder is self-contained: ``config.json`` names the model and labels, ``graph.npz`` holds the
+label graph of a graph model, and the checkpoints hold the weights.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mlcdf.checkpoint import load_checkpoint
+from mlcdf.data.dataset import (
+    CachedSource,
+    EpochSampler,
+    FileSource,
+    MultiLabelImages,
+    build_image_cache,
+    collate_batch,
+    no_augmentation,
+    to_model_input,
+)
+from mlcdf.data.images import IMAGE_EXTENSIONS, load_rgb
+from mlcdf.data.prepared import load_prepared
+from mlcdf.distributed import DistInfo
+from mlcdf.engine import autocast, predict
+from mlcdf.errors import MissingArtifactError, MlcdfError, SchemaError
+from mlcdf.graph import load_graph
+from mlcdf.progress import ProgressFn, silent
+from mlcdf.training import CHECKPOINTS, CONFIG_FILE, GRAPH_FILE, TrainConfig, build_model, mixed_precision, resolve_device
+
+CHECKPOINT_CHOICES = ("best", "last", "ema")
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What a run folder says about itself."""
+
+    run_dir: Path
+    config: TrainConfig
+    labels: tuple[str, ...]
+    subset: str
+    num_params: int
+    input_mean: tuple[float, float, float]
+    input_std: tuple[float, float, float]
+
+
+def read_run(run_dir: str | Path) -> RunInfo:
+    run_dir = Path(run_dir)
+    path = run_dir / CONFIG_FILE
+    if not path.is_file():
+        raise MissingArtifactError(path, "not a training run folder (run 'mlcdf train' first)")
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+        return RunInfo(
+            run_dir=run_dir,
+            config=TrainConfig.from_dict(values["train"], source=str(path)),
+            labels=tuple(values["labels"]),
+            subset=values["subset"],
+            num_params=int(values["num_params"]),
+            input_mean=tuple(values["input_mean"]),
+            input_std=tuple(values["input_std"]),
+        )
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise SchemaError(path, f"not a run configuration ({type(error).__name__}: {error})") from None
+
+
+def load_run_model(run_dir: str | Path, checkpoint: str = "best", device: str | torch.device = "cpu") -> torch.nn.Module:
+    """The model of a run, with the weights of ``checkpoint``, in eval mode on ``device``.
+
+    Args:
+        checkpoint: ``best`` (the validation-selected weights), ``last`` (the plain weights after the
+            last epoch) or ``ema`` (the EMA weights after the last epoch).
+    """
+    if checkpoint not in CHECKPOINT_CHOICES:
+        raise MlcdfError(f"unknown checkpoint {checkpoint!r}; expected one of {', '.join(CHECKPOINT_CHOICES)}")
+    info = read_run(run_dir)
+    file = "best.pt" if checkpoint == "best" else "last.pt"
+    state = load_checkpoint(info.run_dir / CHECKPOINTS / file)
+    if checkpoint == "ema":
+        if not state.get("ema"):
+            raise MlcdfError(f"{info.run_dir}: the run was trained without EMA (--ema-decay 0); use --checkpoint last")
+        weights = state["ema"]["module"]
+    else:
+        weights = state["model"]
+    graph_path = info.run_dir / GRAPH_FILE
+    graph = load_graph(graph_path) if graph_path.is_file() else None
+    model = build_model(info.config, len(info.labels), graph, fresh=False)
+    model.load_state_dict(weights)
+    return model.to(device).eval()
+
+
+def predict_split(
+    run_dir: str | Path,
+    split: str = "test",
+    checkpoint: str = "best",
+    device: str = "auto",
+    batch_size: int = 64,
+    progress: ProgressFn = silent,
+    workers: int = 0,
+) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray, tuple[str, ...], int]:
+    """Score every image of a prepared split with a run's model.
+
+    Returns:
+        ``(y_true, y_score, file_paths, num_steps, labels, num_params)``.
+    """
+    info = read_run(run_dir)
+    torch_device = resolve_device(device, DistInfo())
+    model = load_run_model(run_dir, checkpoint, torch_device)
+    prepared = load_prepared(info.config.prepared)
+    table = prepared.read_split(split)
+    size = info.config.image_size
+    if info.config.cache:
+        source = CachedSource(build_image_cache(prepared, split, size, table=table, progress=progress))
+    else:
+        source = FileSource([prepared.image_path(p) for p in table.file_paths], size)
+    dataset = MultiLabelImages(source, table.targets)
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=EpochSampler(len(dataset), shuffle=False, pad=False),
+        collate_fn=collate_batch,
+        num_workers=workers,
+        pin_memory=torch_device.type == "cuda",
+    )
+    autocast_dtype, _ = mixed_precision(torch_device, None)
+
+    def prepare_input(batch: dict) -> torch.Tensor:
+        return to_model_input(batch, torch_device, info.input_mean, info.input_std, channels_last=torch_device.type == "cuda")
+
+    scores, targets, _ = predict(model, loader, torch_device, prepare_input=prepare_input, autocast_dtype=autocast_dtype, progress=progress)
+    return targets.astype(np.uint8), scores, table.file_paths, table.num_steps, info.labels, info.num_params
+
+
+@dataclass(frozen=True)
+class ImagePredictions:
+    """Scores of user images: one row per readable image, plus the files that could not be read."""
+
+    labels: tuple[str, ...]
+    paths: list[Path]
+    scores: np.ndarray
+    threshold: float
+    unreadable: list[tuple[Path, str]]
+
+    @property
+    def predicted(self) -> np.ndarray:
+        return self.scores >= self.threshold
+
+    @property
+    def fake_scores(self) -> np.ndarray:
+        """An image is fake when any manipulation is present: its fake score is the largest label score."""
+        return self.scores.max(axis=1) if len(self.scores) else np.zeros(0)
+
+    def predicted_sets(self) -> list[list[str]]:
+        return [[label for label, hit in zip(self.labels, row) if hit] for row in self.predicted]
+
+
+def find_images(inputs: list[Path]) -> list[Path]:
+    """Expand folders (recursively, sorted) into image files; files are kept as given.
+
+    Raises:
+        MissingArtifactError: an input does not exist.
+    """
+    found: list[Path] = []
+    for item in inputs:
+        if item.is_dir():
+            found.extend(sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS))
+        elif item.is_file():
+            found.append(item)
+        else:
+            raise MissingArtifactError(item)
+    return found
+
+
+class _ImageFiles(torch.utils.data.Dataset):
+    """Decodes user images one by one; an unreadable file yields its error instead of failing the batch."""
+
+    def __init__(self, paths: list[Path], size: int) -> None:
+        self.paths = paths
+        self.size = size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        try:
+            return index, load_rgb(self.paths[index], self.size), None
+        except (OSError, ValueError) as error:
+            return index, None, str(error) or type(error).__name__
+
+
+def _collate_images(items):
+    good = [(index, image) for index, image, _ in items if image is not None]
+    bad = [(index, reason) for index, _, reason in items if reason is not None]
+    images = torch.from_numpy(np.stack([image for _, image in good])) if good else None
+    return [index for index, _ in good], images, bad
+
+
+@torch.no_grad()
+def predict_images(
+    run_dir: str | Path,
+    inputs: list[Path],
+    *,
+    checkpoint: str = "best",
+    device: str = "auto",
+    batch_size: int = 64,
+    threshold: float = 0.5,
+    workers: int = 2,
+    progress: ProgressFn = silent,
+) -> ImagePredictions:
+    """Score user images (files or folders) with a run's model; unreadable files are listed, not fatal."""
+    info = read_run(run_dir)
+    torch_device = resolve_device(device, DistInfo())
+    model = load_run_model(run_dir, checkpoint, torch_device)
+    paths = find_images(inputs)
+    loader = torch.utils.data.DataLoader(
+        _ImageFiles(paths, info.config.image_size),
+        batch_size=batch_size,
+        num_workers=workers if len(paths) > batch_size else 0,
+        collate_fn=_collate_images,
+    )
+    autocast_dtype, _ = mixed_precision(torch_device, None)
+    kept: list[int] = []
+    scores: list[np.ndarray] = []
+    unreadable: list[tuple[Path, str]] = []
+    for indices, images, bad in progress(loader, "Predicting", total=len(loader)):
+        unreadable.extend((paths[index], reason) for index, reason in bad)
+        if images is None:
+            continue
+        batch = {"images": images, **no_augmentation(len(indices))}
+        x = to_model_input(batch, torch_device, info.input_mean, info.input_std, channels_last=torch_device.type == "cuda")
+        with autocast(torch_device, autocast_dtype):
+            logits = model(x)
+        scores.append(torch.sigmoid(logits.float()).cpu().double().numpy())
+        kept.extend(indices)
+    score_array = np.concatenate(scores) if scores else np.zeros((0, len(info.labels)))
+    return ImagePredictions(info.labels, [paths[i] for i in kept], score_array, threshold, unreadable)

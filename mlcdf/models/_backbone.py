@@ -1,0 +1,97 @@
+"""What every mlcdf model shares: a timm backbone without its classifier, and the timm-style model API."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import timm
+import torch
+from timm.data import resolve_model_data_config
+from torch import nn
+
+from mlcdf.errors import MlcdfError
+from mlcdf.models._pretrained import LoadReport, load_backbone_weights, load_pretrained_backbone
+
+__all__ = ["BackboneClassifier", "create_backbone"]
+
+
+def create_backbone(arch: str, **kwargs) -> nn.Module:
+    """A timm model with random weights and no classifier (``num_classes=0``).
+
+    Weights are never fetched here: :meth:`BackboneClassifier.load_backbone` loads them after the model
+    is built, so that downloads, cache use and offline errors are handled in one place.
+
+    Args:
+        arch: a timm architecture, optionally with a pretrained tag (``resnet50.a1_in1k``); the tag picks
+            the pretrained config (weights and input normalisation).
+        **kwargs: passed to ``timm.create_model`` (``drop_rate``, ``drop_path_rate``, ...).
+    """
+    return timm.create_model(arch, pretrained=False, num_classes=0, **kwargs)
+
+
+class BackboneClassifier(nn.Module):
+    """Base of every mlcdf model: ``forward = forward_head(forward_features(x))`` over a timm backbone.
+
+    Subclasses add the multi-label head and implement ``forward_head``, ``get_classifier`` and
+    ``reset_classifier``.
+
+    Attributes:
+        backbone: the timm model, built with ``num_classes=0``.
+        num_labels: number of outputs (labels).
+        num_features: channels of the backbone's feature map (2048 for ResNet-50/101 and TResNet-M).
+        input_mean: per-channel mean the images must be normalised with, from the backbone's pretrained
+            config: ImageNet's for ResNets, ``(0, 0, 0)`` for TResNet, which expects raw [0, 1] pixels.
+        input_std: per-channel standard deviation, likewise (``(1, 1, 1)`` for TResNet).
+        model_name: the name :func:`~mlcdf.models.create_model` built it from.
+        model_kwargs: the keyword arguments it was built with (JSON values); with ``model_name`` and
+            ``num_labels`` they rebuild the model (:func:`~mlcdf.models.model_config`).
+        weights_report: what :meth:`load_backbone` loaded, or None for random initialisation.
+    """
+
+    def __init__(self, backbone: nn.Module, num_labels: int) -> None:
+        super().__init__()
+        if num_labels < 1:
+            raise MlcdfError(f"a model needs at least one label, got num_labels={num_labels}")
+        data_config = resolve_model_data_config(backbone)
+        self.backbone = backbone
+        self.num_labels = num_labels
+        self.num_features = int(backbone.num_features)
+        self.input_mean = tuple(float(value) for value in data_config["mean"])
+        self.input_std = tuple(float(value) for value in data_config["std"])
+        self.model_name = type(self).__name__
+        self.model_kwargs: dict = {}
+        self.weights_report: LoadReport | None = None
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The backbone's unpooled output, B x C x H x W for CNNs (the layer Grad-CAM hooks)."""
+        return self.backbone.forward_features(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Pool ``forward_features``' output; return the pooled features (``pre_logits``) or B x C logits."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """B x 3 x H x W images, normalised with ``input_mean``/``input_std`` -> B x num_labels logits."""
+        return self.forward_head(self.forward_features(x))
+
+    def load_backbone(
+        self, *, pretrained: bool = False, weights: str | Path | None = None, strict: bool = True
+    ) -> LoadReport | None:
+        """Load backbone weights: timm's default pretrained tag, or a local file; the head stays as it is.
+
+        Args:
+            pretrained: load timm's default pretrained weights (Hub cache, else download) (False).
+            weights: a local ``.pth``/``.safetensors`` file instead (None).
+            strict: fail on missing or unexpected non-head tensors instead of only logging them (True).
+
+        Returns:
+            The :class:`~mlcdf.models.LoadReport` (also kept as ``weights_report``), or None when neither
+            was asked for.
+        """
+        if pretrained and weights is not None:
+            raise MlcdfError("pass either pretrained weights (--pretrained) or a weights file (--weights), not both")
+        if weights is not None:
+            self.weights_report = load_backbone_weights(self.backbone, weights, strict=strict)
+        elif pretrained:
+            self.weights_report = load_pretrained_backbone(self.backbone, strict=strict)
+        return self.weights_report

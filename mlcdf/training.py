@@ -1,0 +1,525 @@
+"""The train stage: a resumable, distributed-ready run of one model on one prepared subset.
+
+``train(config)`` writes ``RUN/config.json`` (the resolved configuration), ``RUN/log.jsonl`` (one JSON
+line per epoch), ``RUN/checkpoints/{last,best}.pt`` and, for graph models, ``RUN/graph.npz`` (a copy of
+the label graph, so the run is self-contained). Launched by ``torchrun`` it runs DistributedDataParallel
+and only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from mlcdf import __version__
+from mlcdf.checkpoint import load_checkpoint, save_checkpoint
+from mlcdf.data.dataset import (
+    Augment,
+    CachedSource,
+    EpochSampler,
+    FileSource,
+    MultiLabelImages,
+    RowSource,
+    build_image_cache,
+    collate_batch,
+    holdout_rows,
+    to_model_input,
+)
+from mlcdf.data.prepared import PreparedSubset, load_prepared
+from mlcdf.distributed import DistInfo, barrier, init_distributed, shutdown_distributed
+from mlcdf.ema import ModelEma
+from mlcdf.engine import StepInfo, predict, train_one_epoch
+from mlcdf.errors import MlcdfError
+from mlcdf.graph import LabelGraph, load_graph, save_graph
+from mlcdf.io import atomic_open, write_json
+from mlcdf.losses import create_loss
+from mlcdf.metrics import NoPositivesWarning, average_precision
+from mlcdf.models import create_model
+from mlcdf.progress import ProgressFn, silent
+
+CONFIG_FILE = "config.json"
+LOG_FILE = "log.jsonl"
+GRAPH_FILE = "graph.npz"
+CHECKPOINTS = "checkpoints"
+
+#: Optimisation recipes. ``asl``: the ASL/TResNet recipe (AdamW with decoupled weight decay on weights
+#: only, OneCycle). ``mlgcn``: ML-GCN's (SGD with momentum, 10x lower lr for the backbone, step decay,
+#: gradient clipping).
+RECIPES: dict[str, dict[str, Any]] = {
+    "asl": {"lr": 1e-4, "clip_grad_norm": None},
+    "mlgcn": {"lr": 0.1, "clip_grad_norm": 10.0, "backbone_lr_factor": 0.1, "momentum": 0.9},
+}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run; written to ``RUN/config.json``.
+
+    ``None`` means "the recipe's or the device's default" and is resolved by :meth:`resolve`.
+    """
+
+    prepared: str
+    model: str
+    out: str
+    loss: str = "bce"
+    graph: str | None = None
+    backbone: str | None = None
+    recipe: str = "asl"
+    epochs: int = 40
+    batch_size: int = 128
+    image_size: int = 224
+    lr: float | None = None
+    weight_decay: float = 1e-4
+    clip_grad_norm: float | None = None
+    patience: int = 10
+    ema_decay: float = 0.9997
+    device: str = "auto"
+    seed: int = 0
+    pretrained: bool = False
+    weights: str | None = None
+    workers: int | None = None
+    amp: bool | None = None
+    channels_last: bool | None = None
+    compile: bool = False
+    sync_bn: bool = False
+    cache: bool = True
+    val_fraction: float = 0.1
+    flip: bool = True
+    jitter: float = 0.1
+
+    def resolve(self) -> "TrainConfig":
+        """Fill recipe defaults and check values; raises MlcdfError on a bad combination."""
+        if self.recipe not in RECIPES:
+            raise MlcdfError(f"unknown recipe {self.recipe!r}; expected one of {', '.join(RECIPES)}")
+        if self.loss not in ("bce", "asl"):
+            raise MlcdfError(f"unknown loss {self.loss!r}; expected bce or asl")
+        if self.pretrained and self.weights:
+            raise MlcdfError("give either --pretrained or --weights, not both")
+        for name in ("epochs", "batch_size", "image_size"):
+            if getattr(self, name) < 1:
+                raise MlcdfError(f"{name} must be at least 1, got {getattr(self, name)}")
+        recipe = RECIPES[self.recipe]
+        return dataclasses.replace(
+            self,
+            lr=self.lr if self.lr is not None else recipe["lr"],
+            clip_grad_norm=self.clip_grad_norm if self.clip_grad_norm is not None else recipe["clip_grad_norm"],
+        )
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "config") -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise MlcdfError(f"{source}: unknown option(s) {unknown}")
+        return cls(**values)
+
+
+class TrainCallbacks(Protocol):
+    """What the CLI (or a notebook) wants to hear about; every method may be a no-op."""
+
+    def epoch_start(self, epoch: int, epochs: int, steps: int) -> None: ...
+
+    def step(self, info: StepInfo) -> None: ...
+
+    def epoch_end(self, record: dict) -> None: ...
+
+    def message(self, text: str) -> None: ...
+
+
+class SilentCallbacks:
+    def epoch_start(self, epoch: int, epochs: int, steps: int) -> None:
+        pass
+
+    def step(self, info: StepInfo) -> None:
+        pass
+
+    def epoch_end(self, record: dict) -> None:
+        pass
+
+    def message(self, text: str) -> None:
+        pass
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    epochs_run: int
+    best_epoch: int
+    best_map: float
+    best_source: str
+    stopped_early: bool
+    history: list[dict] = field(default_factory=list)
+
+
+def resolve_device(requested: str, dist_info: DistInfo) -> torch.device:
+    if requested not in ("auto", "cuda", "cpu") and not requested.startswith("cuda:"):
+        raise MlcdfError(f"unknown device {requested!r}; expected auto, cuda or cpu")
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise MlcdfError("--device cuda was asked for, but CUDA is not available here (use --device cpu or auto)")
+    if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if requested.startswith("cuda:"):
+        return torch.device(requested)
+    return torch.device("cuda", dist_info.local_rank)
+
+
+def mixed_precision(device: torch.device, amp: bool | None) -> tuple[torch.dtype | None, bool]:
+    """(autocast dtype, needs a grad scaler): bf16 where the GPU has it, else fp16 with a scaler."""
+    if amp is False or (amp is None and device.type != "cuda"):
+        return None, False
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return torch.float16, True
+    return torch.bfloat16, False
+
+
+def graph_embedding_kind(graph: LabelGraph) -> str:
+    """'image' or 'word', from the graph's recorded source (``build-graph`` writes it)."""
+    source = str(graph.info.get("embedding", {}).get("kind", "") if isinstance(graph.info.get("embedding"), dict) else graph.info.get("embedding", ""))
+    return "image" if source.startswith("image") else "word"
+
+
+def build_model(config: TrainConfig, num_labels: int, graph: LabelGraph | None, *, fresh: bool = True) -> torch.nn.Module:
+    """The model a run trains; pretrained or given weights are loaded only for a fresh start."""
+    kwargs = {"backbone": config.backbone} if config.backbone else {}
+    return create_model(
+        config.model, num_labels, graph=graph, pretrained=config.pretrained and fresh,
+        weights=config.weights if fresh else None, **kwargs,
+    )
+
+
+def _param_groups(model: torch.nn.Module, config: TrainConfig) -> list[dict]:
+    """Weight decay on weights only (not biases or norm parameters); the mlgcn recipe gives the
+    backbone a lower learning rate than the head."""
+    backbone = getattr(model, "backbone", None)
+    backbone_ids = {id(p) for p in backbone.parameters()} if backbone is not None else set()
+    factor = RECIPES[config.recipe].get("backbone_lr_factor", 1.0)
+    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
+    for param in model.parameters():
+        if not param.requires_grad:
+            continue
+        key = (id(param) in backbone_ids, param.ndim > 1)
+        groups.setdefault(key, []).append(param)
+    return [
+        {
+            "params": params,
+            "weight_decay": config.weight_decay if decay else 0.0,
+            "lr": config.lr * (factor if in_backbone else 1.0),
+        }
+        for (in_backbone, decay), params in sorted(groups.items())
+    ]
+
+
+def _optimizer_and_scheduler(model: torch.nn.Module, config: TrainConfig, steps_per_epoch: int):
+    groups = _param_groups(model, config)
+    if config.recipe == "mlgcn":
+        optimizer = torch.optim.SGD(groups, lr=config.lr, momentum=RECIPES["mlgcn"]["momentum"])
+        # ML-GCN divides the learning rate by 10 once, late in training (epoch 30 of 40).
+        milestone = max(1, math.ceil(0.75 * config.epochs)) * steps_per_epoch
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[milestone], gamma=0.1)
+    else:
+        optimizer = torch.optim.AdamW(groups, lr=config.lr)
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer,
+            max_lr=[group["lr"] for group in groups],
+            total_steps=config.epochs * steps_per_epoch,
+            pct_start=0.2,
+        )
+    return optimizer, scheduler
+
+
+@dataclass
+class _Data:
+    train: MultiLabelImages
+    val: MultiLabelImages
+    val_name: str
+
+
+def _build_data(prepared: PreparedSubset, config: TrainConfig, dist_info: DistInfo, progress: ProgressFn) -> _Data:
+    train_table = prepared.read_split("train")
+    if prepared.has_split("val"):
+        val_table, val_name = prepared.read_split("val"), "val"
+    else:
+        val_table, val_name = None, f"{config.val_fraction:.0%} of train held out (no val split)"
+
+    def source(split: str, table):
+        if not config.cache:
+            return FileSource([prepared.image_path(p) for p in table.file_paths], config.image_size)
+        if dist_info.is_main:
+            build_image_cache(prepared, split, config.image_size, table=table, workers=config.workers, progress=progress)
+        barrier()
+        return CachedSource(build_image_cache(prepared, split, config.image_size, table=table))
+
+    train_source = source("train", train_table)
+    augment = Augment(flip=config.flip, jitter=config.jitter)
+    if val_table is None:
+        kept, held = holdout_rows(len(train_table), config.val_fraction, config.seed)
+        return _Data(
+            train=MultiLabelImages(RowSource(train_source, kept), train_table.targets[kept], augment=augment, seed=config.seed),
+            val=MultiLabelImages(RowSource(train_source, held), train_table.targets[held]),
+            val_name=val_name,
+        )
+    return _Data(
+        train=MultiLabelImages(train_source, train_table.targets, augment=augment, seed=config.seed),
+        val=MultiLabelImages(source("val", val_table), val_table.targets),
+        val_name=val_name,
+    )
+
+
+def _loader(dataset: MultiLabelImages, sampler: EpochSampler, batch_size: int, workers: int, device: torch.device, train: bool):
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=collate_batch,
+        pin_memory=device.type == "cuda",
+        drop_last=train and len(sampler) >= batch_size,
+        persistent_workers=workers > 0,
+    )
+
+
+def _val_map(targets: np.ndarray, scores: np.ndarray) -> float:
+    with warnings.catch_warnings():
+        # A small validation split may lack a label; the mAP over the others still ranks checkpoints.
+        warnings.simplefilter("ignore", NoPositivesWarning)
+        value = average_precision(targets, scores)
+    return float(value) if np.isfinite(value) else 0.0
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _read_history(run_dir: Path, upto_epoch: int) -> list[dict]:
+    path = run_dir / LOG_FILE
+    if not path.is_file():
+        return []
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [record for record in records if record["epoch"] <= upto_epoch]
+
+
+def _write_history(run_dir: Path, history: list[dict]) -> None:
+    with atomic_open(run_dir / LOG_FILE) as handle:
+        for record in history:
+            handle.write(json.dumps(record) + "\n")
+
+
+def saved_run_options(run_dir: str | Path) -> dict[str, Any] | None:
+    """The options of the run in ``run_dir`` (from its ``config.json``), or ``None`` if there is none."""
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        return None
+    return dict(json.loads(path.read_text(encoding="utf-8"))["train"])
+
+
+def train(config: TrainConfig, *, resume: bool = False, callbacks: TrainCallbacks | None = None, progress: ProgressFn = silent) -> TrainResult:
+    """Run (or resume) training as ``config`` says; see the module docstring for the outputs.
+
+    Raises:
+        MlcdfError: bad options, missing inputs, a non-finite loss, or CUDA out of memory.
+    """
+    callbacks = callbacks or SilentCallbacks()
+    run_dir = Path(config.out)
+    checkpoint_dir = run_dir / CHECKPOINTS
+    last_path, best_path = checkpoint_dir / "last.pt", checkpoint_dir / "best.pt"
+    resume_state = None
+    if resume:
+        resume_state = load_checkpoint(last_path) if last_path.is_file() else None
+        if resume_state is not None:
+            config = TrainConfig.from_dict({**resume_state["config"], "device": config.device, "workers": config.workers})
+    elif last_path.is_file():
+        raise MlcdfError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
+    config = config.resolve()
+    dist_info = init_distributed("cuda" if config.device != "cpu" and torch.cuda.is_available() else "cpu")
+    try:
+        return _train(config, run_dir, resume_state, dist_info, callbacks, progress)
+    except torch.OutOfMemoryError:
+        smaller = max(1, config.batch_size // 2)
+        raise MlcdfError(
+            f"CUDA ran out of memory at batch size {config.batch_size} and image size {config.image_size}; "
+            f"try --batch-size {smaller}"
+        ) from None
+    finally:
+        shutdown_distributed()
+
+
+def _train(config: TrainConfig, run_dir: Path, resume_state: dict | None, dist_info: DistInfo, callbacks: TrainCallbacks, progress: ProgressFn) -> TrainResult:
+    device = resolve_device(config.device, dist_info)
+    torch.manual_seed(config.seed)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    prepared = load_prepared(config.prepared)
+    labels = prepared.labels
+    # A resumed run reads its own copy of the graph, in case the original moved.
+    graph_path = run_dir / GRAPH_FILE if resume_state is not None and (run_dir / GRAPH_FILE).is_file() else config.graph
+    graph = load_graph(graph_path) if graph_path else None
+    if graph is not None and graph.labels != labels:
+        raise MlcdfError(f"{graph_path}: graph labels {list(graph.labels)} differ from the prepared labels {list(labels)}")
+    model = build_model(config, len(labels), graph, fresh=resume_state is None)
+    num_params = sum(p.numel() for p in model.parameters())
+    mean, std = tuple(model.input_mean), tuple(model.input_std)
+    model.to(device)
+    channels_last = config.channels_last if config.channels_last is not None else device.type == "cuda"
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    if config.sync_bn and dist_info.enabled and device.type == "cuda":
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    ema = ModelEma(model, config.ema_decay) if config.ema_decay > 0 else None
+
+    data = _build_data(prepared, config, dist_info, progress)
+    workers = config.workers if config.workers is not None else min(4, os.cpu_count() or 1)
+    if config.batch_size % dist_info.world_size:
+        raise MlcdfError(f"--batch-size {config.batch_size} must be divisible by the {dist_info.world_size} processes")
+    rank_batch = config.batch_size // dist_info.world_size
+    train_sampler = EpochSampler(len(data.train), shuffle=True, seed=config.seed, rank=dist_info.rank, world_size=dist_info.world_size)
+    val_sampler = EpochSampler(len(data.val), shuffle=False, rank=dist_info.rank, world_size=dist_info.world_size, pad=False)
+    train_loader = _loader(data.train, train_sampler, rank_batch, workers, device, train=True)
+    val_loader = _loader(data.val, val_sampler, rank_batch, workers, device, train=False)
+
+    criterion = create_loss(config.loss)
+    optimizer, scheduler = _optimizer_and_scheduler(model, config, len(train_loader))
+    autocast_dtype, needs_scaler = mixed_precision(device, config.amp)
+    scaler = torch.amp.GradScaler(device.type) if needs_scaler else None
+
+    model_without_ddp = model
+    if dist_info.enabled:
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    train_model = torch.compile(model) if config.compile else model
+    eval_model = torch.compile(model_without_ddp) if config.compile else model_without_ddp
+
+    start_epoch, best_map, best_epoch, best_source, history = 0, -1.0, -1, "model", []
+    if resume_state is not None:
+        model_without_ddp.load_state_dict(resume_state["model"])
+        optimizer.load_state_dict(resume_state["optimizer"])
+        scheduler.load_state_dict(resume_state["scheduler"])
+        if scaler is not None and resume_state.get("scaler"):
+            scaler.load_state_dict(resume_state["scaler"])
+        if ema is not None and resume_state.get("ema"):
+            ema.load_state_dict(resume_state["ema"])
+        _set_rng_state(resume_state["rng"])
+        start_epoch = resume_state["epoch"] + 1
+        best_map, best_epoch, best_source = resume_state["best_map"], resume_state["best_epoch"], resume_state["best_source"]
+        history = _read_history(run_dir, resume_state["epoch"])
+        callbacks.message(f"resuming {run_dir} after epoch {start_epoch} of {config.epochs}")
+
+    if dist_info.is_main:
+        if graph is not None and resume_state is None:
+            save_graph(run_dir / GRAPH_FILE, graph)
+        write_json(
+            run_dir / CONFIG_FILE,
+            {
+                "train": dataclasses.asdict(config),
+                "subset": prepared.subset,
+                "labels": list(labels),
+                "num_params": num_params,
+                "input_mean": list(mean),
+                "input_std": list(std),
+                "graph": {"file": GRAPH_FILE, "embedding": graph_embedding_kind(graph), "source": config.graph} if graph is not None else None,
+                "validation": data.val_name,
+                "device": str(device),
+                "world_size": dist_info.world_size,
+                "autocast": str(autocast_dtype).replace("torch.", "") if autocast_dtype else None,
+                "mlcdf_version": __version__,
+            },
+        )
+
+    def prepare_input(batch: dict) -> torch.Tensor:
+        return to_model_input(batch, device, mean, std, channels_last=channels_last)
+
+    # A sum-reduced loss grows with the batch; DDP averages gradients over ranks, so scale back up.
+    loss_scale = float(dist_info.world_size) if getattr(criterion, "reduction", "mean") == "sum" else 1.0
+    patience_left = config.patience
+    if best_epoch >= 0 and history:
+        patience_left = config.patience - (history[-1]["epoch"] - best_epoch)
+    stopped_early = False
+    for epoch in range(start_epoch, config.epochs):
+        if config.patience and patience_left <= 0:
+            stopped_early = True
+            break
+        train_sampler.set_epoch(epoch)
+        callbacks.epoch_start(epoch, config.epochs, len(train_loader))
+        stats = train_one_epoch(
+            train_model, criterion, optimizer, train_loader, device, epoch,
+            prepare_input=prepare_input, scheduler=scheduler, scaler=scaler, autocast_dtype=autocast_dtype,
+            ema=ema, clip_grad_norm=config.clip_grad_norm, loss_scale=loss_scale, on_step=callbacks.step,
+        )
+        scores, targets, _ = predict(eval_model, val_loader, device, prepare_input=prepare_input, autocast_dtype=autocast_dtype)
+        candidates = {"model": _val_map(targets, scores)}
+        if ema is not None:
+            ema_scores, _, _ = predict(ema.module, val_loader, device, prepare_input=prepare_input, autocast_dtype=autocast_dtype)
+            candidates["ema"] = _val_map(targets, ema_scores)
+        source = max(candidates, key=candidates.get)
+        improved = candidates[source] > best_map
+        if improved:
+            best_map, best_epoch, best_source = candidates[source], epoch, source
+            patience_left = config.patience
+        else:
+            patience_left -= 1
+        record = {
+            "epoch": epoch,
+            "train_loss": stats.loss,
+            "val_mAP": candidates["model"],
+            "val_mAP_ema": candidates.get("ema"),
+            "lr": optimizer.param_groups[-1]["lr"],
+            "images_per_s": stats.images_per_s * dist_info.world_size,
+            "epoch_seconds": stats.seconds,
+            "best": improved,
+        }
+        history.append(record)
+        if dist_info.is_main:
+            state = {
+                "model": model_without_ddp.state_dict(),
+                "ema": ema.state_dict() if ema is not None else None,
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else None,
+                "epoch": epoch,
+                "best_map": best_map,
+                "best_epoch": best_epoch,
+                "best_source": best_source,
+                "rng": _rng_state(),
+                "config": dataclasses.asdict(config),
+                "label_names": list(labels),
+                "model_name": config.model,
+                "mlcdf_version": __version__,
+            }
+            if improved:
+                best_weights = ema.module.state_dict() if source == "ema" else model_without_ddp.state_dict()
+                save_checkpoint(
+                    run_dir / CHECKPOINTS / "best.pt",
+                    {key: state[key] for key in ("epoch", "config", "label_names", "model_name", "mlcdf_version")}
+                    | {"model": best_weights, "source": source, "val_mAP": best_map},
+                )
+            save_checkpoint(run_dir / CHECKPOINTS / "last.pt", state)
+            _write_history(run_dir, history)
+        callbacks.epoch_end(record)
+    barrier()
+    return TrainResult(
+        run_dir=run_dir,
+        epochs_run=len(history),
+        best_epoch=best_epoch,
+        best_map=best_map,
+        best_source=best_source,
+        stopped_early=stopped_early,
+        history=history,
+    )

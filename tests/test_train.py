@@ -1,0 +1,175 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from mlcdf.checkpoint import load_checkpoint
+from mlcdf.cli.main import app
+from mlcdf.engine import NonFiniteLossError
+from mlcdf.training import TrainConfig, train
+from toy import write_toy_prepared
+
+runner = CliRunner()
+TINY = "timm:test_resnet"
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory) -> Path:
+    return write_toy_prepared(tmp_path_factory.mktemp("toy"), {"train": 48, "val": 16, "test": 16})
+
+
+def tiny_config(prepared: Path, out: Path, **overrides) -> TrainConfig:
+    values = dict(
+        prepared=str(prepared), model=TINY, out=str(out), epochs=2, batch_size=8, image_size=32,
+        lr=3e-3, workers=0, device="cpu", patience=0,
+    )
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def read_log(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+
+
+def test_cli_train_writes_a_complete_run(toy, tmp_path):
+    run = tmp_path / "run"
+    result = runner.invoke(
+        app,
+        ["train", "--prepared", str(toy), "--model", TINY, "--out", str(run), "--epochs", "2", "--batch-size", "8",
+         "--image-size", "32", "--device", "cpu", "--workers", "0", "--asl", "--lr", "0.003"],
+    )
+    assert result.exit_code == 0, result.output
+    assert "best val mAP" in result.output
+    config = json.loads((run / "config.json").read_text())
+    assert config["train"]["loss"] == "asl" and config["train"]["model"] == TINY
+    assert config["labels"] == ["nose", "eye", "eyebrow", "lip", "hair"] and config["subset"] == "facial_components"
+    log = read_log(run)
+    assert [r["epoch"] for r in log] == [0, 1]
+    assert {"train_loss", "val_mAP", "val_mAP_ema", "lr", "epoch_seconds", "images_per_s"} <= set(log[0])
+    for name in ("last.pt", "best.pt"):
+        state = torch.load(run / "checkpoints" / name, map_location="cpu", weights_only=True)
+        assert state["label_names"] == config["labels"]
+    last = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert {"model", "ema", "optimizer", "scheduler", "scaler", "epoch", "best_map", "rng", "config"} <= set(last)
+    assert last["epoch"] == 1
+    # an existing run is not overwritten by accident
+    again = runner.invoke(app, ["train", "--prepared", str(toy), "--model", TINY, "--out", str(run), "--device", "cpu"])
+    assert again.exit_code == 2 and "--resume" in again.output
+
+
+def test_loss_decreases_and_model_learns(toy, tmp_path):
+    result = train(tiny_config(toy, tmp_path / "run", epochs=6, ema_decay=0.0))
+    log = result.history
+    assert log[-1]["train_loss"] < 0.7 * log[0]["train_loss"]
+    assert result.best_map > 0.8
+
+
+def test_resume_after_kill_mid_epoch(toy, tmp_path):
+    run = tmp_path / "run"
+
+    class KillAtEpoch1:
+        def epoch_start(self, epoch, epochs, steps):
+            self.epoch = epoch
+
+        def step(self, info):
+            if self.epoch == 1 and info.step >= 2:
+                raise KeyboardInterrupt
+
+        def epoch_end(self, record):
+            pass
+
+        def message(self, text):
+            pass
+
+    config = tiny_config(toy, run, epochs=3)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, callbacks=KillAtEpoch1())
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 0
+    result = train(config, resume=True)
+    assert [r["epoch"] for r in read_log(run)] == [0, 1, 2]
+    assert result.epochs_run == 3
+    best = load_checkpoint(run / "checkpoints" / "best.pt")
+    assert 0 <= best["epoch"] <= 2 and best["source"] in ("model", "ema")
+    # resuming a finished run trains nothing more
+    assert train(config, resume=True).epochs_run == 3
+
+
+def test_nan_guard_keeps_last_good_checkpoint(toy, tmp_path, monkeypatch):
+    import mlcdf.training as training
+
+    real = training.create_loss
+
+    def poisoned(name, **kwargs):
+        loss = real(name, **kwargs)
+        calls = {"n": 0}
+
+        def criterion(logits, targets):
+            calls["n"] += 1
+            value = loss(logits, targets)
+            return value * float("nan") if calls["n"] > 6 else value
+
+        return criterion
+
+    monkeypatch.setattr(training, "create_loss", poisoned)
+    run = tmp_path / "run"
+    with pytest.raises(NonFiniteLossError, match="loss became nan at epoch 2"):
+        train(tiny_config(toy, run, epochs=3))
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 0
+
+
+def test_config_file_and_flag_override(toy, tmp_path):
+    config_file = tmp_path / "train.toml"
+    config_file.write_text(
+        f'prepared = "{toy}"\nmodel = "{TINY}"\nepochs = 1\nbatch_size = 8\nimage_size = 32\nworkers = 0\nlr = 0.01\n'
+    )
+    run = tmp_path / "run"
+    result = runner.invoke(app, ["train", "--config", str(config_file), "--out", str(run), "--device", "cpu", "--lr", "0.002"])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((run / "config.json").read_text())["train"]
+    assert saved["lr"] == 0.002 and saved["epochs"] == 1 and saved["image_size"] == 32
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"epochz": 3}')
+    result = runner.invoke(app, ["train", "--config", str(bad), "--out", str(tmp_path / "r2")])
+    assert result.exit_code == 2 and "epochz" in result.output
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without CUDA")
+def test_cuda_without_cuda_is_a_clear_error(toy, tmp_path):
+    result = runner.invoke(app, ["train", "--prepared", str(toy), "--model", TINY, "--out", str(tmp_path / "r"), "--device", "cuda"])
+    assert result.exit_code == 2
+    assert "CUDA is not available" in result.output
+
+
+def test_unknown_model_is_a_clear_error(toy, tmp_path):
+    result = runner.invoke(app, ["train", "--prepared", str(toy), "--model", "resnet9000", "--out", str(tmp_path / "r"), "--device", "cpu"])
+    assert result.exit_code == 2
+    assert "resnet9000" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.slow
+def test_torchrun_ddp_matches_single_process(toy, tmp_path):
+    common = ["--prepared", str(toy), "--model", TINY, "--epochs", "2", "--batch-size", "8", "--image-size", "32",
+              "--device", "cpu", "--workers", "0", "--lr", "0.003", "--patience", "0", "--ema-decay", "0", "--no-flip", "--jitter", "0"]
+    single = tmp_path / "single"
+    result = runner.invoke(app, ["train", *common, "--out", str(single)])
+    assert result.exit_code == 0, result.output
+    ddp = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    completed = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "mlcdf", "train", *common, "--out", str(ddp)],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert json.loads((ddp / "config.json").read_text())["world_size"] == 2
+    single_log, ddp_log = read_log(single), read_log(ddp)
+    assert len(ddp_log) == len(single_log) == 2
+    # Same global batches and gradients; only BatchNorm sees half-batches per process.
+    for a, b in zip(single_log, ddp_log):
+        assert abs(a["train_loss"] - b["train_loss"]) < 0.05
+        assert abs(a["val_mAP"] - b["val_mAP"]) < 0.1
