@@ -21,7 +21,7 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
 demo: $(STAMP)
-	$(BIN)/python benchmarks/prepare_speed.py --rows 5000 --out demo/prepare_speed.json
+	bash scripts/demo.sh
 
 reproduce: $(STAMP)
 	@echo "make reproduce is not built yet (issue 8)"; exit 1
