@@ -103,7 +103,7 @@ def explain_image(
         raise MlcdfError(f"{image_path}: cannot read the image ({error})") from None
     torch_device = resolve_device(device, DistInfo())
     model = load_run_model(run_dir, checkpoint, torch_device)
-    batch = {"images": torch.from_numpy(resized[None]), **no_augmentation(1)}
+    batch = {"images": torch.from_numpy(resized[None].copy()), **no_augmentation(1)}
     x = to_model_input(batch, torch_device, info.input_mean, info.input_std)
     indices = [info.labels.index(name) for name in chosen]
     maps, probabilities = grad_cam(model, x, indices)

@@ -1,0 +1,70 @@
+"""predict / explain / export on images the model never saw, including another size and a broken file."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from mlcdf.cli.main import app
+from mlcdf.training import TrainConfig, train
+from toy import toy_image, write_toy_prepared
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("use")
+    prepared = write_toy_prepared(folder, {"train": 24, "val": 8})
+    out = folder / "run"
+    train(TrainConfig(prepared=str(prepared), model="timm:test_resnet", out=str(out), epochs=1, batch_size=8,
+                      image_size=32, workers=0, device="cpu", patience=0))
+    return out
+
+
+@pytest.fixture
+def images(tmp_path):
+    rng = np.random.default_rng(1)
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    Image.fromarray(toy_image(np.array([1, 0, 0, 1, 0]), rng, size=32)).save(folder / "a.png")
+    Image.fromarray(toy_image(np.array([0, 1, 0, 0, 0]), rng, size=80)).save(folder / "b.jpg")
+    (folder / "broken.png").write_bytes(b"not an image")
+    return folder
+
+
+def test_predict_skips_unreadable_and_writes_csv_and_json(run, images, tmp_path):
+    out = tmp_path / "p.csv"
+    result = runner.invoke(app, ["predict", str(run), str(images), "--out", str(out), "--device", "cpu", "--workers", "0"])
+    assert result.exit_code == 0, result.output
+    assert "broken.png: skipped" in result.output.replace("\n", "")
+    rows = list(csv.DictReader(open(out)))
+    assert [r["file_path"].rsplit("/", 1)[1] for r in rows] == ["a.png", "b.jpg"]
+    for row in rows:
+        scores = [float(row[f"score_{name}"]) for name in ("nose", "eye", "eyebrow", "lip", "hair")]
+        assert all(0 <= s <= 1 for s in scores) and float(row["fake_score"]) == max(scores)
+    json_out = tmp_path / "p.json"
+    assert runner.invoke(app, ["predict", str(run), str(images / "a.png"), "--out", str(json_out), "--device", "cpu"]).exit_code == 0
+    assert len(json.loads(json_out.read_text())["predictions"]) == 1
+    assert runner.invoke(app, ["predict", str(run), str(images / "broken.png"), "--device", "cpu"]).exit_code == 2
+
+
+def test_explain_writes_one_overlay_per_label(run, images, tmp_path):
+    result = runner.invoke(app, ["explain", str(run), str(images / "b.jpg"), "--out", str(tmp_path / "x"), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    for name in ("nose", "eye", "eyebrow", "lip", "hair", "all"):
+        with Image.open(tmp_path / "x" / f"b_{name}.png") as picture:
+            assert picture.width >= 80
+    result = runner.invoke(app, ["explain", str(run), str(images / "a.png"), "--out", str(tmp_path / "y"), "--label", "beard", "--device", "cpu"])
+    assert result.exit_code == 2 and "unknown label" in result.output
+
+
+def test_export_onnx_matches_pytorch(run, tmp_path):
+    pytest.importorskip("onnxruntime")
+    result = runner.invoke(app, ["export", str(run), "--onnx", str(tmp_path / "m.onnx")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "m.onnx").stat().st_size > 0
+    assert json.loads((tmp_path / "m.json").read_text())["max_abs_diff_vs_pytorch"] < 1e-4
