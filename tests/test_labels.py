@@ -50,3 +50,4 @@ def test_sequences():
         sequence_to_ids("glasses", vocab)
     with pytest.raises(ValueError, match="unknown subset"):
         vocabulary("faces")
+
