@@ -238,6 +238,7 @@ def test_cli_synth_then_prepare_round_trips(tmp_path: Path) -> None:
         assert preview.width > 3 * 40
     result = runner.invoke(app, ["prepare", "--root", str(root), "--out", str(prepared), "--check-images", "decode"])
     assert result.exit_code == 0, result.output
+    assert "official release" not in result.output  # synthetic sizes are not a partial download
     for subset, vocab in SUBSETS.items():
         loaded = load_prepared(prepared / subset)
         assert loaded.labels == vocab

@@ -70,7 +70,7 @@ _SIZE_RANGE = (32, 2048)
 _STRENGTH_RANGE = (0.0, 4.0)
 _PNG_COMPRESS_LEVEL = 1  # fast; higher levels save little on noisy images and cost more than drawing
 _JPEG_QUALITY = 95
-_SYNTH_JSON = "synth.json"
+SYNTH_JSON = "synth.json"
 _README = "README.txt"
 
 
@@ -624,7 +624,7 @@ def generate(config: SynthConfig, progress: ProgressFn = silent) -> SynthResult:
                     _write_annotations(building / "annotations" / f"{split}.csv", rows)
                     images[subset][split] = count
                     reals[subset][split] = sum(1 for _, ids in rows if not steps_of(ids))
-                write_json(building / _SYNTH_JSON, _provenance(config, subset, images[subset], reals[subset]))
+                write_json(building / SYNTH_JSON, _provenance(config, subset, images[subset], reals[subset]))
     _write_readme(root)
     if config.preview is not None:
         write_preview(config.preview, config)
@@ -632,7 +632,7 @@ def generate(config: SynthConfig, progress: ProgressFn = silent) -> SynthResult:
 
 
 def _check_replaceable(path: Path) -> None:
-    if path.exists() and not (path / _SYNTH_JSON).is_file():
+    if path.exists() and not (path / SYNTH_JSON).is_file():
         raise MlcdfError(f"{path}: exists and was not written by 'mlcdf synth'; not replacing it (choose another --out)")
 
 
@@ -683,7 +683,7 @@ def _write_readme(root: Path) -> None:
     """Describe every synthetic subset under ``root`` (not only this run's)."""
     lines = [_README_HEADER]
     for subset in SUBSETS:
-        path = root / subset / _SYNTH_JSON
+        path = root / subset / SYNTH_JSON
         if not path.is_file():
             continue
         info = json.loads(path.read_text(encoding="utf-8"))
