@@ -5,6 +5,14 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP_FLAGS := --quiet --progress-bar off --disable-pip-version-check
 
+# make reproduce DATA=/path/to/Seq-DeepFake [DEVICE=cuda] [OUT=reproduce]; REPRODUCE_SMOKE=1 for the
+# synthetic 1-epoch variant. MLCDF overrides the command (e.g. "python -m mlcdf" in another environment).
+DATA ?=
+DEVICE ?= auto
+REPRODUCE_SMOKE ?=
+OUT ?= $(if $(filter 1,$(REPRODUCE_SMOKE)),reproduce-smoke,reproduce)
+MLCDF ?= $(BIN)/mlcdf
+
 .PHONY: install test test-fast demo reproduce clean
 
 install: $(STAMP)
@@ -24,7 +32,7 @@ demo: $(STAMP)
 	bash scripts/demo.sh
 
 reproduce: $(STAMP)
-	@echo "make reproduce is not built yet (issue 8)"; exit 1
+	$(MLCDF) reproduce $(if $(filter 1,$(REPRODUCE_SMOKE)),--smoke,$(if $(DATA),--data "$(DATA)")) --device $(DEVICE) --out "$(OUT)"
 
 clean:
-	rm -rf $(VENV) demo *.egg-info
+	rm -rf $(VENV) demo reproduce-smoke *.egg-info

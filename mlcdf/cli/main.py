@@ -9,7 +9,7 @@ import typer
 from typer.core import TyperGroup
 
 from mlcdf import __version__
-from mlcdf.cli import build_graph, evaluate, models, predict, prepare, report, synth, train
+from mlcdf.cli import build_graph, evaluate, models, predict, prepare, report, reproduce, synth, train
 from mlcdf.cli._console import err
 from mlcdf.errors import MlcdfError
 
@@ -62,7 +62,7 @@ def _root(
     """
 
 
-for _module in (synth, prepare, build_graph, models, train, evaluate, report, predict):
+for _module in (synth, prepare, build_graph, models, train, evaluate, report, reproduce, predict):
     _module.register(app)
 
 

@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 #: The embedded GloVe subset, inside the package so that installed copies find it.
 EMBEDDED_GLOVE_FILE = "glove_6b_50d_subset.txt"
 
+#: The paper's node features: GloVe 300-d (Wikipedia + Gigaword), through gensim-data.
+PAPER_WORD_EMBEDDING = "gensim:glove-wiki-gigaword-300"
+
 #: Phrases whose mean word vector stands for each label. Extra words pin the intended sense: GloVe's
 #: "bangs" sits among noises ("growls", "screams"), "young" among people ("who", "friends").
 DEFAULT_PHRASES: dict[str, str] = {

@@ -1,0 +1,157 @@
+"""make reproduce: the plan covers the paper's tables, re-runs skip and resume, the smoke variant runs."""
+
+import csv
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import mlcdf.reproduce as reproduce_module
+from mlcdf.cli.main import app
+from mlcdf.report import method_of, paper_results
+from mlcdf.reproduce import DONE, PAPER_RUNS, RESUME, PaperRun, ReproduceConfig, plan, reproduce, run_status
+from mlcdf.training import SilentCallbacks
+
+runner = CliRunner()
+REPO = Path(__file__).resolve().parents[1]
+TINY_RUN = PaperRun("timm:test_resnet", "bce")
+
+
+def test_plan_is_every_published_row_of_both_tables():
+    planned = {(method_of(run.model)[0], run.loss, run.embedding) for run in PAPER_RUNS}
+    for subset in ("facial_components", "facial_attributes"):
+        published = {(row.method, row.loss, row.embedding) for row in paper_results() if row.subset == subset}
+        assert planned == published
+    assert len(PAPER_RUNS) == 12 and len({run.name for run in PAPER_RUNS}) == 12
+
+
+def test_paper_settings_are_the_default():
+    config = ReproduceConfig(out=Path("r"), data=Path("d")).train_config("facial_components", PAPER_RUNS[3])
+    assert (config.model, config.loss, config.image_size, config.batch_size, config.epochs, config.pretrained) == (
+        "resnet101", "asl", 224, 128, 40, True
+    )
+    graph_run = next(run for run in PAPER_RUNS if run.name == "ml_agcn-asl-image")
+    assert ReproduceConfig(out=Path("r"), data=Path("d")).train_config("facial_attributes", graph_run).graph == str(
+        Path("r/graphs/facial_attributes-image.npz")
+    )
+
+
+def test_only_selects_runs_by_glob():
+    config = ReproduceConfig(out=Path("r"), data=Path("d"), only=("resnet*", "*-image"))
+    assert [run.name for run in config.runs()] == [
+        "resnet50-bce", "resnet50-asl", "resnet101-bce", "resnet101-asl", "iml_gcn-asl-image", "ml_agcn-asl-image"
+    ]
+
+
+class StopAfterFirstEpoch(SilentCallbacks):
+    """Interrupts training once the first epoch's checkpoint is written, like a Ctrl-C."""
+
+    def epoch_end(self, record: dict) -> None:
+        raise KeyboardInterrupt
+
+
+@pytest.fixture
+def tiny_plan(monkeypatch):
+    monkeypatch.setattr(reproduce_module, "PAPER_RUNS", (TINY_RUN,))
+
+
+def smoke(out: Path, **overrides) -> ReproduceConfig:
+    return ReproduceConfig.smoke_test(out, subsets=("facial_components",), device="cpu", **overrides)
+
+
+def test_interrupted_run_resumes_and_finished_run_is_skipped(tiny_plan, tmp_path):
+    config = smoke(tmp_path / "out", epochs=2)
+    run_dir = config.run_dir("facial_components", TINY_RUN)
+    with pytest.raises(KeyboardInterrupt):
+        reproduce(config, callbacks=StopAfterFirstEpoch())
+    assert run_status(run_dir) == RESUME
+    assert [p.status for p in plan(config)] == [RESUME]
+
+    lines: list[str] = []
+    result = reproduce(config, log=lines.append)
+    assert result.trained == ["facial_components/timm:test_resnet-bce"] and not result.failed
+    assert any("resuming" in line for line in lines)
+    epochs = [json.loads(line)["epoch"] for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    assert epochs == [0, 1]  # epoch 0 was not trained again
+    assert run_status(run_dir) == DONE
+    assert (run_dir / "checkpoints" / "best.pt").is_file()
+    assert not (run_dir / "checkpoints" / "last.pt").exists()  # resume state dropped once evaluated
+    report = config.report_path("facial_components").read_text()
+    assert "timm:test_resnet" in report and "ResNet101 + ASL" in report and "| paper |" in report
+    assert list(csv.DictReader((tmp_path / "out" / "results.csv").open()))[0]["method"] == "timm:test_resnet"
+
+    again = reproduce(config)
+    assert again.skipped == ["facial_components/timm:test_resnet-bce"] and not again.trained
+
+
+def test_resuming_with_other_options_fails_that_run_only(tiny_plan, tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        reproduce(smoke(tmp_path / "out", epochs=2, keep_last=True), callbacks=StopAfterFirstEpoch())
+    result = reproduce(smoke(tmp_path / "out", epochs=3))
+    [(label, reason)] = result.failed.items()
+    assert label == "facial_components/timm:test_resnet-bce"
+    assert "epochs 2 -> 3" in reason and "delete it" in reason
+    # The command says which run failed and exits 1 (the others would have gone on).
+    cli = runner.invoke(app, ["reproduce", "--smoke", "--subset", "facial_components", "--out", str(tmp_path / "out"),
+                              "--epochs", "3", "--device", "cpu", "--quiet"])
+    assert cli.exit_code == 1
+    assert "failed: facial_components/timm:test_resnet-bce" in cli.output
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ([], "give the Seq-DeepFake root"),
+        (["--smoke", "--data", "."], "drop --data"),
+        (["--data", "no/such/folder"], "no/such/folder: no such folder"),
+        (["--smoke", "--only", "vgg*"], "matches no run"),
+    ],
+)
+def test_bad_options_are_one_line_and_exit_2(tmp_path, args, message):
+    result = runner.invoke(app, ["reproduce", "--out", str(tmp_path / "out"), *args])
+    assert result.exit_code == 2
+    assert message in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path):
+    result = runner.invoke(app, ["reproduce", "--smoke", "--out", str(tmp_path / "out"), "--dry-run"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert result.output.count(" new ") == 24
+    assert "ml_agcn-asl-image" in result.output and "mlgcn" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "variables, expected",
+    [
+        (["REPRODUCE_SMOKE=1"], 'reproduce --smoke --device auto --out "reproduce-smoke"'),
+        (["DATA=/data/Seq DeepFake", "DEVICE=cuda"], 'reproduce --data "/data/Seq DeepFake" --device cuda --out "reproduce"'),
+    ],
+)
+def test_make_reproduce_passes_its_variables(variables, expected):
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    dry = subprocess.run(["make", "-n", "reproduce", "MLCDF=mlcdf", *variables], cwd=REPO, capture_output=True, text=True)
+    assert dry.returncode == 0, dry.stderr
+    assert f"mlcdf {expected}" in dry.stdout
+
+
+@pytest.mark.slow
+def test_smoke_variant_runs_the_whole_plan(tmp_path):
+    out = tmp_path / "smoke"
+    try:
+        result = runner.invoke(app, ["reproduce", "--smoke", "--out", str(out), "--quiet"])
+        assert result.exit_code == 0, result.output
+        for subset, table in (("facial_components", "Table II"), ("facial_attributes", "Table I")):
+            report = (out / f"report-{subset}.md").read_text()
+            assert table in report
+            assert report.count("| Δ vs paper |") == 12  # each of our 12 runs beside its published row
+            assert all(run_status(out / "runs" / subset / run.name) == DONE for run in PAPER_RUNS)
+        assert len(list(csv.DictReader((out / "results.csv").open()))) == 24
+        assert "24 already done" in runner.invoke(app, ["reproduce", "--smoke", "--out", str(out), "--quiet"]).output
+    finally:
+        shutil.rmtree(out, ignore_errors=True)  # a few GB of checkpoints
