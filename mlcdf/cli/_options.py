@@ -27,6 +27,12 @@ class Device(str, Enum):
     cpu = "cpu"
 
 
+class Checkpoint(str, Enum):
+    best = "best"
+    last = "last"
+    ema = "ema"
+
+
 SubsetOpt = Annotated[Subset, typer.Option("--subset", help="Which Seq-DeepFake subset; 'all' means both.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
@@ -41,5 +47,8 @@ PreparedOpt = Annotated[
         help="A prepared subset folder (PREPARED/SUBSET, written by 'mlcdf prepare').",
         file_okay=False,
     ),
+]
+CheckpointOpt = Annotated[
+    Checkpoint, typer.Option("--checkpoint", help="Weights to use: best (chosen on validation), last, or ema.")
 ]
 RunArg = Annotated[Path, typer.Argument(help="A run folder written by 'mlcdf train'.", file_okay=False)]

@@ -11,19 +11,13 @@ import typer
 from rich.table import Table
 
 from mlcdf.cli._console import note, out, rich_progress, warn
-from mlcdf.cli._options import Device, JsonOpt, QuietOpt
+from mlcdf.cli._options import Checkpoint, Device, JsonOpt, QuietOpt
 
 
 class Split(str, Enum):
     train = "train"
     val = "val"
     test = "test"
-
-
-class Checkpoint(str, Enum):
-    best = "best"
-    last = "last"
-    ema = "ema"
 
 
 def _check_options(

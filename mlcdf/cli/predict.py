@@ -5,22 +5,21 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.table import Table
 
 from mlcdf.cli._console import err, out, rich_progress, warn
-from mlcdf.cli._options import Device, DeviceOpt, QuietOpt, RunArg
+from mlcdf.cli._options import Checkpoint, CheckpointOpt, Device, DeviceOpt, QuietOpt, RunArg
 from mlcdf.errors import MlcdfError
-from mlcdf.explain import explain_image
-from mlcdf.export import export_onnx
-from mlcdf.inference import CHECKPOINT_CHOICES, ImagePredictions, predict_images
 from mlcdf.io import atomic_open
 
-CheckpointOpt = Annotated[
-    str, typer.Option("--checkpoint", help=f"Weights to use: {', '.join(CHECKPOINT_CHOICES)} (best = chosen on validation).")
-]
+if TYPE_CHECKING:
+    from mlcdf.inference import ImagePredictions
+
+# The library modules (torch, timm, matplotlib) are imported inside each command, so that the other
+# commands and --help do not pay seconds for them.
 
 #: Rows shown on screen; the output file always has every image.
 SHOWN_ROWS = 30
@@ -31,7 +30,7 @@ def predict_command(
     inputs: Annotated[list[Path], typer.Argument(help="Image files and/or folders (searched recursively).")],
     out_file: Annotated[Optional[Path], typer.Option("--out", help="Write every prediction to FILE.csv or FILE.json.", dir_okay=False)] = None,
     threshold: Annotated[float, typer.Option("--threshold", min=0.0, max=1.0, help="A manipulation is predicted when its probability is at least this.")] = 0.5,
-    checkpoint: CheckpointOpt = "best",
+    checkpoint: CheckpointOpt = Checkpoint.best,
     device: DeviceOpt = Device.auto,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 64,
     workers: Annotated[int, typer.Option("--workers", min=0, help="Decoding processes.")] = 2,
@@ -47,8 +46,10 @@ def predict_command(
     """
     if out_file is not None and out_file.suffix.lower() not in (".csv", ".json"):
         raise MlcdfError(f"--out {out_file}: use a .csv or .json file name")
+    from mlcdf.inference import predict_images
+
     result = predict_images(
-        run, inputs, checkpoint=checkpoint, device=device.value, batch_size=batch_size,
+        run, inputs, checkpoint=checkpoint.value, device=device.value, batch_size=batch_size,
         threshold=threshold, workers=workers, progress=rich_progress(quiet=quiet),
     )
     for path, reason in result.unreadable:
@@ -101,7 +102,7 @@ def explain_command(
     image: Annotated[Path, typer.Argument(help="The image to explain.", exists=True, dir_okay=False)],
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for the PNG overlays.", file_okay=False)],
     label: Annotated[str, typer.Option("--label", help="A label name, or 'all'.")] = "all",
-    checkpoint: CheckpointOpt = "best",
+    checkpoint: CheckpointOpt = Checkpoint.best,
     device: DeviceOpt = Device.auto,
 ) -> None:
     """Grad-CAM heat maps: where the model sees each manipulation, one PNG per label (plus IMAGE_all.png).
@@ -111,7 +112,9 @@ def explain_command(
         mlcdf explain runs/r101-asl face.jpg --out explain/
     """
     labels = None if label == "all" else [label]
-    results = explain_image(run, image, out_dir, labels=labels, checkpoint=checkpoint, device=device.value)
+    from mlcdf.explain import explain_image
+
+    results = explain_image(run, image, out_dir, labels=labels, checkpoint=checkpoint.value, device=device.value)
     table = Table(title=str(image), title_justify="left")
     table.add_column("label")
     table.add_column("probability", justify="right")
@@ -124,7 +127,7 @@ def explain_command(
 def export_command(
     run: RunArg,
     onnx: Annotated[Path, typer.Option("--onnx", help="The .onnx file to write.", dir_okay=False)],
-    checkpoint: CheckpointOpt = "best",
+    checkpoint: CheckpointOpt = Checkpoint.best,
     opset: Annotated[int, typer.Option("--opset", help="ONNX opset version.")] = 18,
 ) -> None:
     """Export the classifier to ONNX (normalisation and sigmoid inside; dynamic batch), checked against PyTorch.
@@ -136,7 +139,9 @@ def export_command(
 
         mlcdf export runs/r101-asl --onnx r101-asl.onnx
     """
-    report = export_onnx(run, onnx, checkpoint=checkpoint, opset=opset)
+    from mlcdf.export import export_onnx
+
+    report = export_onnx(run, onnx, checkpoint=checkpoint.value, opset=opset)
     out.print(
         f"{report.path}: {len(report.labels)} labels, input {report.image_size}x{report.image_size}, "
         f"max |onnxruntime - PyTorch| = {report.max_abs_diff:.2e}"

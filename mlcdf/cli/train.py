@@ -7,17 +7,17 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from rich.progress import Progress, TextColumn
 
 from mlcdf.cli._console import err, out, progress_columns, rich_progress
 from mlcdf.cli._options import Device, QuietOpt
-from mlcdf.distributed import launched_by_torchrun
-from mlcdf.engine import StepInfo
 from mlcdf.errors import MlcdfError
-from mlcdf.training import RECIPES, TrainConfig, saved_run_options, train
+
+if TYPE_CHECKING:
+    from mlcdf.engine import StepInfo
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -96,7 +96,7 @@ def train_command(
     asl: Annotated[bool, typer.Option("--asl", help="Train with the Asymmetric Loss instead of binary cross-entropy.")] = False,
     backbone: Annotated[Optional[str], typer.Option("--backbone", help="Graph models: the timm backbone under the GCN head (default: the paper's).")] = None,
     graph: Annotated[Optional[Path], typer.Option("--graph", help="Label graph (.npz from 'mlcdf build-graph'); needed by graph models.", dir_okay=False)] = None,
-    recipe: Annotated[str, typer.Option("--recipe", help=f"Optimisation recipe: {', '.join(RECIPES)}. 'asl': AdamW + OneCycle, lr 1e-4. 'mlgcn': SGD 0.9, lr 0.1 (backbone 0.01), step decay, clip 10.")] = "asl",
+    recipe: Annotated[str, typer.Option("--recipe", help="Optimisation recipe: asl or mlgcn. 'asl': AdamW + OneCycle, lr 1e-4. 'mlgcn': SGD 0.9, lr 0.1 (backbone 0.01), step decay, clip 10.")] = "asl",
     epochs: Annotated[int, typer.Option("--epochs", min=1, help="Maximum epochs.")] = 40,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Global batch size (split over torchrun processes).")] = 128,
     image_size: Annotated[int, typer.Option("--image-size", min=8, help="Square input size in pixels.")] = 224,
@@ -132,6 +132,10 @@ def train_command(
 
         torchrun --nproc_per_node=4 -m mlcdf train --prepared prepared/facial_attributes --model tresnet_m --out runs/tm
     """
+    # Imported here, not at the top: torch and timm take seconds, which --help and other commands need not pay.
+    from mlcdf.distributed import launched_by_torchrun
+    from mlcdf.training import TrainConfig, saved_run_options, train
+
     values: dict[str, Any] = _read_config_file(config) if config else {}
     for name, value in ctx.params.items():
         if name in ("config", "quiet", "resume") or getattr(ctx.get_parameter_source(name), 'name', None) != 'COMMANDLINE':
