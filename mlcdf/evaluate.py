@@ -30,7 +30,6 @@ written all at once (:func:`mlcdf.io.atomic_dir`). It holds:
 from __future__ import annotations
 
 import csv
-import json
 import math
 import warnings
 from collections.abc import Sequence
@@ -55,7 +54,7 @@ from mlcdf.metrics import (
     tune_thresholds,
 )
 from mlcdf.errors import MissingArtifactError, MlcdfError, SchemaError
-from mlcdf.io import atomic_dir, atomic_open, write_json
+from mlcdf.io import atomic_dir, atomic_open, read_json_object, write_json
 from mlcdf.progress import ProgressFn, silent
 
 PREDICTIONS_FILE = "predictions.csv"
@@ -327,12 +326,7 @@ def read_metrics(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise MissingArtifactError(path, "run 'mlcdf evaluate' first")
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise SchemaError(path, f"not valid JSON ({error.msg})", line=error.lineno) from None
-    if not isinstance(document, dict):
-        raise SchemaError(path, "expected a JSON object")
+    document = read_json_object(path)
     for key in PAPER_METRICS:
         value = document.get(key, "missing")
         if not (value is None or isinstance(value, (int, float))):

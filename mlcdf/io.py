@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from mlcdf.errors import SchemaError
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -81,3 +83,20 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
             os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def read_json_object(path: str | Path, what: str = "a JSON object") -> dict[str, Any]:
+    """The JSON object in ``path``.
+
+    Raises:
+        SchemaError: the file is not valid JSON (naming the line) or not an object; ``what`` says what
+            was expected.
+    """
+    path = Path(path)
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise SchemaError(path, f"not valid JSON ({error.msg})", line=error.lineno) from None
+    if not isinstance(document, dict):
+        raise SchemaError(path, f"expected {what}")
+    return document

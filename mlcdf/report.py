@@ -14,13 +14,13 @@ from __future__ import annotations
 import csv
 import importlib.resources
 import io
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from mlcdf.errors import MissingArtifactError, MlcdfError, SchemaError
 from mlcdf.evaluate import METRICS_FILE, PAPER_METRICS, default_eval_dir, read_metrics
+from mlcdf.io import read_json_object
 from mlcdf.labels import SUBSETS
 
 #: Our model names (the registry's) -> (the paper's method name, the paper's category).
@@ -98,12 +98,7 @@ def _read_run_config(path: Path) -> dict:
 
     The training options may sit at the top level or under ``train`` (as ``mlcdf train`` writes them).
     """
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise SchemaError(path, f"not valid JSON ({error.msg})", line=error.lineno) from None
-    if not isinstance(config, dict):
-        raise SchemaError(path, "expected a JSON object")
+    config = read_json_object(path)
     options = config["train"] if isinstance(config.get("train"), dict) else config
     model = options.get("model")
     if not isinstance(model, str) or not model:

@@ -26,14 +26,13 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import gc
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from mlcdf.data.prepared import META_FILE
+from mlcdf.data.prepared import META_FILE, load_prepared
 from mlcdf.data.seqdeepfake import PrepareConfig, prepare
 from mlcdf.data.synth import SynthConfig, generate
 from mlcdf.errors import MlcdfError
@@ -286,9 +285,8 @@ def _synthesize(config: ReproduceConfig, log: Callable[[str], None], progress: P
 def _prepare(config: ReproduceConfig, subset: str, log: Callable[[str], None], progress: ProgressFn) -> None:
     prepared = config.prepared_dir(subset)
     root = config.data_root.resolve()
-    meta = prepared / META_FILE
-    if meta.is_file():
-        prepared_from = Path(json.loads(meta.read_text(encoding="utf-8"))["root"])
+    if (prepared / META_FILE).is_file():
+        prepared_from = load_prepared(prepared).root
         if prepared_from != root:
             raise MlcdfError(f"{prepared} was prepared from {prepared_from}, not {root}; choose another output folder")
         return

@@ -12,8 +12,6 @@ import dataclasses
 import json
 import math
 import os
-import shutil
-import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,9 +38,9 @@ from mlcdf.data.prepared import PreparedSubset, load_prepared
 from mlcdf.distributed import DistInfo, barrier, init_distributed, shutdown_distributed
 from mlcdf.ema import ModelEma
 from mlcdf.engine import StepInfo, predict, train_one_epoch
-from mlcdf.errors import MlcdfError
+from mlcdf.errors import MlcdfError, SchemaError
 from mlcdf.graph import LabelGraph, load_graph, save_graph
-from mlcdf.io import atomic_open, write_json
+from mlcdf.io import atomic_open, read_json_object, write_json
 from mlcdf.losses import create_loss
 from mlcdf.metrics import NoPositivesWarning, average_precision
 from mlcdf.models import create_model
@@ -329,7 +327,10 @@ def saved_run_options(run_dir: str | Path) -> dict[str, Any] | None:
     path = Path(run_dir) / CONFIG_FILE
     if not path.is_file():
         return None
-    return dict(json.loads(path.read_text(encoding="utf-8"))["train"])
+    options = read_json_object(path).get("train")
+    if not isinstance(options, dict):
+        raise SchemaError(path, "no 'train' options: not a run configuration")
+    return dict(options)
 
 
 def train(config: TrainConfig, *, resume: bool = False, callbacks: TrainCallbacks | None = None, progress: ProgressFn = silent) -> TrainResult:
@@ -341,7 +342,7 @@ def train(config: TrainConfig, *, resume: bool = False, callbacks: TrainCallback
     callbacks = callbacks or SilentCallbacks()
     run_dir = Path(config.out)
     checkpoint_dir = run_dir / CHECKPOINTS
-    last_path, best_path = checkpoint_dir / "last.pt", checkpoint_dir / "best.pt"
+    last_path = checkpoint_dir / "last.pt"
     resume_state = None
     if resume:
         resume_state = load_checkpoint(last_path) if last_path.is_file() else None

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import sequence_rows, write_release
 from mlcdf.data.dataset import (
     Augment,
     CachedSource,

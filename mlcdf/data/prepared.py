@@ -9,14 +9,13 @@ column per label, named as the vocabulary and in vocabulary order. Every later s
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from mlcdf.errors import MissingArtifactError, SchemaError
-from mlcdf.io import atomic_open
+from mlcdf.io import atomic_open, read_json_object
 from mlcdf.labels import SEQUENCE_SEPARATOR
 
 SPLITS = ("train", "val", "test")
@@ -133,10 +132,7 @@ def load_prepared(path: str | Path) -> PreparedSubset:
         if path.is_dir() and any((path / name / META_FILE).is_file() for name in ("facial_components", "facial_attributes")):
             hint = "point at PREPARED/<subset>, not PREPARED"
         raise MissingArtifactError(meta_path, hint)
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise SchemaError(meta_path, f"not valid JSON ({error.msg})", line=error.lineno) from None
+    meta = read_json_object(meta_path)
     for key in ("subset", "labels", "root", "splits"):
         if key not in meta:
             raise SchemaError(meta_path, f"missing key {key!r}")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib.resources
-import json
 import logging
 import socket
 import sys
@@ -26,6 +25,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from mlcdf.errors import MissingArtifactError, MlcdfError, SchemaError
+from mlcdf.io import read_json_object
 
 if TYPE_CHECKING:
     from gensim.models import KeyedVectors
@@ -135,12 +135,7 @@ def label_phrases(labels: Sequence[str], phrases_file: str | Path | None = None)
     path = Path(phrases_file)
     if not path.is_file():
         raise MissingArtifactError(path, "a JSON object such as {\"Bangs\": \"bangs fringe hairstyle\"}")
-    try:
-        overrides = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise SchemaError(path, f"not valid JSON ({error.msg})", line=error.lineno) from None
-    if not isinstance(overrides, dict):
-        raise SchemaError(path, "expected a JSON object mapping label names to phrases")
+    overrides = read_json_object(path, "a JSON object mapping label names to phrases")
     for label, phrase in overrides.items():
         if label not in phrases:
             raise SchemaError(path, f"{label!r} is not a label of this subset ({', '.join(labels)})")
