@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 import mlcdf.reproduce as reproduce_module
 from mlcdf.cli.main import app
+from mlcdf.errors import SchemaError
 from mlcdf.report import method_of, paper_results
 from mlcdf.reproduce import DONE, PAPER_RUNS, RESUME, PaperRun, ReproduceConfig, plan, reproduce, run_status
 from mlcdf.training import SilentCallbacks
@@ -155,3 +156,12 @@ def test_smoke_variant_runs_the_whole_plan(tmp_path):
         assert "24 already done" in runner.invoke(app, ["reproduce", "--smoke", "--out", str(out), "--quiet"]).output
     finally:
         shutil.rmtree(out, ignore_errors=True)  # a few GB of checkpoints
+
+
+def test_a_corrupt_run_config_is_named(tmp_path):
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "last.pt").write_bytes(b"")
+    (run_dir / "config.json").write_text('{"train": {"epochs": 2,}\n')
+    with pytest.raises(SchemaError, match=r"config\.json:1: not valid JSON"):
+        run_status(run_dir)
