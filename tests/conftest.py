@@ -1,8 +1,9 @@
-"""Shared fixtures: tiny official-format Seq-DeepFake trees written by the tests themselves."""
+"""Shared fixtures: no network, and tiny official-format Seq-DeepFake trees written by the tests themselves."""
 
 from __future__ import annotations
 
 import csv
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,21 @@ import pytest
 from PIL import Image
 
 from mlcdf.labels import SUBSETS, format_label_ids
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any attempt of a test to reach the network (a download, a DNS lookup) fails at once.
+
+    CI has no network, so a test that needed it would hang or fail there; this makes it fail here too.
+    Subprocesses (the torchrun test) are not affected.
+    """
+
+    def refuse(*args, **kwargs):
+        raise OSError("network access in a test")
+
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
 
 
 def write_image(path: Path, size: int = 16, seed: int = 0) -> None:

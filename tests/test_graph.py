@@ -51,17 +51,6 @@ TARGETS = np.array(
 )
 
 
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Any attempt to reach the network fails at once instead of waiting or downloading."""
-
-    def refuse(*args, **kwargs):
-        raise OSError("network disabled in tests")
-
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-
-
 def write_prepared(folder: Path, targets: np.ndarray, labels: tuple[str, ...] = LABELS, subset: str = "toy") -> Path:
     """A prepared subset with the given train targets and one 32x32 image per row."""
     rng = np.random.default_rng(0)

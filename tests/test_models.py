@@ -1,6 +1,6 @@
 """Models: registry, factory, every model's forward/backward, parameter counts, graph heads, weights loading.
 
-CPU only, 32-pixel inputs, and no network: an autouse fixture makes any socket connection fail.
+CPU only, 32-pixel inputs, and no network (conftest's autouse fixture makes any socket connection fail).
 """
 
 from __future__ import annotations
@@ -8,7 +8,6 @@ from __future__ import annotations
 import doctest
 import json
 import logging
-import socket
 import time
 from dataclasses import dataclass
 
@@ -36,6 +35,7 @@ from mlcdf.models import (
     rebuild_model,
 )
 from mlcdf.models import _factory, _registry
+from mlcdf.models._backbone import BackboneClassifier, create_backbone
 from mlcdf.models._pretrained import load_pretrained_backbone
 from mlcdf.models.agcn import AdaptiveGraphConvolution
 from mlcdf.models.gcn import GraphConvolution, GraphHead
@@ -51,14 +51,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise OSError("network access in a test")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
 
 
 def tiny_graph(num_labels: int = 5, dim: int = 8, seed: int = 0) -> GraphTensors:
@@ -126,6 +118,11 @@ def test_every_model_forward_backward(name):
     assert model.model_name == name and model.num_labels == 5
     assert len(model.input_mean) == 3 and len(model.input_std) == 3
     assert model.weights_report is None
+
+
+def test_the_base_class_needs_a_head():
+    with pytest.raises(TypeError, match="abstract"):
+        BackboneClassifier(create_backbone(TINY), 5)
 
 
 def test_input_normalisation_follows_the_backbone():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 from pathlib import Path
 
 import timm
@@ -29,10 +30,10 @@ def create_backbone(arch: str, **kwargs) -> nn.Module:
     return timm.create_model(arch, pretrained=False, num_classes=0, **kwargs)
 
 
-class BackboneClassifier(nn.Module):
+class BackboneClassifier(nn.Module, abc.ABC):
     """Base of every mlcdf model: ``forward = forward_head(forward_features(x))`` over a timm backbone.
 
-    Subclasses add the multi-label head and implement ``forward_head``, ``get_classifier`` and
+    Abstract: subclasses add the multi-label head and implement ``forward_head``, ``get_classifier`` and
     ``reset_classifier``.
 
     Attributes:
@@ -66,9 +67,17 @@ class BackboneClassifier(nn.Module):
         """The backbone's unpooled output, B x C x H x W for CNNs (the layer Grad-CAM hooks)."""
         return self.backbone.forward_features(x)
 
+    @abc.abstractmethod
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Pool ``forward_features``' output; return the pooled features (``pre_logits``) or B x C logits."""
-        raise NotImplementedError
+
+    @abc.abstractmethod
+    def get_classifier(self) -> nn.Module:
+        """The module producing the logits (timm's API)."""
+
+    @abc.abstractmethod
+    def reset_classifier(self, num_labels: int) -> None:
+        """Replace the head with a freshly initialised one for ``num_labels`` labels (timm's API)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """B x 3 x H x W images, normalised with ``input_mean``/``input_std`` -> B x num_labels logits."""
