@@ -15,34 +15,34 @@ import torch
 class ModelEma:
     """A frozen copy of a model whose weights track an EMA of the trained model's weights.
 
-    Buffers (BatchNorm statistics) are copied, not averaged, as in timm's ``ModelEmaV2``.
+    Buffers (BatchNorm statistics) are copied, not averaged, as in timm's ``ModelEmaV2``. Each EMA
+    tensor is paired once with the trained model's own tensor, so :meth:`update` works whatever wraps
+    the model during training (DistributedDataParallel, ``torch.compile``: they share its tensors but
+    rename them in ``state_dict``). Loading weights into the model in place keeps the pairing valid.
     """
 
     def __init__(self, model: torch.nn.Module, decay: float = 0.9997) -> None:
         self.module = copy.deepcopy(model).eval().requires_grad_(False)
         self.decay = decay
         self.updates = 0
+        self._parameters = list(zip(self.module.parameters(), model.parameters()))
+        self._buffers = list(zip(self.module.buffers(), model.buffers()))
 
     def current_decay(self) -> float:
         return min(self.decay, (1 + self.updates) / (10 + self.updates))
 
     @torch.no_grad()
-    def update(self, model: torch.nn.Module) -> None:
+    def update(self) -> None:
+        """Move the EMA one step towards the trained model's current weights."""
         self.updates += 1
-        decay = self.current_decay()
-        model_state = model.state_dict()
-        for name, ema_value in self.module.state_dict().items():
-            value = model_state[name].detach()
-            if ema_value.dtype.is_floating_point and name in self._parameter_names:
-                ema_value.lerp_(value.to(ema_value.dtype), 1.0 - decay)
+        weight = 1.0 - self.current_decay()
+        for ema_value, value in self._parameters:
+            if ema_value.dtype.is_floating_point:
+                ema_value.lerp_(value.detach().to(ema_value.dtype), weight)
             else:
                 ema_value.copy_(value)
-
-    @property
-    def _parameter_names(self) -> set[str]:
-        if not hasattr(self, "_names"):
-            self._names = {name for name, _ in self.module.named_parameters()}
-        return self._names
+        for ema_value, value in self._buffers:
+            ema_value.copy_(value)
 
     def state_dict(self) -> dict:
         return {"module": self.module.state_dict(), "updates": self.updates, "decay": self.decay}

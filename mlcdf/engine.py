@@ -107,7 +107,7 @@ def train_one_epoch(
         if scheduler is not None:
             scheduler.step()
         if ema is not None:
-            ema.update(model)
+            ema.update()
         running += loss.detach()
         images += x.shape[0]
         if step % LOG_EVERY == 0 or step == steps:

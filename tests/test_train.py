@@ -154,7 +154,7 @@ def test_unknown_model_is_a_clear_error(toy, tmp_path):
 @pytest.mark.slow
 def test_torchrun_ddp_matches_single_process(toy, tmp_path):
     common = ["--prepared", str(toy), "--model", TINY, "--epochs", "2", "--batch-size", "8", "--image-size", "32",
-              "--device", "cpu", "--workers", "0", "--lr", "0.003", "--patience", "0", "--ema-decay", "0", "--no-flip", "--jitter", "0"]
+              "--device", "cpu", "--workers", "0", "--lr", "0.003", "--patience", "0", "--no-flip", "--jitter", "0"]
     single = tmp_path / "single"
     result = runner.invoke(app, ["train", *common, "--out", str(single)])
     assert result.exit_code == 0, result.output
@@ -168,7 +168,7 @@ def test_torchrun_ddp_matches_single_process(toy, tmp_path):
     assert json.loads((ddp / "config.json").read_text())["world_size"] == 2
     single_log, ddp_log = read_log(single), read_log(ddp)
     assert len(ddp_log) == len(single_log) == 2
-    # Same global batches and gradients; only BatchNorm sees half-batches per process.
+    # Same global batches and gradients (EMA on, as by default); only BatchNorm sees half-batches per process.
     for a, b in zip(single_log, ddp_log):
         assert abs(a["train_loss"] - b["train_loss"]) < 0.05
         assert abs(a["val_mAP"] - b["val_mAP"]) < 0.1
