@@ -12,6 +12,7 @@ crop: a crop can cut the manipulated region out of the image and leave a wrong l
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -230,6 +231,12 @@ def collate_batch(batch: dict) -> dict:
 _GRAY = (0.299, 0.587, 0.114)
 
 
+@functools.lru_cache(maxsize=32)
+def _channel_constant(values: tuple[float, float, float], device: torch.device) -> torch.Tensor:
+    """A (1, 3, 1, 1) float32 tensor on ``device``, made once rather than copied there every batch."""
+    return torch.tensor(values, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+
+
 def to_model_input(
     batch: dict,
     device: torch.device,
@@ -247,22 +254,21 @@ def to_model_input(
     images = batch["images"].to(device, non_blocking=non_blocking)
     x = images.permute(0, 3, 1, 2).float().div_(255.0)
     view = (-1, 1, 1, 1)
-    flip = batch["flip"].to(device, non_blocking=non_blocking)
-    if bool(flip.any()):
+    # Which augmentations apply is decided on the CPU tensors: asking a device tensor would make the
+    # host wait for the GPU on every batch.
+    if bool(batch["flip"].any()):
+        flip = batch["flip"].to(device, non_blocking=non_blocking)
         x = torch.where(flip.view(view), x.flip(3), x)
-    brightness = batch["brightness"].to(device, non_blocking=non_blocking).view(view)
-    contrast = batch["contrast"].to(device, non_blocking=non_blocking).view(view)
-    saturation = batch["saturation"].to(device, non_blocking=non_blocking).view(view)
-    if not (bool((brightness == 1).all()) and bool((contrast == 1).all()) and bool((saturation == 1).all())):
-        gray_weights = torch.tensor(_GRAY, device=device).view(1, 3, 1, 1)
+    jitter = ("brightness", "contrast", "saturation")
+    if any(bool((batch[name] != 1).any()) for name in jitter):
+        brightness, contrast, saturation = (batch[name].to(device, non_blocking=non_blocking).view(view) for name in jitter)
+        gray_weights = _channel_constant(_GRAY, device)
         x = x * brightness
         gray_mean = (x * gray_weights).sum(1, keepdim=True).mean((2, 3), keepdim=True)
         x = (x - gray_mean) * contrast + gray_mean
         gray = (x * gray_weights).sum(1, keepdim=True)
         x = ((x - gray) * saturation + gray).clamp_(0.0, 1.0)
-    mean_t = torch.tensor(mean, device=device).view(1, 3, 1, 1)
-    std_t = torch.tensor(std, device=device).view(1, 3, 1, 1)
-    x = (x - mean_t) / std_t
+    x = (x - _channel_constant(mean, device)) / _channel_constant(std, device)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     return x.contiguous(memory_format=memory_format)
 
