@@ -1,4 +1,4 @@
-"""Distributed runtime helpers (torchrun): who am I, and gathering results without padded duplicates.
+"""Devices and the distributed runtime (torchrun): which device, who am I, and gathering results without padded duplicates.
 
 ``torchrun`` sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``; without them everything here is a
 single-process no-op, so the same code runs on a laptop and on eight GPUs.
@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from mlcdf.errors import MlcdfError
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,29 @@ class DistInfo:
     @property
     def enabled(self) -> bool:
         return self.world_size > 1
+
+
+def resolve_device(requested: str, local_rank: int = 0) -> torch.device:
+    """``auto`` -> CUDA when present, else the CPU; ``cpu``, ``cuda`` or ``cuda:N`` as given.
+
+    A bare ``cuda`` means this process's GPU: ``local_rank`` under torchrun, else GPU 0.
+
+    Raises:
+        MlcdfError: CUDA was asked for but is not available, or the name is not a CPU or CUDA device.
+    """
+    if requested == "auto":
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise MlcdfError(f"unknown device {requested!r}; expected auto, cpu, cuda or cuda:N")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise MlcdfError(f"--device {requested} was asked for, but CUDA is not available here (use cpu or auto)")
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", local_rank)
+    return device
 
 
 def launched_by_torchrun() -> bool:
@@ -72,12 +97,3 @@ def gather_rows(tensor: torch.Tensor) -> torch.Tensor:
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
-
-
-def broadcast_flag(flag: bool, device: torch.device) -> bool:
-    """Rank 0's decision, shared with every rank (e.g. early stopping)."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return flag
-    value = torch.tensor([1 if flag else 0], device=device)
-    dist.broadcast(value, src=0)
-    return bool(value.item())

@@ -21,11 +21,10 @@ from PIL import Image, ImageDraw
 
 from mlcdf.data.dataset import no_augmentation, to_model_input
 from mlcdf.data.images import load_rgb
-from mlcdf.distributed import DistInfo
+from mlcdf.distributed import resolve_device
 from mlcdf.errors import MlcdfError
 from mlcdf.inference import load_run_model, read_run
 from mlcdf.io import atomic_path
-from mlcdf.training import resolve_device
 
 
 def grad_cam(model: torch.nn.Module, x: torch.Tensor, label_indices: list[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -101,7 +100,7 @@ def explain_image(
         resized = load_rgb(image_path, info.config.image_size)
     except OSError as error:
         raise MlcdfError(f"{image_path}: cannot read the image ({error})") from None
-    torch_device = resolve_device(device, DistInfo())
+    torch_device = resolve_device(device)
     model = load_run_model(run_dir, checkpoint, torch_device)
     batch = {"images": torch.from_numpy(resized[None].copy()), **no_augmentation(1)}
     x = to_model_input(batch, torch_device, info.input_mean, info.input_std)

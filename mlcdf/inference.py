@@ -26,12 +26,12 @@ from mlcdf.data.dataset import (
 )
 from mlcdf.data.images import IMAGE_EXTENSIONS, load_rgb
 from mlcdf.data.prepared import load_prepared
-from mlcdf.distributed import DistInfo
+from mlcdf.distributed import resolve_device
 from mlcdf.engine import autocast, predict
 from mlcdf.errors import MissingArtifactError, MlcdfError, SchemaError
 from mlcdf.graph import load_graph
 from mlcdf.progress import ProgressFn, silent
-from mlcdf.training import CHECKPOINTS, CONFIG_FILE, GRAPH_FILE, TrainConfig, build_model, mixed_precision, resolve_device
+from mlcdf.training import CHECKPOINTS, CONFIG_FILE, GRAPH_FILE, TrainConfig, build_model, mixed_precision
 
 CHECKPOINT_CHOICES = ("best", "last", "ema")
 
@@ -109,7 +109,7 @@ def predict_split(
         ``(y_true, y_score, file_paths, num_steps, labels, num_params)``.
     """
     info = read_run(run_dir)
-    torch_device = resolve_device(device, DistInfo())
+    torch_device = resolve_device(device)
     model = load_run_model(run_dir, checkpoint, torch_device)
     prepared = load_prepared(info.config.prepared)
     table = prepared.read_split(split)
@@ -214,7 +214,7 @@ def predict_images(
 ) -> ImagePredictions:
     """Score user images (files or folders) with a run's model; unreadable files are listed, not fatal."""
     info = read_run(run_dir)
-    torch_device = resolve_device(device, DistInfo())
+    torch_device = resolve_device(device)
     model = load_run_model(run_dir, checkpoint, torch_device)
     paths = find_images(inputs)
     loader = torch.utils.data.DataLoader(

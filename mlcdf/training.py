@@ -35,7 +35,7 @@ from mlcdf.data.dataset import (
     to_model_input,
 )
 from mlcdf.data.prepared import PreparedSubset, load_prepared
-from mlcdf.distributed import DistInfo, barrier, init_distributed, shutdown_distributed
+from mlcdf.distributed import DistInfo, barrier, init_distributed, resolve_device, shutdown_distributed
 from mlcdf.ema import ModelEma
 from mlcdf.engine import StepInfo, predict, train_one_epoch
 from mlcdf.errors import MlcdfError, SchemaError
@@ -158,18 +158,6 @@ class TrainResult:
     best_source: str
     stopped_early: bool
     history: list[dict] = field(default_factory=list)
-
-
-def resolve_device(requested: str, dist_info: DistInfo) -> torch.device:
-    if requested not in ("auto", "cuda", "cpu") and not requested.startswith("cuda:"):
-        raise MlcdfError(f"unknown device {requested!r}; expected auto, cuda or cpu")
-    if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise MlcdfError("--device cuda was asked for, but CUDA is not available here (use --device cpu or auto)")
-    if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    if requested.startswith("cuda:"):
-        return torch.device(requested)
-    return torch.device("cuda", dist_info.local_rank)
 
 
 def mixed_precision(device: torch.device, amp: bool | None) -> tuple[torch.dtype | None, bool]:
@@ -365,7 +353,7 @@ def train(config: TrainConfig, *, resume: bool = False, callbacks: TrainCallback
 
 
 def _train(config: TrainConfig, run_dir: Path, resume_state: dict | None, dist_info: DistInfo, callbacks: TrainCallbacks, progress: ProgressFn) -> TrainResult:
-    device = resolve_device(config.device, dist_info)
+    device = resolve_device(config.device, dist_info.local_rank)
     torch.manual_seed(config.seed)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True

@@ -172,3 +172,12 @@ def test_torchrun_ddp_matches_single_process(toy, tmp_path):
     for a, b in zip(single_log, ddp_log):
         assert abs(a["train_loss"] - b["train_loss"]) < 0.05
         assert abs(a["val_mAP"] - b["val_mAP"]) < 0.1
+
+
+@pytest.mark.parametrize("name", ["gpu", "mps", "cuda:x"])
+def test_unknown_device_names_are_refused(name):
+    from mlcdf.distributed import resolve_device
+    from mlcdf.errors import MlcdfError
+
+    with pytest.raises(MlcdfError, match="unknown device"):
+        resolve_device(name)

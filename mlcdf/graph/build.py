@@ -177,9 +177,10 @@ def _node_embeddings(
     if source.is_word:
         return word_embeddings(prepared.labels, source, config.label_phrases)
     # Imported here: torch, timm and scikit-learn are only needed for image embeddings.
+    from mlcdf.distributed import resolve_device
     from mlcdf.graph import image_embeddings as images
 
-    device = images.resolve_device(config.device)
+    device = resolve_device(config.device)
     if config.from_run is not None:
         encoder = images.run_encoder(config.from_run, device=device, image_size=config.image_size)
     else:

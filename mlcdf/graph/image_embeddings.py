@@ -157,23 +157,6 @@ def run_encoder(run_dir: str | Path, *, device: torch.device, image_size: int | 
     )
 
 
-def resolve_device(requested: str) -> torch.device:
-    """``auto`` -> CUDA when present, else the CPU; ``cpu``, ``cuda`` or ``cuda:N`` as given.
-
-    Raises:
-        MlcdfError: CUDA was asked for but is not available, or the name is not a device.
-    """
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(requested)
-    except RuntimeError:
-        raise MlcdfError(f"unknown device {requested!r}; expected auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise MlcdfError(f"--device {requested} was asked for, but CUDA is not available here (use cpu or auto)")
-    return device
-
-
 def extract_features(
     encoder: ImageEncoder,
     prepared: PreparedSubset,
