@@ -16,10 +16,13 @@ import numpy as np
 
 from mlcdf.errors import MissingArtifactError, SchemaError
 from mlcdf.io import atomic_open, read_json_object
-from mlcdf.labels import SEQUENCE_SEPARATOR
+from mlcdf.labels import SEQUENCE_SEPARATOR, SUBSETS
 
 SPLITS = ("train", "val", "test")
 META_FILE = "meta.json"
+#: What ``mlcdf synth`` writes in ``ROOT/<subset>`` to say how a synthetic stand-in was made; its
+#: presence tells the release apart from a stand-in.
+SYNTH_JSON = "synth.json"
 
 
 @dataclass(frozen=True)
@@ -129,7 +132,7 @@ def load_prepared(path: str | Path) -> PreparedSubset:
     meta_path = path / META_FILE
     if not meta_path.is_file():
         hint = "run 'mlcdf prepare' first"
-        if path.is_dir() and any((path / name / META_FILE).is_file() for name in ("facial_components", "facial_attributes")):
+        if path.is_dir() and any((path / name / META_FILE).is_file() for name in SUBSETS):
             hint = "point at PREPARED/<subset>, not PREPARED"
         raise MissingArtifactError(meta_path, hint)
     meta = read_json_object(meta_path)

@@ -21,8 +21,7 @@ import numpy as np
 
 from mlcdf import __version__
 from mlcdf.data.images import verify_image
-from mlcdf.data.prepared import META_FILE, SPLITS, SplitTable, write_split_csv
-from mlcdf.data.synth import SYNTH_JSON
+from mlcdf.data.prepared import META_FILE, SPLITS, SYNTH_JSON, SplitTable, write_split_csv
 from mlcdf.errors import MissingArtifactError, MlcdfError, SchemaError
 from mlcdf.io import atomic_dir, write_json
 from mlcdf.labels import MAX_STEPS, REAL_FOLDER, ids_to_multihot, ids_to_sequence, parse_label_ids, sequence_to_ids, vocabulary
@@ -183,6 +182,8 @@ def prepare(config: PrepareConfig, progress: ProgressFn = silent) -> list[Subset
     for subset in config.subsets:
         summary = SubsetSummary(subset, config.out / subset)
         tables: dict[str, SplitTable] = {}
+        # Synthetic stand-ins have their own sizes; only the release is compared with the official ones.
+        synthetic = (root / subset / SYNTH_JSON).is_file()
         for split in config.splits:
             csv_path = annotation_path(root, subset, split)
             if not csv_path.is_file():
@@ -192,8 +193,6 @@ def prepare(config: PrepareConfig, progress: ProgressFn = silent) -> list[Subset
             table, split_summary = _check_images(annotated, root, config, progress, f"{subset}/{split}")
             split_summary.positives = dict(zip(vocabulary(subset), table.targets.sum(axis=0).tolist()))
             split_summary.steps = {k: int(v) for k, v in sorted(Counter(table.num_steps.tolist()).items())}
-            # Synthetic stand-ins have their own sizes; only the release is compared with the official ones.
-            synthetic = (root / subset / SYNTH_JSON).is_file()
             split_summary.official_rows = None if synthetic else OFFICIAL_SPLIT_SIZES[subset][split]
             tables[split] = table
             summary.splits[split] = split_summary

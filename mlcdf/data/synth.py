@@ -44,7 +44,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from mlcdf import __version__
 from mlcdf.data import synth_faces as faces
-from mlcdf.data.prepared import SPLITS
+from mlcdf.data.prepared import SPLITS, SYNTH_JSON
 from mlcdf.errors import MlcdfError
 from mlcdf.io import atomic_dir, atomic_open, atomic_path, write_json
 from mlcdf.labels import REAL_FOLDER, SUBSETS, format_label_ids, ids_to_sequence, steps_of
@@ -70,7 +70,6 @@ _SIZE_RANGE = (32, 2048)
 _STRENGTH_RANGE = (0.0, 4.0)
 _PNG_COMPRESS_LEVEL = 1  # fast; higher levels save little on noisy images and cost more than drawing
 _JPEG_QUALITY = 95
-SYNTH_JSON = "synth.json"
 _README = "README.txt"
 
 
