@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import gc
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,8 +42,8 @@ from mlcdf.graph.embeddings import PAPER_WORD_EMBEDDING
 from mlcdf.io import atomic_open
 from mlcdf.labels import SUBSETS
 from mlcdf.progress import ProgressFn, silent
-from mlcdf.report import load_result, results_table
-from mlcdf.training import CHECKPOINTS, TrainCallbacks, TrainConfig, saved_run_options, train
+from mlcdf.report import ResultRow, load_result, results_table
+from mlcdf.training import CHECKPOINTS, LOG_FILE, RESUME_OVERRIDES, TrainCallbacks, TrainConfig, saved_run_options, train
 
 
 @dataclass(frozen=True)
@@ -197,27 +197,39 @@ class PlannedRun:
     run_dir: Path
     status: str
 
+    @property
+    def label(self) -> str:
+        """``<subset>/<run name>``, as the log and the failures name it."""
+        return f"{self.subset}/{self.run.name}"
+
+
+def is_evaluated(run_dir: Path) -> bool:
+    """Whether the run has its test evaluation (``eval/test/metrics.json``), i.e. is finished."""
+    return (default_eval_dir(run_dir, "test") / METRICS_FILE).is_file()
+
 
 def run_status(run_dir: Path) -> str:
     """``done`` (evaluated on test), ``evaluate`` (trained, not evaluated), ``resume`` (checkpoints of an
     unfinished run) or ``new``."""
-    if (default_eval_dir(run_dir, "test") / METRICS_FILE).is_file():
+    if is_evaluated(run_dir):
         return DONE
     if not (run_dir / CHECKPOINTS / "last.pt").is_file():
         return NEW
-    history = (run_dir / "log.jsonl").read_text(encoding="utf-8").splitlines() if (run_dir / "log.jsonl").is_file() else []
+    log_file = run_dir / LOG_FILE
+    history = log_file.read_text(encoding="utf-8").splitlines() if log_file.is_file() else []
     options = saved_run_options(run_dir) or {}
     finished = len(history) >= options.get("epochs", float("inf"))
     return EVALUATE if finished else RESUME
 
 
-def plan(config: ReproduceConfig) -> list[PlannedRun]:
-    """Every run of ``config``, with its current status."""
-    return [
-        PlannedRun(subset, run, config.run_dir(subset, run), run_status(config.run_dir(subset, run)))
-        for subset in config.subsets
-        for run in config.runs()
-    ]
+def plan(config: ReproduceConfig, subsets: Sequence[str] | None = None) -> list[PlannedRun]:
+    """Every run of ``config`` (of ``subsets`` only, if given), with its current status."""
+    planned = []
+    for subset in config.subsets if subsets is None else subsets:
+        for run in config.runs():
+            run_dir = config.run_dir(subset, run)
+            planned.append(PlannedRun(subset, run, run_dir, run_status(run_dir)))
+    return planned
 
 
 @dataclass
@@ -245,29 +257,34 @@ def reproduce(
     """
     config.check()
     result = ReproduceResult()
+    rows: dict[str, list[ResultRow]] = {}
     if config.smoke:
         _synthesize(config, log, progress)
     for subset in config.subsets:
         _prepare(config, subset, log, progress)
         for embedding in sorted({run.embedding for run in config.runs() if run.embedding}):
             _build_graph(config, subset, embedding, log, progress)
-        for planned in plan(dataclasses.replace(config, subsets=(subset,))):
-            label = f"{subset}/{planned.run.name}"
+        for planned in plan(config, subsets=(subset,)):
             if planned.status == DONE:
-                result.skipped.append(label)
-                log(f"{label}: evaluated already, skipped")
+                result.skipped.append(planned.label)
+                log(f"{planned.label}: evaluated already, skipped")
                 continue
             try:
                 _train_and_evaluate(config, planned, log, callbacks, progress)
             except MlcdfError as error:
-                result.failed[label] = str(error)
-                log(f"{label}: FAILED: {error}")
+                result.failed[planned.label] = str(error)
+                log(f"{planned.label}: FAILED: {error}")
                 continue
             finally:
                 _release_memory()
-            result.trained.append(label)
-        result.reports[subset] = _write_report(config, subset, log)
-    _write_results_csv(config)
+            result.trained.append(planned.label)
+        rows[subset] = _evaluated_results(config, subset)
+        result.reports[subset] = _write_report(config, subset, rows[subset], log)
+    # The CSV covers every subset evaluated under OUT, also those this call did not run.
+    _write_results_csv(
+        config,
+        [row for subset in SUBSETS for row in (rows[subset] if subset in rows else _evaluated_results(config, subset))],
+    )
     return result
 
 
@@ -326,7 +343,7 @@ def _train_and_evaluate(
     callbacks: TrainCallbacks | None,
     progress: ProgressFn,
 ) -> None:
-    label = f"{planned.subset}/{planned.run.name}"
+    label = planned.label
     train_config = config.train_config(planned.subset, planned.run)
     if planned.status in (RESUME, EVALUATE):
         _check_same_options(planned.run_dir, train_config)
@@ -340,8 +357,9 @@ def _train_and_evaluate(
         (planned.run_dir / CHECKPOINTS / "last.pt").unlink(missing_ok=True)
 
 
-#: Options a resumed run may change: where its files are, where and how fast it runs; not what it computes.
-_FREE_OPTIONS = {"out", "prepared", "graph", "device", "workers"}
+#: Options a resumed run may differ in: the trainer's overrides, and the paths the plan derives from
+#: OUT (a resumed run reads its own from its checkpoint), so that OUT may be spelt another way.
+_FREE_OPTIONS = {*RESUME_OVERRIDES, "out", "prepared", "graph"}
 
 
 def _check_same_options(run_dir: Path, planned: TrainConfig) -> None:
@@ -362,12 +380,13 @@ def _release_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def _evaluated_runs(config: ReproduceConfig, subset: str) -> list[Path]:
-    return [config.run_dir(subset, run) for run in PAPER_RUNS if run_status(config.run_dir(subset, run)) == DONE]
+def _evaluated_results(config: ReproduceConfig, subset: str) -> list[ResultRow]:
+    """The test results of the evaluated runs of ``subset`` under OUT, in the paper's order."""
+    run_dirs = (config.run_dir(subset, run) for run in PAPER_RUNS)
+    return [load_result(run_dir) for run_dir in run_dirs if is_evaluated(run_dir)]
 
 
-def _write_report(config: ReproduceConfig, subset: str, log: Callable[[str], None]) -> Path:
-    rows = [load_result(run_dir) for run_dir in _evaluated_runs(config, subset)]
+def _write_report(config: ReproduceConfig, subset: str, rows: list[ResultRow], log: Callable[[str], None]) -> Path:
     path = config.report_path(subset)
     with atomic_open(path) as handle:
         handle.write(results_table(rows, fmt="md", paper=True))
@@ -375,8 +394,7 @@ def _write_report(config: ReproduceConfig, subset: str, log: Callable[[str], Non
     return path
 
 
-def _write_results_csv(config: ReproduceConfig) -> None:
-    rows = [load_result(run_dir) for subset in SUBSETS for run_dir in _evaluated_runs(config, subset)]
+def _write_results_csv(config: ReproduceConfig, rows: list[ResultRow]) -> None:
     if rows:
         with atomic_open(Path(config.out) / "results.csv") as handle:
             handle.write(results_table(rows, fmt="csv"))

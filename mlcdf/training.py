@@ -50,6 +50,8 @@ CONFIG_FILE = "config.json"
 LOG_FILE = "log.jsonl"
 GRAPH_FILE = "graph.npz"
 CHECKPOINTS = "checkpoints"
+#: The options a resumed run may change: where and how fast it runs, not what it computes.
+RESUME_OVERRIDES = ("device", "workers")
 
 #: Optimisation recipes. ``asl``: the ASL/TResNet recipe (AdamW with decoupled weight decay on weights
 #: only, OneCycle). ``mlgcn``: ML-GCN's (SGD with momentum, 10x lower lr for the backbone, step decay,
@@ -335,7 +337,8 @@ def train(config: TrainConfig, *, resume: bool = False, callbacks: TrainCallback
     if resume:
         resume_state = load_checkpoint(last_path) if last_path.is_file() else None
         if resume_state is not None:
-            config = TrainConfig.from_dict({**resume_state["config"], "device": config.device, "workers": config.workers})
+            overrides = {name: getattr(config, name) for name in RESUME_OVERRIDES}
+            config = TrainConfig.from_dict({**resume_state["config"], **overrides})
     elif last_path.is_file():
         raise MlcdfError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
     config = config.resolve()

@@ -11,7 +11,6 @@ from rich.table import Table
 from mlcdf.cli._console import err, note, out, rich_progress
 from mlcdf.cli._options import Device, QuietOpt, Subset
 from mlcdf.cli.train import RichTrainCallbacks
-from mlcdf.errors import MlcdfError
 from mlcdf.graph.embeddings import PAPER_WORD_EMBEDDING
 
 _STATUS_STYLE = {"done": "green", "evaluate": "cyan", "resume": "yellow", "new": "white"}
@@ -58,9 +57,7 @@ def reproduce_command(
     }
     common = dict(subsets=tuple(subset.names()), only=tuple(only or ()), device=device.value, keep_last=keep_last, **overrides)
     if smoke:
-        if data is not None:
-            raise MlcdfError("--smoke makes its own synthetic data; drop --data")
-        config = ReproduceConfig.smoke_test(out_dir, **common)
+        config = ReproduceConfig.smoke_test(out_dir, data=data, **common)
     else:
         config = ReproduceConfig(out=out_dir, data=data, **common)
     config.check()

@@ -134,7 +134,7 @@ def train_command(
     """
     # Imported here, not at the top: torch and timm take seconds, which --help and other commands need not pay.
     from mlcdf.distributed import launched_by_torchrun
-    from mlcdf.training import TrainConfig, saved_run_options, train
+    from mlcdf.training import RESUME_OVERRIDES, TrainConfig, saved_run_options, train
 
     values: dict[str, Any] = _read_config_file(config) if config else {}
     for name, value in ctx.params.items():
@@ -147,7 +147,7 @@ def train_command(
     saved = saved_run_options(out_dir) if resume and out_dir is not None else None
     if saved is not None:
         # Resuming continues the saved run; only where and how fast it runs may change.
-        values = {**saved, **{k: v for k, v in values.items() if k in ("device", "workers")}}
+        values = {**saved, **{k: v for k, v in values.items() if k in RESUME_OVERRIDES}}
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
     merged = {**defaults, **values}
     unknown = sorted(set(merged) - set(defaults) - {"prepared", "model", "out"})
