@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from mlcdf.errors import MissingArtifactError, SchemaError
+from mlcdf.errors import MissingArtifactError, SchemaError, first_line
 from mlcdf.io import atomic_path
 
 
@@ -33,7 +33,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for corrupt or unsafe files
-        raise SchemaError(path, f"not a readable mlcdf checkpoint ({type(error).__name__}: {str(error).splitlines()[0]})") from None
+        raise SchemaError(path, f"not a readable mlcdf checkpoint ({type(error).__name__}: {first_line(error)})") from None
     if not isinstance(state, dict) or "model" not in state:
         raise SchemaError(path, "not an mlcdf checkpoint (no 'model' entry)")
     return state

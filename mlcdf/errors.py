@@ -33,3 +33,9 @@ class MissingArtifactError(MlcdfError):
         if hint:
             message += f" ({hint})"
         super().__init__(message)
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (its type name when empty), for one-line user errors."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

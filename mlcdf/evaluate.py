@@ -336,7 +336,8 @@ def read_metrics(path: str | Path) -> dict:
     return document
 
 
-def _cell(value: float | None, digits: int = 2) -> str:
+def format_percent(value: float | None, digits: int = 2) -> str:
+    """A percentage of metrics.json as text; ``n/a`` for an undefined (null) value."""
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
@@ -365,7 +366,7 @@ def render_report(metrics: dict) -> str:
         "",
         "| " + " | ".join(PAPER_METRICS) + " |",
         "|" + " ---: |" * len(PAPER_METRICS),
-        "| " + " | ".join(_cell(metrics[name]) for name in PAPER_METRICS) + " |",
+        "| " + " | ".join(format_percent(metrics[name]) for name in PAPER_METRICS) + " |",
         "",
         "## Per label (percent)",
         "",
@@ -374,24 +375,24 @@ def render_report(metrics: dict) -> str:
     ]
     for label, row in metrics["per_label"].items():
         lines.append(
-            f"| {label} | {row['support']} | {_cell(row['AP'])} | {_cell(row['precision'])} | "
-            f"{_cell(row['recall'])} | {_cell(row['F1'])} | {row['threshold']:.4g} |"
+            f"| {label} | {row['support']} | {format_percent(row['AP'])} | {format_percent(row['precision'])} | "
+            f"{format_percent(row['recall'])} | {format_percent(row['F1'])} | {row['threshold']:.4g} |"
         )
     rvf = metrics["real_vs_fake"]
     lines += [
         "",
         "## Beyond the paper (percent)",
         "",
-        f"- Exact match (all labels right): {_cell(metrics['exact_match'])}",
-        f"- Hamming loss (wrong label decisions): {_cell(metrics['hamming_loss'])}",
+        f"- Exact match (all labels right): {format_percent(metrics['exact_match'])}",
+        f"- Hamming loss (wrong label decisions): {format_percent(metrics['hamming_loss'])}",
         f"- Real vs fake ({rvf['num_real']} real, {rvf['num_fake']} fake; fake score = highest label score): "
-        f"ROC-AUC {_cell(rvf['roc_auc'])}, accuracy {_cell(rvf['accuracy'])}",
+        f"ROC-AUC {format_percent(rvf['roc_auc'])}, accuracy {format_percent(rvf['accuracy'])}",
         "",
         "mAP by number of manipulation steps (labels present in all or none of a group are left out):",
         "",
         "| steps | images | mAP |",
         "| ---: | ---: | ---: |",
-        *(f"| {k} | {row['num_images']} | {_cell(row['mAP'])} |" for k, row in metrics["mAP_by_num_steps"].items()),
+        *(f"| {k} | {row['num_images']} | {format_percent(row['mAP'])} |" for k, row in metrics["mAP_by_num_steps"].items()),
         "",
         "## Definitions",
         "",
@@ -429,7 +430,7 @@ def _plot_precision_recall(path: Path, predictions: Predictions, metrics: dict) 
         precision, recall, _ = precision_recall_curve(column, predictions.scores[:, j])
         axes.step(recall, precision, where="post", label=f"{label} (AP {ap:.1f})")
     axes.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02))
-    axes.set_title(f"Precision-recall per label (mAP {_cell(metrics['mAP'], 1)})")
+    axes.set_title(f"Precision-recall per label (mAP {format_percent(metrics['mAP'], 1)})")
     axes.grid(alpha=0.3)
     if axes.get_legend_handles_labels()[0]:
         axes.legend(loc="lower left")
@@ -444,10 +445,10 @@ def _plot_average_precision(path: Path, metrics: dict) -> None:
     figure = Figure(figsize=(max(4, 1.0 * len(labels) + 2), 4), layout="constrained")
     axes = figure.add_subplot()
     bars = axes.bar(labels, [0 if value is None else value for value in values], color="tab:blue")
-    axes.bar_label(bars, labels=[_cell(value, 1) for value in values], padding=2)
+    axes.bar_label(bars, labels=[format_percent(value, 1) for value in values], padding=2)
     if metrics["mAP"] is not None:
         axes.axhline(metrics["mAP"], color="tab:red", linestyle="--")
-    axes.set(ylabel="AP (%)", ylim=(0, 108), title=f"Average precision per label (dashed: mAP {_cell(metrics['mAP'], 1)})")
+    axes.set(ylabel="AP (%)", ylim=(0, 108), title=f"Average precision per label (dashed: mAP {format_percent(metrics['mAP'], 1)})")
     figure.savefig(path, dpi=120)
 
 

@@ -150,18 +150,14 @@ def evaluate_command(
     note(f"wrote {out_dir}")
 
 
-def _percent(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.2f}"
-
-
 def _print_metrics(metrics: dict) -> None:
-    from mlcdf.evaluate import PAPER_METRICS
+    from mlcdf.evaluate import PAPER_METRICS, format_percent
 
     params = "" if metrics["num_params"] is None else f", {metrics['num_params']:.1f} M params"
     summary = Table(title=f"{metrics['num_images']} images{params} (percent)", title_justify="left")
     for name in PAPER_METRICS:
         summary.add_column(name, justify="right")
-    summary.add_row(*(_percent(metrics[name]) for name in PAPER_METRICS))
+    summary.add_row(*(format_percent(metrics[name]) for name in PAPER_METRICS))
     out.print(summary)
 
     per_label = Table(title="per label", title_justify="left")
@@ -170,7 +166,7 @@ def _print_metrics(metrics: dict) -> None:
         per_label.add_column(name, justify=justify)
     for label, row in metrics["per_label"].items():
         per_label.add_row(
-            label, str(row["support"]), *(_percent(row[key]) for key in ("AP", "precision", "recall", "F1")), f"{row['threshold']:.4g}"
+            label, str(row["support"]), *(format_percent(row[key]) for key in ("AP", "precision", "recall", "F1")), f"{row['threshold']:.4g}"
         )
     out.print(per_label)
 
@@ -178,12 +174,12 @@ def _print_metrics(metrics: dict) -> None:
     extras = Table(title="beyond the paper", title_justify="left", show_header=False)
     extras.add_column("metric")
     extras.add_column("value", justify="right")
-    extras.add_row("exact match", _percent(metrics["exact_match"]))
-    extras.add_row("Hamming loss", _percent(metrics["hamming_loss"]))
-    extras.add_row(f"real vs fake ROC-AUC ({rvf['num_real']} real)", _percent(rvf["roc_auc"]))
-    extras.add_row("real vs fake accuracy", _percent(rvf["accuracy"]))
+    extras.add_row("exact match", format_percent(metrics["exact_match"]))
+    extras.add_row("Hamming loss", format_percent(metrics["hamming_loss"]))
+    extras.add_row(f"real vs fake ROC-AUC ({rvf['num_real']} real)", format_percent(rvf["roc_auc"]))
+    extras.add_row("real vs fake accuracy", format_percent(rvf["accuracy"]))
     for steps, row in metrics["mAP_by_num_steps"].items():
-        extras.add_row(f"mAP, {steps} step{'s' * (steps != '1')} ({row['num_images']} images)", _percent(row["mAP"]))
+        extras.add_row(f"mAP, {steps} step{'s' * (steps != '1')} ({row['num_images']} images)", format_percent(row["mAP"]))
     out.print(extras)
 
 

@@ -6,14 +6,13 @@ No pickle: arrays of strings are stored as fixed-width unicode and the file is r
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from mlcdf.errors import MissingArtifactError, SchemaError
-from mlcdf.io import atomic_path, write_json
+from mlcdf.io import atomic_path, read_json_object, write_json
 
 ARRAYS = ("labels", "label_counts", "cooccurrence", "A", "A_hat", "embeddings")
 
@@ -91,7 +90,7 @@ def load_graph(path: str | Path) -> LabelGraph:
     if arrays["embeddings"].ndim != 2 or arrays["embeddings"].shape[0] != c:
         raise SchemaError(path, f"array 'embeddings' has shape {arrays['embeddings'].shape}, expected ({c}, D)")
     sidecar = json_path_for(path)
-    info = json.loads(sidecar.read_text(encoding="utf-8")) if sidecar.is_file() else {}
+    info = read_json_object(sidecar) if sidecar.is_file() else {}
     return LabelGraph(
         labels=tuple(str(name) for name in arrays["labels"]),
         label_counts=arrays["label_counts"],

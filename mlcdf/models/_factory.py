@@ -11,10 +11,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from mlcdf.errors import MlcdfError
+from mlcdf.errors import MlcdfError, first_line
 from mlcdf.graph import LabelGraph, load_graph
 from mlcdf.models._backbone import BackboneClassifier
-from mlcdf.models._pretrained import first_line
 from mlcdf.models._registry import model_entrypoint, model_info, split_model_name
 from mlcdf.models.direct import create_direct
 from mlcdf.models.gcn import GraphTensors, graph_from_state_dict

@@ -25,12 +25,11 @@ import torch
 from huggingface_hub.errors import EntryNotFoundError
 from torch import nn
 
-from mlcdf.errors import MissingArtifactError, MlcdfError, SchemaError
+from mlcdf.errors import MissingArtifactError, MlcdfError, SchemaError, first_line
 
 __all__ = [
     "HUB_TIMEOUT_S",
     "LoadReport",
-    "first_line",
     "load_backbone_weights",
     "load_pretrained_backbone",
     "read_state_dict",
@@ -74,12 +73,6 @@ class LoadReport:
             f"{self.source}: loaded {self.loaded} tensors, ignored {len(self.ignored)} head tensors, "
             f"{len(self.missing)} missing, {len(self.unexpected)} unexpected"
         )
-
-
-def first_line(error: BaseException) -> str:
-    """The first line of an exception's message (its type name when empty), for one-line user errors."""
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _shown(keys) -> str:
