@@ -243,10 +243,12 @@ def _build_data(prepared: PreparedSubset, config: TrainConfig, dist_info: DistIn
     def source(split: str, table):
         if not config.cache:
             return FileSource([prepared.image_path(p) for p in table.file_paths], config.image_size)
+        # Rank 0 builds the cache; the others wait for it and then only check it.
+        path = None
         if dist_info.is_main:
-            build_image_cache(prepared, split, config.image_size, table=table, workers=config.workers, progress=progress)
+            path = build_image_cache(prepared, split, config.image_size, table=table, workers=config.workers, progress=progress)
         barrier()
-        return CachedSource(build_image_cache(prepared, split, config.image_size, table=table))
+        return CachedSource(path or build_image_cache(prepared, split, config.image_size, table=table))
 
     train_source = source("train", train_table)
     augment = Augment(flip=config.flip, jitter=config.jitter)

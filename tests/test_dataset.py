@@ -111,3 +111,12 @@ def test_holdout_rows_deterministic_and_disjoint():
     kept, held = holdout_rows(20, 0.1, seed=0)
     assert len(held) == 2 and len(kept) == 18 and not set(kept) & set(held)
     np.testing.assert_array_equal(held, holdout_rows(20, 0.1, seed=0)[1])
+
+
+@pytest.mark.parametrize("pad", [True, False])
+def test_sampler_length_is_what_it_yields(pad):
+    for size in range(0, 12):
+        for world_size in range(1, 5):
+            for rank in range(world_size):
+                sampler = EpochSampler(size, shuffle=True, rank=rank, world_size=world_size, pad=pad)
+                assert len(sampler) == len(list(sampler)), (size, world_size, rank)

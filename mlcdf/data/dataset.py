@@ -309,7 +309,11 @@ class EpochSampler(torch.utils.data.Sampler):
         return iter([(self.epoch, index) for index in self._indices()])
 
     def __len__(self) -> int:
-        return len(self._indices())
+        # As many keys as _indices() yields, without drawing the permutation.
+        padded = self.size
+        if self.pad and self.world_size > 1:
+            padded += min(math.ceil(self.size / self.world_size) * self.world_size - self.size, self.size)
+        return len(range(self.rank, padded, self.world_size))
 
 
 def holdout_rows(size: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
