@@ -101,7 +101,7 @@ def explain_image(
     except OSError as error:
         raise MlcdfError(f"{image_path}: cannot read the image ({error})") from None
     torch_device = resolve_device(device)
-    model = load_run_model(run_dir, checkpoint, torch_device)
+    model = load_run_model(info, checkpoint, torch_device)
     batch = {"images": torch.from_numpy(resized[None].copy()), **no_augmentation(1)}
     x = to_model_input(batch, torch_device, info.input_mean, info.input_std)
     indices = [info.labels.index(name) for name in chosen]

@@ -52,7 +52,7 @@ def export_onnx(run_dir: str | Path, out_path: str | Path, *, checkpoint: str = 
     except ImportError:
         raise MlcdfError("ONNX export needs onnx, onnxscript and onnxruntime: pip install 'mlcdf[export]'") from None
     info = read_run(run_dir)
-    model = Deployable(load_run_model(run_dir, checkpoint, "cpu"), info.input_mean, info.input_std).eval()
+    model = Deployable(load_run_model(info, checkpoint, "cpu"), info.input_mean, info.input_std).eval()
     size = info.config.image_size
     example = torch.rand(check_batch, 3, size, size, generator=torch.Generator().manual_seed(0))
     out_path = Path(out_path)

@@ -69,16 +69,17 @@ def read_run(run_dir: str | Path) -> RunInfo:
         raise SchemaError(path, f"not a run configuration ({type(error).__name__}: {error})") from None
 
 
-def load_run_model(run_dir: str | Path, checkpoint: str = "best", device: str | torch.device = "cpu") -> torch.nn.Module:
+def load_run_model(run: str | Path | RunInfo, checkpoint: str = "best", device: str | torch.device = "cpu") -> torch.nn.Module:
     """The model of a run, with the weights of ``checkpoint``, in eval mode on ``device``.
 
     Args:
+        run: the run folder, or what :func:`read_run` read from it.
         checkpoint: ``best`` (the validation-selected weights), ``last`` (the plain weights after the
             last epoch) or ``ema`` (the EMA weights after the last epoch).
     """
     if checkpoint not in CHECKPOINT_CHOICES:
         raise MlcdfError(f"unknown checkpoint {checkpoint!r}; expected one of {', '.join(CHECKPOINT_CHOICES)}")
-    info = read_run(run_dir)
+    info = run if isinstance(run, RunInfo) else read_run(run)
     file = "best.pt" if checkpoint == "best" else "last.pt"
     state = load_checkpoint(info.run_dir / CHECKPOINTS / file)
     if checkpoint == "ema":
@@ -110,7 +111,7 @@ def predict_split(
     """
     info = read_run(run_dir)
     torch_device = resolve_device(device)
-    model = load_run_model(run_dir, checkpoint, torch_device)
+    model = load_run_model(info, checkpoint, torch_device)
     prepared = load_prepared(info.config.prepared)
     table = prepared.read_split(split)
     size = info.config.image_size
@@ -215,7 +216,7 @@ def predict_images(
     """Score user images (files or folders) with a run's model; unreadable files are listed, not fatal."""
     info = read_run(run_dir)
     torch_device = resolve_device(device)
-    model = load_run_model(run_dir, checkpoint, torch_device)
+    model = load_run_model(info, checkpoint, torch_device)
     paths = find_images(inputs)
     loader = torch.utils.data.DataLoader(
         _ImageFiles(paths, info.config.image_size),
