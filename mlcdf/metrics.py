@@ -430,7 +430,7 @@ def average_precision_by_num_steps(y_true, y_score, num_steps) -> dict[int, floa
     steps = np.asarray(num_steps)
     if steps.shape != (y_true.shape[0],):
         raise ValueError(f"num_steps must have shape ({y_true.shape[0]},); got {steps.shape}")
-    if steps.size and (np.any(steps < 0) or np.any(steps != np.round(steps))):
+    if np.any(steps < 0) or np.any(steps != np.round(steps)):
         raise ValueError(f"num_steps must hold non-negative integers; got values {np.unique(steps)[:10].tolist()}")
     result: dict[int, float] = {}
     for k in np.unique(steps[steps > 0]).astype(np.int64):
