@@ -7,6 +7,7 @@ wrong result taken as a right one.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
@@ -16,7 +17,11 @@ import pytest
 from typer.testing import CliRunner
 
 from mlcdf.cli.main import app
-from mlcdf.errors import SchemaError
+from mlcdf.data.dataset import build_image_cache, cache_path
+from mlcdf.data.images import load_rgb
+from mlcdf.data.prepared import load_prepared
+from mlcdf.data.seqdeepfake import PrepareConfig, prepare
+from mlcdf.errors import MlcdfError, SchemaError
 from mlcdf.graph import load_graph
 from mlcdf.graph.build import GraphConfig, build_graph
 from mlcdf.graph.cooccurrence import build_adjacency
@@ -188,3 +193,62 @@ def test_build_graph_refuses_nan_word_vectors_in_one_line(tmp_path: Path):
     result = runner.invoke(app, ["build-graph", "--prepared", str(prepared), "--out", str(out), "--embedding", f"glove:{glove}"])
     assert f"{glove}:3: the vector of 'c' holds NaN" in one_line_error(result).replace("\n", "")
     assert not out.exists() and not out.with_suffix(".json").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The image cache: our own derived file, rebuilt when it is stale or damaged
+
+
+@pytest.fixture
+def prepared(release, tmp_path):
+    prepare(PrepareConfig(root=release, out=tmp_path / "prepared", subsets=("facial_components",)))
+    return load_prepared(tmp_path / "prepared" / "facial_components")
+
+
+def _damage_cache(path: Path, how: str) -> None:
+    sidecar = path.with_suffix(".json")
+    if how == "sidecar_not_json":
+        sidecar.write_text('{"rows": 6,')
+    elif how == "sidecar_a_list":
+        sidecar.write_text("[6, 8]")
+    elif how == "sidecar_not_utf8":
+        sidecar.write_bytes(b'{"rows": "\xff"}')
+    elif how == "npy_truncated":
+        path.write_bytes(path.read_bytes()[:-100])
+    elif how == "npy_header_only":
+        path.write_bytes(path.read_bytes()[:60])
+    elif how == "npy_wrong_size":
+        np.save(path, np.zeros((6, 4, 4, 3), np.uint8))
+    elif how == "npy_wrong_rows":
+        np.save(path, np.zeros((5, 8, 8, 3), np.uint8))
+    elif how == "npy_wrong_dtype":
+        np.save(path, np.zeros((6, 8, 8, 3), np.float32))
+
+
+@pytest.mark.parametrize(
+    "how",
+    ["sidecar_not_json", "sidecar_a_list", "sidecar_not_utf8", "npy_truncated", "npy_header_only", "npy_wrong_size",
+     "npy_wrong_rows", "npy_wrong_dtype"],
+)
+def test_damaged_cache_is_rebuilt(prepared, how: str):
+    table = prepared.read_split("train")
+    path = build_image_cache(prepared, "train", 8, table=table)
+    _damage_cache(path, how)
+    assert build_image_cache(prepared, "train", 8, table=table) == path
+    cached = np.load(path, allow_pickle=False)
+    assert cached.shape == (6, 8, 8, 3) and cached.dtype == np.uint8
+    for row, file_path in enumerate(table.file_paths):
+        np.testing.assert_array_equal(cached[row], load_rgb(prepared.image_path(file_path), 8))
+
+
+def test_cache_that_cannot_be_rebuilt_is_one_error(prepared, monkeypatch: pytest.MonkeyPatch):
+    table = prepared.read_split("train")
+    path = build_image_cache(prepared, "train", 8, table=table)
+    _damage_cache(path, "npy_truncated")
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(np.lib.format, "open_memmap", disk_full)
+    with pytest.raises(MlcdfError, match=f"{path}: cannot write the image cache \\(No space left on device\\)"):
+        build_image_cache(prepared, "train", 8, table=table)
