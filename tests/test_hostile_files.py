@@ -22,6 +22,7 @@ from mlcdf.data.images import load_rgb
 from mlcdf.data.prepared import load_prepared
 from mlcdf.data.seqdeepfake import PrepareConfig, prepare
 from mlcdf.errors import MlcdfError, SchemaError
+from mlcdf.evaluate import read_metrics, read_predictions
 from mlcdf.graph import load_graph
 from mlcdf.graph.build import GraphConfig, build_graph
 from mlcdf.graph.cooccurrence import build_adjacency
@@ -252,3 +253,68 @@ def test_cache_that_cannot_be_rebuilt_is_one_error(prepared, monkeypatch: pytest
     monkeypatch.setattr(np.lib.format, "open_memmap", disk_full)
     with pytest.raises(MlcdfError, match=f"{path}: cannot write the image cache \\(No space left on device\\)"):
         build_image_cache(prepared, "train", 8, table=table)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# predictions.csv (evaluate --predictions) and metrics.json (report)
+
+HEADER = "file_path,target_a,score_a,target_b,score_b\n"
+
+
+@pytest.mark.parametrize(
+    "body,line,message",
+    [
+        (b"x.png,1,0.5,0,0.25\ny\xe9.png,1,0.5,0,0.25\n", 3, "not UTF-8 text"),
+        (b"x.png,1,0.5,0,0.25\n" + b"y" * 200_000 + b".png,1,0.5,0,0.25\n", 3, "field larger than field limit"),
+        (b"x.png,1,0.5,0,0.25\ny.png,1,0.5,0,high\n", 3, "score_b is 'high', not a number"),
+        (b"x.png,1,0.5,2,0.25\n", 2, "target columns must be 0 or 1"),
+    ],
+)
+def test_hostile_predictions_csv_names_file_and_line(tmp_path: Path, body: bytes, line: int, message: str):
+    path = tmp_path / "p.csv"
+    path.write_bytes(HEADER.encode() + body)
+    with pytest.raises(SchemaError) as caught:
+        read_predictions(path)
+    assert (caught.value.path, caught.value.line) == (path, line) and message in str(caught.value)
+    result = runner.invoke(app, ["evaluate", "--predictions", str(path), "--out", str(tmp_path / "eval")])
+    assert f"p.csv:{line}:" in one_line_error(result).replace("\n", "")
+    assert not (tmp_path / "eval").exists()
+
+
+def test_non_utf8_header_is_line_1(tmp_path: Path):
+    path = tmp_path / "p.csv"
+    path.write_bytes(b"file_path,target_\xe9,score_\xe9\nx.png,1,0.5\n")
+    with pytest.raises(SchemaError, match="p.csv:1: not UTF-8 text"):
+        read_predictions(path)
+
+
+def _metrics(**changes) -> dict:
+    document = {name: 50.0 for name in ("mAP", "CP", "CR", "CF1", "OP", "OR", "OF1")}
+    return {**document, "labels": ["a", "b"], "num_params": 1.5, **changes}
+
+
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        (b'{"mAP": 50.0,\n "CP": "\xff"}', "metrics.json:2: not UTF-8 text"),
+        (json.dumps(_metrics(mAP=True)).encode(), "'mAP' is True, expected a finite number or null"),
+        (json.dumps(_metrics(CF1=float("nan"))).encode(), "'CF1' is nan"),
+        (json.dumps(_metrics(OF1=float("inf"))).encode(), "'OF1' is inf"),
+        (json.dumps(_metrics(num_params="44.9M")).encode(), "'num_params' is '44.9M'"),
+        (json.dumps(_metrics(labels=[1, 2])).encode(), "missing the 'labels' list of names"),
+        (json.dumps({k: v for k, v in _metrics().items() if k != "OR"}).encode(), "missing 'OR'"),
+    ],
+)
+def test_hostile_metrics_json_is_one_line_in_report(tmp_path: Path, content: bytes, message: str):
+    folder = tmp_path / "eval"
+    folder.mkdir()
+    (folder / "metrics.json").write_bytes(content)
+    with pytest.raises(SchemaError, match="metrics.json"):
+        read_metrics(folder / "metrics.json")
+    assert message in one_line_error(runner.invoke(app, ["report", str(folder)])).replace("\n", "")
+
+
+def test_valid_metrics_json_reads(tmp_path: Path):
+    path = tmp_path / "metrics.json"
+    path.write_text(json.dumps(_metrics(num_params=None, CF1=None)))
+    assert read_metrics(path)["labels"] == ["a", "b"]
