@@ -27,6 +27,9 @@ from mlcdf.graph import load_graph
 from mlcdf.graph.build import GraphConfig, build_graph
 from mlcdf.graph.cooccurrence import build_adjacency
 from mlcdf.graph.embeddings import read_word_vectors_file
+from mlcdf.labels import SUBSETS
+from mlcdf.progress import silent
+from mlcdf.reproduce import ReproduceConfig, _build_graph
 from test_graph import LABELS, TARGETS, write_glove, write_prepared
 
 runner = CliRunner()
@@ -89,6 +92,22 @@ def test_graph_npz_and_json_are_one_unit_when_killed_at_any_rename(graph_path: P
         outcomes.append(graph.info["t"])
     # killed before any rename: the old graph; between the .npz and the .json: refused; not killed: the new.
     assert outcomes == [0.4, "refused", 0.9]
+
+
+def test_reproduce_rebuilds_its_graph_left_half_replaced(tmp_path: Path):
+    config = ReproduceConfig.smoke_test(tmp_path)
+    subset = "facial_components"
+    write_prepared(tmp_path, TARGETS, labels=SUBSETS[subset], subset=subset)
+    messages: list[str] = []
+    _build_graph(config, subset, "word", messages.append, silent)
+    path = config.graph_path(subset, "word")
+    stamp, logged = path.stat().st_mtime_ns, len(messages)
+    _build_graph(config, subset, "word", messages.append, silent)
+    assert path.stat().st_mtime_ns == stamp and len(messages) == logged  # a sound graph is reused
+    sidecar = path.with_suffix(".json")
+    sidecar.write_text(json.dumps({**json.loads(sidecar.read_text()), "t": 0.9}))  # the previous build's .json
+    _build_graph(config, subset, "word", messages.append, silent)
+    assert "rebuilding the label graph" in messages[logged] and load_graph(path).info["t"] == 0.4
 
 
 def _damage(path: Path, how: str) -> None:
