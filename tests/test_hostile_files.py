@@ -7,6 +7,7 @@ wrong result taken as a right one.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import os
@@ -23,7 +24,7 @@ from mlcdf.data.prepared import load_prepared
 from mlcdf.data.seqdeepfake import PrepareConfig, prepare
 from mlcdf.errors import MlcdfError, SchemaError
 from mlcdf.evaluate import read_metrics, read_predictions
-from mlcdf.graph import load_graph
+from mlcdf.graph import load_graph, save_graph
 from mlcdf.graph.build import GraphConfig, build_graph
 from mlcdf.graph.cooccurrence import build_adjacency
 from mlcdf.graph.embeddings import read_word_vectors_file
@@ -92,6 +93,12 @@ def test_graph_npz_and_json_are_one_unit_when_killed_at_any_rename(graph_path: P
         outcomes.append(graph.info["t"])
     # killed before any rename: the old graph; between the .npz and the .json: refused; not killed: the new.
     assert outcomes == [0.4, "refused", 0.9]
+
+
+def test_graph_record_with_an_undefined_value_still_matches_its_json(graph_path: Path):
+    graph = load_graph(graph_path)
+    save_graph(graph_path, dataclasses.replace(graph, info={**graph.info, "pca_explained_variance": float("nan")}))
+    assert np.isnan(load_graph(graph_path).info["pca_explained_variance"])
 
 
 def test_reproduce_rebuilds_its_graph_left_half_replaced(tmp_path: Path):
