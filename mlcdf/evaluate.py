@@ -32,7 +32,7 @@ from __future__ import annotations
 import csv
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -162,6 +162,28 @@ def _parse_score(path: Path, line: int, column: str, text: str) -> float:
     return value
 
 
+def _csv_records(path: Path) -> Iterator[tuple[int, list[str]]]:
+    """``(line, fields)`` of each record of a UTF-8 CSV file; a broken record is a SchemaError at its line.
+
+    Decoded with ``surrogateescape`` so that a byte that is not UTF-8 is found in the record holding it
+    (and named with its line) instead of failing somewhere in the reader's buffer.
+    """
+    with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as handle:
+        reader = csv.reader(handle)
+        while True:
+            try:
+                record = next(reader, None)
+            except csv.Error as error:  # e.g. a field longer than csv.field_size_limit()
+                raise SchemaError(path, f"not a readable CSV record ({error})", line=reader.line_num) from None
+            if record is None:
+                return
+            try:
+                "".join(record).encode("utf-8")
+            except UnicodeEncodeError:
+                raise SchemaError(path, "not UTF-8 text", line=reader.line_num) from None
+            yield reader.line_num, record
+
+
 def read_predictions(path: str | Path, *, labels: Sequence[str] | None = None) -> Predictions:
     """Read and check a predictions file.
 
@@ -180,28 +202,26 @@ def read_predictions(path: str | Path, *, labels: Sequence[str] | None = None) -
     path = Path(path)
     if not path.is_file():
         raise MissingArtifactError(path, "a predictions CSV written by 'mlcdf evaluate' or in its format")
-    with open(path, newline="", encoding="utf-8-sig") as handle:
-        reader = csv.reader(handle)
-        header = next(reader, None)
-        if header is None:
-            raise SchemaError(path, "empty file; expected a header row", line=1)
-        names, target_columns, score_columns = _labels_from_header(path, header)
-        if labels is not None and names != tuple(labels):
-            raise SchemaError(path, f"labels are {list(names)}, expected {list(labels)}", line=1)
-        path_column = header.index("file_path")
-        file_paths: list[str] = []
-        targets: list[list[int]] = []
-        scores: list[list[float]] = []
-        for record in reader:
-            line = reader.line_num
-            if len(record) != len(header):
-                raise SchemaError(path, f"{len(record)} columns, expected {len(header)}", line=line)
-            target_row = [record[column] for column in target_columns]
-            if any(value not in ("0", "1") for value in target_row):
-                raise SchemaError(path, f"target columns must be 0 or 1, got {target_row}", line=line)
-            file_paths.append(record[path_column])
-            targets.append([int(value) for value in target_row])
-            scores.append([_parse_score(path, line, header[column], record[column]) for column in score_columns])
+    records = _csv_records(path)
+    _, header = next(records, (1, None))
+    if header is None:
+        raise SchemaError(path, "empty file; expected a header row", line=1)
+    names, target_columns, score_columns = _labels_from_header(path, header)
+    if labels is not None and names != tuple(labels):
+        raise SchemaError(path, f"labels are {list(names)}, expected {list(labels)}", line=1)
+    path_column = header.index("file_path")
+    file_paths: list[str] = []
+    targets: list[list[int]] = []
+    scores: list[list[float]] = []
+    for line, record in records:
+        if len(record) != len(header):
+            raise SchemaError(path, f"{len(record)} columns, expected {len(header)}", line=line)
+        target_row = [record[column] for column in target_columns]
+        if any(value not in ("0", "1") for value in target_row):
+            raise SchemaError(path, f"target columns must be 0 or 1, got {target_row}", line=line)
+        file_paths.append(record[path_column])
+        targets.append([int(value) for value in target_row])
+        scores.append([_parse_score(path, line, header[column], record[column]) for column in score_columns])
     if not file_paths:
         raise SchemaError(path, "no predictions after the header", line=2)
     return Predictions(
@@ -317,22 +337,31 @@ def compute_metrics(
 
 
 def read_metrics(path: str | Path) -> dict:
-    """Read a ``metrics.json`` and check the keys that tables rely on.
+    """Read a ``metrics.json`` and check the values that tables rely on.
 
     Raises:
         MissingArtifactError: there is no such file.
-        SchemaError: it is not JSON, or lacks a paper figure or ``labels``.
+        SchemaError: it is not UTF-8 JSON, or a paper figure, ``num_params`` or ``labels`` is missing or
+            of the wrong type.
     """
     path = Path(path)
     if not path.is_file():
         raise MissingArtifactError(path, "run 'mlcdf evaluate' first")
-    document = read_json_object(path)
-    for key in PAPER_METRICS:
-        value = document.get(key, "missing")
-        if not (value is None or isinstance(value, (int, float))):
-            raise SchemaError(path, f"{key!r} is {value!r}, expected a number (percent) or null")
-    if not isinstance(document.get("labels"), list):
-        raise SchemaError(path, "missing the 'labels' list")
+    try:
+        document = read_json_object(path)
+    except UnicodeDecodeError as error:
+        line = error.object[: error.start].count(b"\n") + 1
+        raise SchemaError(path, "not UTF-8 text", line=line) from None
+    for key in (*PAPER_METRICS, "num_params"):
+        if key in PAPER_METRICS and key not in document:
+            raise SchemaError(path, f"missing {key!r}")
+        value = document.get(key)
+        # bool is an int to Python, and json reads NaN and Infinity: none of them is a figure.
+        if not (value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value))):
+            raise SchemaError(path, f"{key!r} is {value!r}, expected a finite number or null")
+    labels = document.get("labels")
+    if not (isinstance(labels, list) and labels and all(isinstance(label, str) for label in labels)):
+        raise SchemaError(path, "missing the 'labels' list of names")
     return document
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mlcdf.errors import MlcdfError
+from mlcdf.errors import MlcdfError, first_line
 from mlcdf.inference import load_run_model, read_run
 from mlcdf.io import atomic_path, write_json
 
@@ -40,34 +40,68 @@ class ExportReport:
     opset: int
 
 
+def supported_opsets() -> range:
+    """The ONNX opsets the installed torch exports to.
+
+    Its exporter has operator implementations from ``TORCHLIB_OPSET`` (18) up to ``ONNX_MAX_OPSET``;
+    a lower request goes through a version conversion that fails on ordinary CNNs (it then logs a
+    traceback and keeps opset 18), so lower opsets are refused instead of written wrongly.
+    """
+    from torch.onnx._constants import ONNX_MAX_OPSET
+    from torch.onnx._internal.exporter._constants import TORCHLIB_OPSET
+
+    return range(TORCHLIB_OPSET, ONNX_MAX_OPSET + 1)
+
+
+def model_opset(path: str | Path) -> int:
+    """The default-domain (``ai.onnx``) opset an ONNX file declares."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return next(entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx"))
+
+
 def export_onnx(run_dir: str | Path, out_path: str | Path, *, checkpoint: str = "best", opset: int = 18, check_batch: int = 2, tolerance: float = 1e-4) -> ExportReport:
     """Export a run's model to ONNX and compare onnxruntime with PyTorch on one random batch.
 
+    The ``.onnx`` and the ``.json`` beside it appear together, and only when every check passes.
+
     Raises:
-        MlcdfError: the ONNX tools are missing, or the exported model disagrees with PyTorch by more
-            than ``tolerance`` (the file is then not written).
+        MlcdfError: the ONNX tools are missing, ``opset`` is outside :func:`supported_opsets`, torch
+            cannot export the model, or the exported model has another opset or disagrees with
+            PyTorch by more than ``tolerance`` (nothing is then written).
     """
     try:
         import onnxruntime
     except ImportError:
         raise MlcdfError("ONNX export needs onnx, onnxscript and onnxruntime: pip install 'mlcdf[export]'") from None
+    opsets = supported_opsets()
+    if opset not in opsets:
+        raise MlcdfError(f"--opset {opset}: torch {torch.__version__} exports ONNX opsets {opsets.start} to {opsets.stop - 1}")
     info = read_run(run_dir)
     model = Deployable(load_run_model(info, checkpoint, "cpu"), info.input_mean, info.input_std).eval()
     size = info.config.image_size
     example = torch.rand(check_batch, 3, size, size, generator=torch.Generator().manual_seed(0))
     out_path = Path(out_path)
-    with atomic_path(out_path) as tmp:
-        program = torch.onnx.export(
-            model,
-            (example,),
-            dynamo=True,
-            opset_version=opset,
-            input_names=["images"],
-            output_names=["probabilities"],
-            dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1, max=4096)}},
-            verbose=False,
-        )
+    # Nested: the .json is renamed into place first, then the .onnx; an error in either writes neither.
+    with atomic_path(out_path) as tmp, atomic_path(out_path.with_suffix(".json")) as json_tmp:
+        try:
+            program = torch.onnx.export(
+                model,
+                (example,),
+                dynamo=True,
+                opset_version=opset,
+                input_names=["images"],
+                output_names=["probabilities"],
+                dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1, max=4096)}},
+                verbose=False,
+            )
+        except torch.onnx.errors.OnnxExporterError as error:
+            raise MlcdfError(f"torch.onnx cannot export this model at opset {opset}: {first_line(error)}") from None
         program.save(str(tmp))
+        written = model_opset(tmp)
+        if written != opset:
+            raise MlcdfError(f"torch.onnx wrote opset {written} instead of the requested {opset}; not written")
         with torch.no_grad():
             expected = model(example).numpy()
         session = onnxruntime.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
@@ -75,14 +109,15 @@ def export_onnx(run_dir: str | Path, out_path: str | Path, *, checkpoint: str = 
         diff = float(np.abs(got - expected).max())
         if not diff <= tolerance:
             raise MlcdfError(f"the ONNX model differs from PyTorch by {diff:.2e} (> {tolerance:.0e}); not written")
-    write_json(
-        out_path.with_suffix(".json"),
-        {
-            "labels": list(info.labels),
-            "image_size": size,
-            "input": "images: float32 RGB in [0, 1], shape (batch, 3, S, S)",
-            "output": "probabilities: float32, shape (batch, labels)",
-            "max_abs_diff_vs_pytorch": diff,
-        },
-    )
+        write_json(
+            json_tmp,
+            {
+                "labels": list(info.labels),
+                "image_size": size,
+                "opset": opset,
+                "input": "images: float32 RGB in [0, 1], shape (batch, 3, S, S)",
+                "output": "probabilities: float32, shape (batch, labels)",
+                "max_abs_diff_vs_pytorch": diff,
+            },
+        )
     return ExportReport(out_path, size, info.labels, diff, opset)

@@ -12,7 +12,8 @@ and writes the table of ``mlcdf report --paper``. Everything lands under one fol
     OUT/results.csv                   every run, 6 decimals
 
 Re-running picks up where it stopped: an evaluated run is skipped, a run with checkpoints is resumed
-from ``last.pt`` (a finished one only evaluated), and prepared folders and graphs are reused. A run that
+from ``last.pt`` (a finished one only evaluated), and prepared folders and graphs are reused (a graph that
+does not load, e.g. half-replaced by a killed build, is rebuilt). A run that
 fails (out of memory, a diverging loss) is reported and the others go on. Once a run is evaluated, its
 ``last.pt`` (resume state, 4x the size of the weights) is deleted unless ``keep_last``.
 
@@ -35,8 +36,9 @@ import torch
 from mlcdf.data.prepared import META_FILE, load_prepared
 from mlcdf.data.seqdeepfake import PrepareConfig, prepare
 from mlcdf.data.synth import SynthConfig, generate
-from mlcdf.errors import MlcdfError
+from mlcdf.errors import MlcdfError, SchemaError
 from mlcdf.evaluate import METRICS_FILE, default_eval_dir, evaluate_run
+from mlcdf.graph import load_graph
 from mlcdf.graph.build import GraphConfig, build_graph
 from mlcdf.graph.embeddings import PAPER_WORD_EMBEDDING
 from mlcdf.io import atomic_open
@@ -316,7 +318,11 @@ def _build_graph(
 ) -> None:
     path = config.graph_path(subset, embedding)
     if path.is_file():
-        return
+        try:
+            load_graph(path)
+            return
+        except SchemaError as error:  # ours, left damaged or half-replaced by an interrupted reproduce
+            log(f"{subset}: rebuilding the label graph ({error})")
     log(f"{subset}: building the label graph with {embedding} node embeddings")
     if embedding == "word":
         graph_config = GraphConfig(prepared=config.prepared_dir(subset), out=path, embedding=config.word_embedding)

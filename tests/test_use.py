@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from mlcdf.cli.main import app
+from mlcdf.export import model_opset, supported_opsets
 from mlcdf.training import TrainConfig, train
 from toy import toy_image, write_toy_prepared
 
@@ -67,4 +69,39 @@ def test_export_onnx_matches_pytorch(run, tmp_path):
     result = runner.invoke(app, ["export", str(run), "--onnx", str(tmp_path / "m.onnx")])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "m.onnx").stat().st_size > 0
-    assert json.loads((tmp_path / "m.json").read_text())["max_abs_diff_vs_pytorch"] < 1e-4
+    record = json.loads((tmp_path / "m.json").read_text())
+    assert record["max_abs_diff_vs_pytorch"] < 1e-4
+    assert model_opset(tmp_path / "m.onnx") == record["opset"] == 18
+
+
+@pytest.mark.parametrize("opset", [1, 17, 99])
+def test_export_refuses_an_opset_torch_cannot_write_before_writing(run, tmp_path, opset):
+    pytest.importorskip("onnxruntime")
+    result = runner.invoke(app, ["export", str(run), "--onnx", str(tmp_path / "m.onnx"), "--opset", str(opset)])
+    opsets = supported_opsets()
+    assert result.exit_code == 2, result.output
+    assert f"--opset {opset}: torch" in result.output and f"opsets {opsets.start} to {opsets.stop - 1}" in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_export_never_writes_another_opset_than_asked(run, tmp_path, monkeypatch):
+    # Asked for 17, torch's exporter logs a failed version conversion and keeps opset 18: refused, nothing written.
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setattr("mlcdf.export.supported_opsets", lambda: range(17, 19))
+    result = runner.invoke(app, ["export", str(run), "--onnx", str(tmp_path / "m.onnx"), "--opset", "17"])
+    assert result.exit_code == 2, result.output
+    assert "torch.onnx wrote opset 18 instead of the requested 17; not written" in result.output.replace("\n", "")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_predict_writes_file_names_that_are_not_utf8_escaped(run, tmp_path):
+    folder = tmp_path / "named"
+    folder.mkdir()
+    Image.fromarray(toy_image(np.array([1, 0, 0, 0, 0]), np.random.default_rng(2), size=32)).save(folder / os.fsdecode(b"caf\xe9.png"))
+    for name in ("p.csv", "p.json"):
+        result = runner.invoke(app, ["predict", str(run), str(folder), "--out", str(tmp_path / name), "--device", "cpu", "--workers", "0"])
+        assert result.exit_code == 0, result.output
+    expected = f"{folder}/caf\\xe9.png"
+    assert [row["file_path"] for row in csv.DictReader(open(tmp_path / "p.csv", encoding="utf-8"))] == [expected]
+    assert [row["file_path"] for row in json.loads((tmp_path / "p.json").read_text(encoding="utf-8"))["predictions"]] == [expected]

@@ -28,7 +28,7 @@ SHOWN_ROWS = 30
 def predict_command(
     run: RunArg,
     inputs: Annotated[list[Path], typer.Argument(help="Image files and/or folders (searched recursively).")],
-    out_file: Annotated[Optional[Path], typer.Option("--out", help="Write every prediction to FILE.csv or FILE.json.", dir_okay=False)] = None,
+    out_file: Annotated[Optional[Path], typer.Option("--out", help="Write every prediction to FILE.csv or FILE.json (bytes of a file name that are not UTF-8 as \\xNN).", dir_okay=False)] = None,
     threshold: Annotated[float, typer.Option("--threshold", min=0.0, max=1.0, help="A manipulation is predicted when its probability is at least this.")] = 0.5,
     checkpoint: CheckpointOpt = Checkpoint.best,
     device: DeviceOpt = Device.auto,
@@ -53,13 +53,22 @@ def predict_command(
         threshold=threshold, workers=workers, progress=rich_progress(quiet=quiet),
     )
     for path, reason in result.unreadable:
-        warn(f"{path}: skipped, cannot read the image ({reason})")
+        warn(f"{path_text(path)}: skipped, cannot read the image ({reason})")
     if not result.paths:
         raise MlcdfError("no readable image among the inputs")
     _print_predictions(result)
     if out_file is not None:
         _write_predictions(result, out_file)
         err.print(f"wrote {len(result.paths)} prediction(s) to {out_file}")
+
+
+def path_text(path: Path) -> str:
+    """``path`` as text that is valid UTF-8, for the table and ``--out``.
+
+    A file name from another system can hold bytes that are not UTF-8 (Python keeps them as surrogate
+    escapes, which no UTF-8 writer accepts); they are written as ``\\xNN``, e.g. ``caf\\xe9.png``.
+    """
+    return str(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _print_predictions(result: ImagePredictions) -> None:
@@ -71,7 +80,7 @@ def _print_predictions(result: ImagePredictions) -> None:
     table.add_column("predicted")
     for path, row, fake, chosen in list(zip(result.paths, result.scores, result.fake_scores, result.predicted_sets()))[:SHOWN_ROWS]:
         cells = [f"[bold]{p:.2f}[/bold]" if p >= result.threshold else f"{p:.2f}" for p in row]
-        table.add_row(str(path), *cells, f"{fake:.2f}", ", ".join(chosen) or "real")
+        table.add_row(path_text(path), *cells, f"{fake:.2f}", ", ".join(chosen) or "real")
     out.print(table)
     if len(result.paths) > SHOWN_ROWS:
         err.print(f"... {len(result.paths) - SHOWN_ROWS} more (use --out to write them all)")
@@ -80,7 +89,7 @@ def _print_predictions(result: ImagePredictions) -> None:
 def _write_predictions(result: ImagePredictions, path: Path) -> None:
     rows = [
         {
-            "file_path": str(file_path),
+            "file_path": path_text(file_path),
             **{f"score_{label}": float(score) for label, score in zip(result.labels, scores)},
             "fake_score": float(fake),
             "predicted": "+".join(chosen),
@@ -128,7 +137,7 @@ def export_command(
     run: RunArg,
     onnx: Annotated[Path, typer.Option("--onnx", help="The .onnx file to write.", dir_okay=False)],
     checkpoint: CheckpointOpt = Checkpoint.best,
-    opset: Annotated[int, typer.Option("--opset", help="ONNX opset version.")] = 18,
+    opset: Annotated[int, typer.Option("--opset", help="ONNX opset version: 18 up to the newest the installed torch exports.")] = 18,
 ) -> None:
     """Export the classifier to ONNX (normalisation and sigmoid inside; dynamic batch), checked against PyTorch.
 

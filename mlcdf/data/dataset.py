@@ -48,11 +48,28 @@ def cache_path(prepared: PreparedSubset, split: str, size: int) -> Path:
 
 
 def _cache_is_current(path: Path, table: SplitTable, size: int) -> bool:
+    """Whether ``path`` and its sidecar describe ``table`` at ``size``: anything else is rebuilt.
+
+    The cache is our own derived file, so a damaged one (a sidecar that is not the JSON we write, a
+    truncated ``.npy``, an array of another shape or type) is not an error: it is simply not current.
+    """
     sidecar = path.with_suffix(".json")
     if not (path.is_file() and sidecar.is_file()):
         return False
-    info = json.loads(sidecar.read_text(encoding="utf-8"))
-    return info.get("rows") == len(table) and info.get("size") == size and info.get("fingerprint") == _fingerprint(table)
+    try:
+        info = json.loads(sidecar.read_text(encoding="utf-8"))
+        # mmap checks that the file holds as many bytes as its header promises.
+        images = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, EOFError, OSError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        return False
+    return (
+        isinstance(info, dict)
+        and info.get("rows") == len(table)
+        and info.get("size") == size
+        and info.get("fingerprint") == _fingerprint(table)
+        and images.dtype == np.uint8
+        and images.shape == (len(table), size, size, 3)
+    )
 
 
 def build_image_cache(
@@ -67,34 +84,39 @@ def build_image_cache(
 ) -> Path:
     """Decode and resize every image of ``split`` once into ``cache/<name or split>-<size>.npy``.
 
-    An existing cache with the same rows (same file list, checked by a fingerprint) and size is reused.
-    Threads decode in parallel (Pillow releases the GIL while decoding and resizing).
+    An existing cache with the same rows (same file list, checked by a fingerprint), size, shape and
+    type is reused; any other (stale, truncated, damaged) is rebuilt. Threads decode in parallel (Pillow
+    releases the GIL while decoding and resizing).
 
     Raises:
-        MlcdfError: an image cannot be read (prepare with ``--check-images decode`` finds these early).
+        MlcdfError: an image cannot be read (prepare with ``--check-images decode`` finds these early),
+            or the cache cannot be written.
     """
     table = table if table is not None else prepared.read_split(split)
     path = cache_path(prepared, name or split, size)
     if _cache_is_current(path, table, size):
         return path
     workers = workers or min(8, os.cpu_count() or 1)
-    with atomic_path(path) as tmp:
-        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(table), size, size, 3))
+    try:
+        with atomic_path(path) as tmp:
+            array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(table), size, size, 3))
 
-        def decode(index: int) -> int:
-            image_path = prepared.image_path(table.file_paths[index])
-            try:
-                array[index] = load_rgb(image_path, size)
-            except OSError as error:
-                raise MlcdfError(f"{image_path}: cannot decode ({error})") from None
-            return index
+            def decode(index: int) -> int:
+                image_path = prepared.image_path(table.file_paths[index])
+                try:
+                    array[index] = load_rgb(image_path, size)
+                except OSError as error:
+                    raise MlcdfError(f"{image_path}: cannot decode ({error})") from None
+                return index
 
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            for _ in progress(pool.map(decode, range(len(table))), f"Caching {split} at {size}px", total=len(table)):
-                pass
-        array.flush()
-        del array
-    write_json(path.with_suffix(".json"), {"rows": len(table), "size": size, "fingerprint": _fingerprint(table)})
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                for _ in progress(pool.map(decode, range(len(table))), f"Caching {split} at {size}px", total=len(table)):
+                    pass
+            array.flush()
+            del array
+        write_json(path.with_suffix(".json"), {"rows": len(table), "size": size, "fingerprint": _fingerprint(table)})
+    except OSError as error:  # a read-only or full disk: the stale cache cannot be replaced
+        raise MlcdfError(f"{path}: cannot write the image cache ({error.strerror or error})") from None
     return path
 
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from mlcdf.errors import MissingArtifactError, MlcdfError, SchemaError
+from mlcdf.errors import MissingArtifactError, MlcdfError, SchemaError, first_line
 from mlcdf.io import read_json_object
 
 if TYPE_CHECKING:
@@ -171,11 +171,14 @@ def read_word_vectors_file(path: str | Path) -> KeyedVectors:
     """Read a GloVe text file (no header) or a word2vec text/binary file, optionally gzipped.
 
     The format is sniffed: a first line of two integers is a word2vec header; the record after it tells
-    text from binary.
+    text from binary. Text is read here rather than by gensim, which pads a short row with the values of
+    the row before it and fails with a bare ``TypeError`` on an empty file; a word given twice keeps its
+    first vector, as gensim does.
 
     Raises:
         MissingArtifactError: the file does not exist.
-        SchemaError: gensim cannot parse it.
+        SchemaError: the file cannot be parsed, is not UTF-8 text, or holds a NaN or infinite value
+            (naming the line, for text files): such a vector would only surface later as a NaN loss.
     """
     from gensim.models import KeyedVectors
 
@@ -184,9 +187,62 @@ def read_word_vectors_file(path: str | Path) -> KeyedVectors:
         raise MissingArtifactError(path, "a GloVe or word2vec file")
     try:
         has_header, binary = _sniff_word2vec_format(path)
-        return KeyedVectors.load_word2vec_format(str(path), binary=binary, no_header=not has_header)
-    except (ValueError, UnicodeDecodeError, EOFError, OSError) as error:
-        raise SchemaError(path, f"not a GloVe or word2vec file ({error})") from None
+        if not binary:
+            return _read_text_vectors(path, has_header)
+        vectors = KeyedVectors.load_word2vec_format(str(path), binary=True)
+    # gensim fails on a damaged binary file with ValueError (UnicodeDecodeError too) or EOFError; gzip
+    # on a damaged .gz with OSError or EOFError.
+    except (ValueError, EOFError, OSError) as error:
+        raise SchemaError(path, f"not a GloVe or word2vec file ({first_line(error)})") from None
+    bad_rows = np.flatnonzero(~np.isfinite(vectors.vectors).all(axis=1))
+    if len(bad_rows):
+        raise SchemaError(path, f"the vector of {vectors.index_to_key[bad_rows[0]]!r} holds NaN or infinite values")
+    return vectors
+
+
+def _read_text_vectors(path: Path, has_header: bool) -> KeyedVectors:
+    """Parse ``word v1 ... vD`` lines (after a ``count D`` header when ``has_header``), checking each one."""
+    from gensim.models import KeyedVectors
+    from gensim.utils import open as smart_open  # reads .gz and .bz2 transparently
+
+    words: list[str] = []
+    rows: list[np.ndarray] = []
+    seen: set[str] = set()
+    dim, declared_count, records = None, None, 0
+    with smart_open(str(path), "rb") as handle:
+        for line, raw in enumerate(handle, start=1):
+            if has_header and line == 1:
+                declared_count, dim = (int(token) for token in raw.split())
+                continue
+            try:
+                text = raw.decode("utf-8").rstrip()
+            except UnicodeDecodeError as error:
+                raise SchemaError(path, f"not UTF-8 text (byte {error.start + 1} of the line)", line=line) from None
+            if not text:
+                continue
+            word, *values = text.split(" ")  # a single space, as GloVe writes: some GloVe words hold U+00A0
+            dim = dim if dim is not None else len(values)
+            if not values or len(values) != dim:
+                raise SchemaError(path, f"{len(values)} numbers after {word!r}, expected {dim or 'at least 1'}", line=line)
+            try:
+                with np.errstate(over="ignore"):  # a value beyond float32 becomes inf, refused just below
+                    vector = np.array(values, dtype=np.float32)
+            except ValueError:
+                raise SchemaError(path, f"the vector of {word!r} holds something that is not a number", line=line) from None
+            if not np.isfinite(vector).all():
+                raise SchemaError(path, f"the vector of {word!r} holds NaN or infinite values", line=line)
+            records += 1
+            if word not in seen:
+                seen.add(word)
+                words.append(word)
+                rows.append(vector)
+    if not rows:
+        raise SchemaError(path, "no word vectors in the file")
+    if declared_count is not None and declared_count != records:
+        raise SchemaError(path, f"the header announces {declared_count} vectors, the file holds {records}", line=1)
+    vectors = KeyedVectors(dim)
+    vectors.add_vectors(words, np.stack(rows))
+    return vectors
 
 
 def _sniff_word2vec_format(path: Path) -> tuple[bool, bool]:
