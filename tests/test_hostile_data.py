@@ -80,6 +80,13 @@ def test_prepare_does_not_replace_a_folder_it_did_not_write(release, tmp_path):
     assert invoke("prepare", "--root", release, "--subset", "facial_components", "--out", tmp_path / "p").exit_code == 0
 
 
+def test_a_reader_restores_a_prepared_subset_cut_off_mid_replace(tmp_path):
+    prepared = write_toy_prepared(tmp_path, {"train": 3})
+    prepared.rename(prepared.with_name(".facial_components.old"))  # killed between the two renames
+    assert load_prepared(prepared).splits == {"train": 3}
+    assert not prepared.with_name(".facial_components.old").exists()
+
+
 def test_prepare_and_synth_out_below_a_file(release, tmp_path):
     blocker = tmp_path / "file.txt"
     blocker.write_text("x")
@@ -239,6 +246,6 @@ def test_image_embeddings_name_a_bomb(tmp_path):
     png_bomb(prepared.image_path(prepared.read_split("train").file_paths[2]))
     config = GraphConfig(prepared=prepared_dir, out=tmp_path / "g.npz", embedding="image", backbone="test_resnet",
                          image_size=16, workers=0, device="cpu")
-    with pytest.raises(MlcdfError, match="exceeds the limit"):
+    with pytest.raises(MlcdfError, match=r"000002\.png: .*exceeds the limit"):
         build_graph(config)
     assert not (tmp_path / "g.npz").exists()
