@@ -80,7 +80,8 @@ MaxPixelsOpt = Annotated[
         min=1,
         envvar=MAX_PIXELS_ENV,
         callback=_put_max_pixels_in_force,
-        help=f"Images declaring more pixels than this are reported and skipped as unreadable (decompression "
-        f"bombs); default {DEFAULT_MAX_PIXELS:,}, Pillow's limit. Raise it for genuinely huge images.",
+        help=f"Images declaring more pixels than this count as unreadable (decompression bombs): skipped where "
+        f"unreadable files are, an error elsewhere. Default {DEFAULT_MAX_PIXELS:,}, Pillow's limit; raise it for "
+        "genuinely huge images.",
     ),
 ]
