@@ -17,7 +17,8 @@ Three rules keep outputs from harming anything else:
   gone: a process of this machine that no longer exists, or, for temporaries of another machine sharing
   the folder (whose processes cannot be checked) and of older mlcdf versions, nothing in them modified
   for :data:`STALE_AFTER_S`. A temporary of a live writer (two runs writing the same output at once) is
-  never touched: the one that finishes last wins, whole.
+  never touched: the one that finishes last wins, whole. (A killed writer's process id taken over by a
+  new process keeps its temporary until that process ends too: erring on the side of keeping.)
 """
 
 from __future__ import annotations
