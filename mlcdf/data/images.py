@@ -9,9 +9,12 @@ same way.
 
 Memory while decoding an image within the limit: a JPEG is decoded directly at 1/2, 1/4 or 1/8 scale
 when the target size allows (``draft``), so a 12000 x 12000 JPEG costs about 1/64 of its full size. PNG
-and the other formats cannot be decoded reduced: the whole image is decoded once (4 bytes a pixel for
-RGB, so at most 4 x the limit, 358 MB at the default), then reduced and resized without a second
-full-size copy where the mode allows (RGB and grey images are resized before the conversion to RGB).
+and the other formats cannot be decoded reduced: the whole image is decoded once (Pillow keeps RGB at 4
+bytes a pixel, so up to 4 x the limit, 358 MB at the default), then reduced and resized without a second
+full-size copy where the mode allows (RGB and grey images are resized before the conversion to RGB;
+RGBA and palette images still need one full-size conversion). Measured peak memory of one 12000 x 12000
+image decoded to 224 px (``/usr/bin/time -v``, with the limit raised): RGB PNG 582 MB (1131 MB before
+the conversion was moved after the resize), RGBA PNG 1131 MB, JPEG 41 MB.
 """
 
 from __future__ import annotations
