@@ -32,7 +32,7 @@ from __future__ import annotations
 import csv
 import math
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,7 +54,7 @@ from mlcdf.metrics import (
     tune_thresholds,
 )
 from mlcdf.errors import MissingArtifactError, MlcdfError, SchemaError
-from mlcdf.io import atomic_dir, atomic_open, read_json_object, write_json
+from mlcdf.io import atomic_dir, atomic_open, check_replaceable, holds_file, read_csv_rows, read_json_object, write_json
 from mlcdf.progress import ProgressFn, silent
 
 PREDICTIONS_FILE = "predictions.csv"
@@ -62,6 +62,8 @@ METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.md"
 PR_CURVES_FILE = "pr_curves.png"
 AP_BARS_FILE = "ap_per_label.png"
+#: An evaluation folder is replaced only when it holds a previous evaluation (its metrics.json).
+_EVALUATION_OUTPUT = {"command": "mlcdf evaluate", "is_own": holds_file(METRICS_FILE)}
 
 #: The figures of the paper's tables, in their column order.
 PAPER_METRICS = ("mAP", "CP", "CR", "CF1", "OP", "OR", "OF1")
@@ -162,28 +164,6 @@ def _parse_score(path: Path, line: int, column: str, text: str) -> float:
     return value
 
 
-def _csv_records(path: Path) -> Iterator[tuple[int, list[str]]]:
-    """``(line, fields)`` of each record of a UTF-8 CSV file; a broken record is a SchemaError at its line.
-
-    Decoded with ``surrogateescape`` so that a byte that is not UTF-8 is found in the record holding it
-    (and named with its line) instead of failing somewhere in the reader's buffer.
-    """
-    with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as handle:
-        reader = csv.reader(handle)
-        while True:
-            try:
-                record = next(reader, None)
-            except csv.Error as error:  # e.g. a field longer than csv.field_size_limit()
-                raise SchemaError(path, f"not a readable CSV record ({error})", line=reader.line_num) from None
-            if record is None:
-                return
-            try:
-                "".join(record).encode("utf-8")
-            except UnicodeEncodeError:
-                raise SchemaError(path, "not UTF-8 text", line=reader.line_num) from None
-            yield reader.line_num, record
-
-
 def read_predictions(path: str | Path, *, labels: Sequence[str] | None = None) -> Predictions:
     """Read and check a predictions file.
 
@@ -202,7 +182,7 @@ def read_predictions(path: str | Path, *, labels: Sequence[str] | None = None) -
     path = Path(path)
     if not path.is_file():
         raise MissingArtifactError(path, "a predictions CSV written by 'mlcdf evaluate' or in its format")
-    records = _csv_records(path)
+    records = read_csv_rows(path, encoding="utf-8-sig")
     _, header = next(records, (1, None))
     if header is None:
         raise SchemaError(path, "empty file; expected a header row", line=1)
@@ -481,17 +461,6 @@ def _plot_average_precision(path: Path, metrics: dict) -> None:
     figure.savefig(path, dpi=120)
 
 
-def _check_replaceable(out_dir: Path) -> None:
-    """Refuse to replace a folder that is not an evaluation folder, since :func:`atomic_dir` replaces it whole."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise MlcdfError(f"{out_dir}: exists and is not a folder; choose another output folder")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / METRICS_FILE).is_file():
-        raise MlcdfError(
-            f"{out_dir}: exists and is not an evaluation folder (no {METRICS_FILE}); it would be replaced "
-            "whole, so choose a new or empty output folder"
-        )
-
-
 def write_evaluation(
     out_dir: str | Path,
     predictions: Predictions,
@@ -515,9 +484,9 @@ def write_evaluation(
         MlcdfError: ``out_dir`` cannot be replaced, or ``tune_on`` has different labels.
     """
     out_dir = Path(out_dir)
-    _check_replaceable(out_dir)
+    check_replaceable(out_dir, **_EVALUATION_OUTPUT)
     metrics = compute_metrics(predictions, threshold=threshold, tune_on=tune_on, num_params=num_params)
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, **_EVALUATION_OUTPUT) as tmp:
         write_predictions(tmp / PREDICTIONS_FILE, predictions)
         write_json(tmp / METRICS_FILE, metrics)
         (tmp / REPORT_FILE).write_text(render_report(metrics), encoding="utf-8")
@@ -598,7 +567,7 @@ def evaluate_run(
         raise MlcdfError("--tune-thresholds tunes on the val split, so evaluating val with it would be optimistic; evaluate test")
     run_dir = Path(run_dir)
     out = Path(out_dir) if out_dir is not None else default_eval_dir(run_dir, split)
-    _check_replaceable(out)  # before inference, which may take a while
+    check_replaceable(out, **_EVALUATION_OUTPUT)  # before inference, which may take a while
 
     def predict(name: str) -> tuple[Predictions, int | None]:
         y_true, y_score, file_paths, num_steps, labels, num_params = predict_split(

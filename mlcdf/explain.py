@@ -20,11 +20,14 @@ from matplotlib import colormaps
 from PIL import Image, ImageDraw
 
 from mlcdf.data.dataset import no_augmentation, to_model_input
-from mlcdf.data.images import load_rgb
+from mlcdf.data.images import load_rgb, load_rgb_within
 from mlcdf.distributed import resolve_device
 from mlcdf.errors import MlcdfError
 from mlcdf.inference import load_run_model, read_run
 from mlcdf.io import atomic_path
+
+#: Overlays of larger images are drawn at this longest side, so a huge photo costs no huge canvases.
+OVERLAY_MAX_SIDE = 1024
 
 
 def grad_cam(model: torch.nn.Module, x: torch.Tensor, label_indices: list[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -96,7 +99,7 @@ def explain_image(
         raise MlcdfError(f"unknown label(s) {unknown}; this run's labels are {', '.join(info.labels)}")
     image_path = Path(image_path)
     try:
-        original = load_rgb(image_path)
+        original = load_rgb_within(image_path, OVERLAY_MAX_SIDE)
         resized = load_rgb(image_path, info.config.image_size)
     except OSError as error:
         raise MlcdfError(f"{image_path}: cannot read the image ({error})") from None

@@ -1,20 +1,50 @@
 """Atomic file output: every artifact is written to a temporary name and renamed into place.
 
 A reader never sees a half-written file, and a failure leaves the previous version (or nothing) behind.
+
+Three rules keep outputs from harming anything else:
+
+- A folder output (:func:`atomic_dir`) replaces only an empty folder or a previous output of the same
+  command, recognised by its own marker (a prepared subset's ``meta.json``, an evaluation's
+  ``metrics.json``, a synthetic subset's ``synth.json``); anything else is refused, untouched.
+  :func:`check_output_apart` refuses an output that is, contains or lies inside one of the command's inputs.
+- Replacing a folder takes two renames (the previous output to ``.NAME.old``, the new one to ``NAME``).
+  A process killed between them leaves ``NAME`` absent and the previous output in ``.NAME.old``;
+  :func:`recover_dir` (run by the next write of ``NAME`` and by readers) puts it back, or removes
+  ``.NAME.old`` when the new output had already arrived. So ``NAME`` is always the previous or the new output.
+- Temporaries are named ``.NAME.<pid>-<host>.<random>.tmp`` after the process writing them. A killed
+  run leaves them behind; the next write of ``NAME`` in the same folder removes those whose writer is
+  gone: a process of this machine that no longer exists, or, for temporaries of another machine sharing
+  the folder (whose processes cannot be checked) and of older mlcdf versions, nothing in them modified
+  for :data:`STALE_AFTER_S`. A temporary of a live writer (two runs writing the same output at once) is
+  never touched: the one that finishes last wins, whole. (A killed writer's process id taken over by a
+  new process keeps its temporary until that process ends too: erring on the side of keeping.)
 """
 
 from __future__ import annotations
 
+import codecs
 import contextlib
+import csv
+import hashlib
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from mlcdf.errors import SchemaError
+from mlcdf.errors import MlcdfError, SchemaError
+
+#: A temporary of another machine (or of an mlcdf before writer names) counts as stale once nothing in
+#: it was modified for this long: no run goes a day without writing its output.
+STALE_AFTER_S = 24 * 3600
+
+_HOST = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
 
 
 def _umask() -> int:
@@ -23,15 +53,91 @@ def _umask() -> int:
     return mask
 
 
+def _temporary_prefix(path: Path) -> str:
+    return f".{path.name}.{os.getpid()}-{_HOST}."
+
+
+def _old_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.old")
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _process_exists(pid: int) -> bool:
+    if os.name != "posix":  # os.kill(pid, 0) would end the process on Windows
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def _untouched_for(path: Path, seconds: float) -> bool:
+    """Nothing at or under ``path`` was modified in the last ``seconds`` (a folder's own time does not
+    change when files deep inside it are written, so the whole tree is looked at)."""
+    newest_allowed = time.time() - seconds
+    try:
+        entries = [path, *path.rglob("*")] if path.is_dir() and not path.is_symlink() else [path]
+        return all(entry.lstat().st_mtime < newest_allowed for entry in entries)
+    except OSError:  # vanished meanwhile: its writer is busy with it
+        return False
+
+
+def remove_stale_temporaries(path: str | Path) -> list[Path]:
+    """Remove the temporaries of ``path`` left by killed writers (see the module docstring); return them."""
+    path = Path(path)
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.(?:(\d+)-([0-9a-f]{{8}})\.)?[a-z0-9_]{{8}}\.tmp")
+    try:
+        candidates = [entry for entry in path.parent.iterdir() if entry.name.startswith(f".{path.name}.")]
+    except OSError:
+        return []
+    removed = []
+    for entry in candidates:
+        match = pattern.fullmatch(entry.name)
+        if match is None:
+            continue
+        pid, host = match.groups()
+        if pid is not None and host == _HOST:
+            stale = not _process_exists(int(pid))
+        else:
+            stale = _untouched_for(entry, STALE_AFTER_S)
+        if stale:
+            _remove(entry)
+            removed.append(entry)
+    return removed
+
+
+def _blocking_file(path: Path) -> Path | None:
+    """The first of ``path``'s ancestors that exists but is not a folder (so ``path`` cannot be created)."""
+    return next((parent for parent in reversed(path.parents) if parent.exists() and not parent.is_dir()), None)
+
+
+def _make_parent(path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise MlcdfError(f"{path}: cannot create its folder, {_blocking_file(path) or path.parent} is not a folder") from None
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it to ``path`` if the block succeeds.
 
-    The temporary file lives in the same folder so that ``os.replace`` is an atomic rename.
+    The temporary file lives in the same folder so that ``os.replace`` is an atomic rename. Stale
+    temporaries of ``path`` left by killed runs are removed first.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    _make_parent(path)
+    remove_stale_temporaries(path)
+    fd, tmp_name = tempfile.mkstemp(prefix=_temporary_prefix(path), suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     # mkstemp creates 0600 files; give the result the permissions a plain open() would.
@@ -60,29 +166,136 @@ def write_json(path: str | Path, obj: Any) -> None:
         handle.write("\n")
 
 
+def holds_file(name: str) -> Callable[[Path], bool]:
+    """A test for :func:`atomic_dir`'s ``is_own``: the folder holds the marker file ``name``."""
+    return lambda folder: (folder / name).is_file()
+
+
+def recover_dir(path: str | Path) -> None:
+    """Finish a folder replacement that a killed process left half done (see the module docstring)."""
+    path = Path(path)
+    old = _old_name(path)
+    if not os.path.lexists(old):
+        return
+    if os.path.lexists(path):
+        _remove(old)  # the new output had arrived; only the clean-up was cut short
+    else:
+        os.replace(old, path)  # cut between the two renames: the previous output goes back
+
+
+def check_replaceable(path: str | Path, *, command: str, is_own: Callable[[Path], bool]) -> None:
+    """Raise unless :func:`atomic_dir` may write ``path``: absent, an empty folder, or ``command``'s own output.
+
+    Raises:
+        MlcdfError: ``path`` (or one of its parents) is a file, or a folder ``command`` did not write.
+    """
+    path = Path(path)
+    blocker = _blocking_file(path)
+    if blocker is not None:
+        raise MlcdfError(f"{path}: cannot create it, {blocker} is not a folder")
+    if not os.path.lexists(path):
+        return
+    if not path.is_dir():
+        raise MlcdfError(f"{path}: exists and is not a folder; not replacing it (choose another output)")
+    if any(path.iterdir()) and not is_own(path):
+        raise MlcdfError(
+            f"{path}: exists and was not written by '{command}'; not replacing it (choose another output, or empty it)"
+        )
+
+
+def check_output_apart(output: str | Path, *inputs: tuple[str, str | Path | None]) -> None:
+    """Refuse an output that is, lies inside, or contains an input, since writing it could overwrite the input.
+
+    Args:
+        output: the file or folder a command writes.
+        inputs: ``(name, path)`` pairs, the name as the user knows it (``"--root"``); ``None`` paths are skipped.
+
+    Raises:
+        MlcdfError: naming the output and the input it overlaps. Paths are compared resolved (symlinks
+            followed), so two names for one folder are caught too.
+    """
+    written = Path(output).resolve()
+    for name, given in inputs:
+        if given is None:
+            continue
+        read = Path(given).resolve()
+        if written == read:
+            overlap = f"is {name}"
+        elif written.is_relative_to(read):
+            overlap = f"lies inside {name} {given}"
+        elif read.is_relative_to(written):
+            overlap = f"contains {name} {given}"
+        else:
+            continue
+        raise MlcdfError(f"{output}: the output {overlap}; writing it could overwrite its input, choose another output")
+
+
 @contextlib.contextmanager
-def atomic_dir(path: str | Path) -> Iterator[Path]:
+def atomic_dir(path: str | Path, *, command: str, is_own: Callable[[Path], bool]) -> Iterator[Path]:
     """Build a folder under a temporary name and move it into place when the block succeeds.
 
     For stages that write several files that only make sense together (a prepared subset, an
-    evaluation): either all of them appear, or none. An existing folder at ``path`` is replaced.
+    evaluation): either all of them appear, or none. A folder already at ``path`` is replaced only when
+    it is empty or ``is_own`` recognises it as a previous output of ``command``; otherwise nothing is
+    written (checked before the block runs, and again before the rename).
+
+    Raises:
+        MlcdfError: see :func:`check_replaceable`.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    recover_dir(path)
+    check_replaceable(path, command=command, is_own=is_own)
+    _make_parent(path)
+    remove_stale_temporaries(path)
+    tmp = Path(tempfile.mkdtemp(prefix=_temporary_prefix(path), suffix=".tmp", dir=path.parent))
     os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
+        recover_dir(path)
+        check_replaceable(path, command=command, is_own=is_own)
+        if os.path.lexists(path):
+            old = _old_name(path)
             os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
+            try:
+                os.replace(tmp, path)
+            except OSError:
+                recover_dir(path)
+                raise MlcdfError(f"{path}: another process wrote it at the same time; this output was discarded") from None
+            _remove(old)
         else:
             os.replace(tmp, path)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _remove(tmp)
+
+
+def read_csv_rows(path: str | Path, *, encoding: str = "utf-8") -> Iterator[tuple[int, list[str]]]:
+    """The records of a CSV file, each with the line it ends on.
+
+    Raises:
+        SchemaError: bytes that are not ``encoding`` text, or a malformed record (a field over
+            ``csv.field_size_limit``, a NUL byte), naming the line.
+    """
+    path = Path(path)
+    with open(path, newline="", encoding=encoding) as handle:
+        reader = csv.reader(handle)
+        try:
+            for record in reader:
+                yield reader.line_num, record
+        except UnicodeDecodeError as error:
+            raise SchemaError(path, f"not UTF-8 text ({error.reason})", line=_undecodable_line(path, encoding)) from None
+        except csv.Error as error:
+            raise SchemaError(path, f"not a valid CSV record ({error})", line=reader.line_num) from None
+
+
+def _undecodable_line(path: Path, encoding: str) -> int | None:
+    decoder = codecs.getincrementaldecoder(encoding)()
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                decoder.decode(raw)
+            except UnicodeDecodeError:
+                return number
+    return None
 
 
 def read_json_object(path: str | Path, what: str = "a JSON object") -> dict[str, Any]:

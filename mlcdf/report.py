@@ -20,7 +20,7 @@ from pathlib import Path
 
 from mlcdf.errors import MissingArtifactError, MlcdfError, SchemaError
 from mlcdf.evaluate import METRICS_FILE, PAPER_METRICS, default_eval_dir, read_metrics
-from mlcdf.io import read_json_object
+from mlcdf.io import read_json_object, recover_dir
 from mlcdf.labels import SUBSETS
 
 #: Our model names (the registry's) -> (the paper's method name, the paper's category).
@@ -126,6 +126,10 @@ def load_result(path: str | Path, *, split: str = "test") -> ResultRow:
         SchemaError: a config.json or metrics.json breaks its format.
     """
     path = Path(path)
+    # An evaluation cut off between the two renames of its replacement is put back first.
+    recover_dir(path)
+    if (path / RUN_CONFIG_FILE).is_file():
+        recover_dir(default_eval_dir(path, split))
     if (path / METRICS_FILE).is_file():
         metrics_path = path / METRICS_FILE
         inside_run = path.parent.name == "eval" and (path.parent.parent / RUN_CONFIG_FILE).is_file()

@@ -176,7 +176,7 @@ def test_write_evaluation_is_all_or_nothing(tmp_path, monkeypatch):
 
 def test_write_evaluation_refuses_to_replace_other_folders(tmp_path):
     (tmp_path / "mine.txt").write_text("keep me")
-    with pytest.raises(MlcdfError, match="not an evaluation folder"):
+    with pytest.raises(MlcdfError, match="not written by 'mlcdf evaluate'"):
         write_evaluation(tmp_path, make_predictions())
     assert (tmp_path / "mine.txt").read_text() == "keep me"
     write_evaluation(tmp_path / "eval", make_predictions())

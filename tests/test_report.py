@@ -102,6 +102,13 @@ def test_evaluation_folders(two_runs, tmp_path):
     assert "### other labels" in results_table([load_result(tmp_path / "custom")], paper=True)
 
 
+def test_an_evaluation_cut_off_mid_replace_is_restored(two_runs):
+    evaluation = two_runs[0] / "eval" / "test"
+    evaluation.rename(evaluation.with_name(".test.old"))  # a kill between atomic_dir's two renames
+    assert load_result(two_runs[0]).values["mAP"] == 92.94
+    assert evaluation.is_dir() and not evaluation.with_name(".test.old").exists()
+
+
 def test_missing_or_malformed_inputs(two_runs, tmp_path):
     with pytest.raises(MissingArtifactError, match="mlcdf evaluate --run"):
         load_result(two_runs[0], split="val")

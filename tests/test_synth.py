@@ -254,6 +254,7 @@ def test_cli_synth_then_prepare_round_trips(tmp_path: Path) -> None:
 
 def test_cli_user_error_is_one_line_and_exit_code_2(tmp_path: Path) -> None:
     (tmp_path / "root" / "facial_attributes").mkdir(parents=True)
+    (tmp_path / "root" / "facial_attributes" / "mine.txt").write_text("x")
     result = CliRunner().invoke(app, ["synth", "--out", str(tmp_path / "root"), "--subset", "facial_attributes", "--quiet"])
     assert result.exit_code == 2
     assert "not written by 'mlcdf synth'" in result.output

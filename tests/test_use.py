@@ -64,6 +64,42 @@ def test_explain_writes_one_overlay_per_label(run, images, tmp_path):
     assert result.exit_code == 2 and "unknown label" in result.output
 
 
+def test_bombs_are_skipped_by_predict_and_refused_by_explain(run, images, tmp_path):
+    from test_hostile_data import png_bomb
+
+    bomb = png_bomb(images / "bomb.png")
+    big = images / "big.jpg"
+    Image.new("RGB", (2000, 1500), "gray").save(big)
+    args = ["--device", "cpu", "--workers", "0"]
+    result = runner.invoke(app, ["predict", str(run), str(images), "--out", str(tmp_path / "p.csv"), *args])
+    assert result.exit_code == 0, result.output
+    assert "bomb.png: skipped, cannot read the image" in result.output.replace("\n", "")
+    assert [r["file_path"].rsplit("/", 1)[1] for r in csv.DictReader(open(tmp_path / "p.csv"))] == ["a.png", "b.jpg", "big.jpg"]
+    # --max-pixels: the 2000x1500 image is over a limit of 1 million pixels.
+    result = runner.invoke(app, ["predict", str(run), str(big), "--max-pixels", "1000000", *args])
+    assert result.exit_code == 2 and "exceeds the limit of 1,000,000 pixels" in result.output.replace("\n", "")
+    result = runner.invoke(app, ["explain", str(run), str(bomb), "--out", str(tmp_path / "x"), "--device", "cpu"])
+    assert result.exit_code == 2 and "exceeds the limit" in result.output and not (tmp_path / "x").exists()
+    # Overlays of a large image are drawn at a bounded size.
+    result = runner.invoke(app, ["explain", str(run), str(big), "--out", str(tmp_path / "x"), "--label", "nose", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    with Image.open(tmp_path / "x" / "big_nose.png") as picture:
+        assert picture.width == 1024
+
+
+def test_predict_and_explain_do_not_write_into_their_inputs(run, images, tmp_path):
+    config = (run / "config.json").read_bytes()
+    for out in (run / "config.json", run / "preds.csv"):
+        result = runner.invoke(app, ["predict", str(run), str(images / "a.png"), "--out", str(out), "--device", "cpu"])
+        assert result.exit_code == 2 and "lies inside the run" in result.output.replace("\n", "")
+    assert (run / "config.json").read_bytes() == config and not (run / "preds.csv").exists()
+    result = runner.invoke(app, ["explain", str(run), str(images / "a.png"), "--out", str(run / "x"), "--device", "cpu"])
+    assert result.exit_code == 2 and not (run / "x").exists()
+    # Predictions written beside the images they score are fine.
+    result = runner.invoke(app, ["predict", str(run), str(images), "--out", str(images / "p.csv"), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+
+
 def test_export_onnx_matches_pytorch(run, tmp_path):
     pytest.importorskip("onnxruntime")
     result = runner.invoke(app, ["export", str(run), "--onnx", str(tmp_path / "m.onnx")])

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
+from mlcdf.data.images import DEFAULT_MAX_PIXELS, MAX_PIXELS_ENV
 from mlcdf.labels import SUBSETS
 
 
@@ -52,3 +54,34 @@ CheckpointOpt = Annotated[
     Checkpoint, typer.Option("--checkpoint", help="Weights to use: best (chosen on validation), last, or ema.")
 ]
 RunArg = Annotated[Path, typer.Argument(help="A run folder written by 'mlcdf train'.", file_okay=False)]
+
+
+def _put_max_pixels_in_force(ctx: typer.Context, value: Optional[int]) -> Optional[int]:
+    """Set the pixel limit for this command, its threads and its worker processes (which inherit the
+    environment), until the command ends: the decoders read it there, so no command passes it along."""
+    if value is not None:
+        previous = os.environ.get(MAX_PIXELS_ENV)
+        os.environ[MAX_PIXELS_ENV] = str(value)
+
+        def restore() -> None:
+            if previous is None:
+                os.environ.pop(MAX_PIXELS_ENV, None)
+            else:
+                os.environ[MAX_PIXELS_ENV] = previous
+
+        ctx.call_on_close(restore)
+    return value
+
+
+MaxPixelsOpt = Annotated[
+    Optional[int],
+    typer.Option(
+        "--max-pixels",
+        min=1,
+        envvar=MAX_PIXELS_ENV,
+        callback=_put_max_pixels_in_force,
+        help=f"Images declaring more pixels than this count as unreadable (decompression bombs): skipped where "
+        f"unreadable files are, an error elsewhere. Default {DEFAULT_MAX_PIXELS:,}, Pillow's limit; raise it for "
+        "genuinely huge images.",
+    ),
+]

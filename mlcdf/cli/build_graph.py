@@ -11,9 +11,10 @@ import typer
 from rich.table import Table
 
 from mlcdf.cli._console import out, rich_progress, warn
-from mlcdf.cli._options import Device, DeviceOpt, JsonOpt, PreparedOpt, QuietOpt, SeedOpt
+from mlcdf.cli._options import Device, DeviceOpt, JsonOpt, MaxPixelsOpt, PreparedOpt, QuietOpt, SeedOpt
 from mlcdf.graph.build import DEFAULT_BACKBONE, GraphConfig, GraphResult, build_graph
 from mlcdf.graph.embeddings import parse_embedding_source
+from mlcdf.io import check_output_apart
 
 #: Options that only mean something for --embedding image (named as the function's parameters).
 _IMAGE_ONLY = (
@@ -78,6 +79,7 @@ def build_graph_command(
     ] = False,
     device: DeviceOpt = Device.auto,
     seed: SeedOpt = 0,
+    max_pixels: MaxPixelsOpt = None,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -105,6 +107,7 @@ def build_graph_command(
         source = parse_embedding_source(embedding)
     except ValueError as error:
         raise typer.BadParameter(str(error), param_hint="--embedding") from None
+    check_output_apart(out_path, ("--prepared", prepared), ("--from-run", from_run))
     if source.is_word:
         given = [name for name in _IMAGE_ONLY if _given_on_command_line(ctx, name)]
         if given:

@@ -11,9 +11,9 @@ import typer
 from rich.table import Table
 
 from mlcdf.cli._console import err, out, rich_progress, warn
-from mlcdf.cli._options import Checkpoint, CheckpointOpt, Device, DeviceOpt, QuietOpt, RunArg
+from mlcdf.cli._options import Checkpoint, CheckpointOpt, Device, DeviceOpt, MaxPixelsOpt, QuietOpt, RunArg
 from mlcdf.errors import MlcdfError
-from mlcdf.io import atomic_open
+from mlcdf.io import atomic_open, check_output_apart
 
 if TYPE_CHECKING:
     from mlcdf.inference import ImagePredictions
@@ -34,6 +34,7 @@ def predict_command(
     device: DeviceOpt = Device.auto,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 64,
     workers: Annotated[int, typer.Option("--workers", min=0, help="Decoding processes.")] = 2,
+    max_pixels: MaxPixelsOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Say which manipulations each image carries: per-label probabilities, the predicted set and a fake score.
@@ -46,6 +47,8 @@ def predict_command(
     """
     if out_file is not None and out_file.suffix.lower() not in (".csv", ".json"):
         raise MlcdfError(f"--out {out_file}: use a .csv or .json file name")
+    if out_file is not None:
+        check_output_apart(out_file, ("the run", run), *(("an input", path) for path in inputs if path.is_file()))
     from mlcdf.inference import predict_images
 
     result = predict_images(
@@ -113,6 +116,7 @@ def explain_command(
     label: Annotated[str, typer.Option("--label", help="A label name, or 'all'.")] = "all",
     checkpoint: CheckpointOpt = Checkpoint.best,
     device: DeviceOpt = Device.auto,
+    max_pixels: MaxPixelsOpt = None,
 ) -> None:
     """Grad-CAM heat maps: where the model sees each manipulation, one PNG per label (plus IMAGE_all.png).
 
@@ -120,6 +124,7 @@ def explain_command(
 
         mlcdf explain runs/r101-asl face.jpg --out explain/
     """
+    check_output_apart(out_dir, ("the run", run))
     labels = None if label == "all" else [label]
     from mlcdf.explain import explain_image
 

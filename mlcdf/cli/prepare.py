@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from mlcdf.cli._console import err, out, rich_progress, warn
-from mlcdf.cli._options import QuietOpt, Subset, SubsetOpt
+from mlcdf.cli._options import MaxPixelsOpt, QuietOpt, Subset, SubsetOpt
 from mlcdf.data.prepared import SPLITS
 from mlcdf.data.seqdeepfake import PrepareConfig, SubsetSummary, prepare
 from mlcdf.errors import MlcdfError
@@ -38,6 +38,7 @@ def prepare_command(
         bool, typer.Option("--skip-missing", help="Drop rows whose image is missing or unreadable instead of failing; they are counted in the summary.")
     ] = False,
     workers: Annotated[int, typer.Option("--workers", min=1, help="Threads for --check-images decode.")] = 8,
+    max_pixels: MaxPixelsOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Validate the official annotation CSVs and write PREPARED/SUBSET/{meta.json,SPLIT.csv}.

@@ -166,7 +166,13 @@ class FileSource:
         return len(self.paths)
 
     def read(self, indices: list[int]) -> np.ndarray:
-        return np.stack([load_rgb(self.paths[i], self.size) for i in indices])
+        return np.stack([self._decode(self.paths[i]) for i in indices])
+
+    def _decode(self, path: Path) -> np.ndarray:
+        try:
+            return load_rgb(path, self.size)
+        except OSError as error:
+            raise OSError(f"{path}: {error}") from None
 
 
 class RowSource:

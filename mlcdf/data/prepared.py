@@ -9,13 +9,14 @@ column per label, named as the vocabulary and in vocabulary order. Every later s
 from __future__ import annotations
 
 import csv
+import re
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
 from mlcdf.errors import MissingArtifactError, SchemaError
-from mlcdf.io import atomic_open, read_json_object
+from mlcdf.io import atomic_open, read_csv_rows, read_json_object, recover_dir
 from mlcdf.labels import SEQUENCE_SEPARATOR, SUBSETS
 
 SPLITS = ("train", "val", "test")
@@ -23,6 +24,31 @@ META_FILE = "meta.json"
 #: What ``mlcdf synth`` writes in ``ROOT/<subset>`` to say how a synthetic stand-in was made; its
 #: presence tells the release apart from a stand-in.
 SYNTH_JSON = "synth.json"
+#: Keys every ``meta.json`` has; a folder whose ``meta.json`` has them is a prepared subset.
+META_KEYS = ("subset", "labels", "root", "splits")
+
+
+def check_image_path(csv_path: Path, line: int, file_path: str) -> None:
+    """An image path read from a CSV must stay inside the dataset root: relative, without a ``..`` part.
+
+    The check is lexical (the path is not resolved), so a symlink the dataset's owner placed inside the
+    root is followed, while no text in a CSV can reach a file outside it.
+
+    Raises:
+        SchemaError: naming the CSV file and line.
+    """
+    posix = file_path.replace("\\", "/")
+    if posix.startswith("/") or re.match(r"[A-Za-z]:", posix):
+        problem = "is absolute"
+    elif ".." in PurePosixPath(posix).parts:
+        problem = "has a '..' part"
+    elif not PurePosixPath(posix).parts:
+        problem = "names no file"
+    else:
+        return
+    raise SchemaError(
+        csv_path, f"file_path {file_path!r} {problem}; image paths must be relative to the dataset root and stay inside it", line=line
+    )
 
 
 @dataclass(frozen=True)
@@ -97,28 +123,44 @@ def write_split_csv(path: str | Path, table: SplitTable, labels: tuple[str, ...]
 
 
 def read_split_csv(path: str | Path, labels: tuple[str, ...]) -> SplitTable:
-    """Read a prepared split CSV and check its header against ``labels``."""
+    """Read a prepared split CSV and check its header against ``labels``.
+
+    Raises:
+        SchemaError: a header other than the contract's, no rows, a bad row, an image path leaving the
+            dataset root, or bytes that are not UTF-8 CSV; naming the line.
+    """
     path = Path(path)
     expected = ["file_path", "sequence", *labels]
-    with open(path, newline="", encoding="utf-8") as handle:
-        reader = csv.reader(handle)
-        header = next(reader, None)
-        if header != expected:
-            raise SchemaError(path, f"header is {header}, expected {expected}", line=1)
-        file_paths: list[str] = []
-        sequences: list[str] = []
-        rows: list[list[int]] = []
-        for line, record in enumerate(reader, start=2):
-            if len(record) != len(expected):
-                raise SchemaError(path, f"{len(record)} columns, expected {len(expected)}", line=line)
-            values = record[2:]
-            if any(value not in ("0", "1") for value in values):
-                raise SchemaError(path, f"label columns must be 0 or 1, got {values}", line=line)
-            file_paths.append(record[0])
-            sequences.append(record[1])
-            rows.append([int(value) for value in values])
+    records = read_csv_rows(path)
+    _, header = next(records, (1, None))
+    if header != expected:
+        raise SchemaError(path, f"header is {header}, expected {expected}", line=1)
+    file_paths: list[str] = []
+    sequences: list[str] = []
+    rows: list[list[int]] = []
+    for line, record in records:
+        if len(record) != len(expected):
+            raise SchemaError(path, f"{len(record)} columns, expected {len(expected)}", line=line)
+        values = record[2:]
+        if any(value not in ("0", "1") for value in values):
+            raise SchemaError(path, f"label columns must be 0 or 1, got {values}", line=line)
+        check_image_path(path, line, record[0])
+        file_paths.append(record[0])
+        sequences.append(record[1])
+        rows.append([int(value) for value in values])
+    if not rows:
+        raise SchemaError(path, "no rows, only a header; prepare the split from a non-empty annotation CSV")
     targets = np.array(rows, dtype=np.uint8).reshape(len(rows), len(labels))
     return SplitTable(file_paths, sequences, targets)
+
+
+def is_prepared_folder(path: str | Path) -> bool:
+    """Whether ``path`` holds a prepared subset (a ``meta.json`` object with the contract's keys)."""
+    try:
+        meta = read_json_object(Path(path) / META_FILE)
+    except (OSError, UnicodeDecodeError, SchemaError):
+        return False
+    return all(key in meta for key in META_KEYS)
 
 
 def load_prepared(path: str | Path) -> PreparedSubset:
@@ -126,9 +168,10 @@ def load_prepared(path: str | Path) -> PreparedSubset:
 
     Raises:
         MissingArtifactError: there is no ``meta.json`` (the folder was not prepared).
-        SchemaError: ``meta.json`` lacks a required key.
+        SchemaError: ``meta.json`` lacks a required key or holds a value of the wrong type.
     """
     path = Path(path)
+    recover_dir(path)
     meta_path = path / META_FILE
     if not meta_path.is_file():
         hint = "run 'mlcdf prepare' first"
@@ -136,14 +179,32 @@ def load_prepared(path: str | Path) -> PreparedSubset:
             hint = "point at PREPARED/<subset>, not PREPARED"
         raise MissingArtifactError(meta_path, hint)
     meta = read_json_object(meta_path)
-    for key in ("subset", "labels", "root", "splits"):
+    for key in META_KEYS:
         if key not in meta:
             raise SchemaError(meta_path, f"missing key {key!r}")
+
+    def wrong(key: str, expected: str) -> SchemaError:
+        return SchemaError(meta_path, f"{key!r} must be {expected}, got {meta[key]!r}")
+
+    if not isinstance(meta["subset"], str) or not meta["subset"]:
+        raise wrong("subset", "a name")
+    labels = meta["labels"]
+    if not isinstance(labels, list) or not labels or not all(isinstance(name, str) and name for name in labels):
+        raise wrong("labels", "a non-empty list of label names")
+    if len(set(labels)) != len(labels):
+        raise wrong("labels", "a list of distinct names")
+    if not isinstance(meta["root"], str) or not meta["root"]:
+        raise wrong("root", "a folder path")
+    splits = meta["splits"]
+    if not isinstance(splits, dict) or not all(
+        isinstance(count, int) and not isinstance(count, bool) and count >= 0 for count in splits.values()
+    ):
+        raise wrong("splits", "an object of row counts per split")
     return PreparedSubset(
         path=path,
         subset=meta["subset"],
-        labels=tuple(meta["labels"]),
+        labels=tuple(labels),
         root=Path(meta["root"]),
-        splits={str(k): int(v) for k, v in meta["splits"].items()},
+        splits=dict(splits),
         meta=meta,
     )

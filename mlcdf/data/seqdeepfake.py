@@ -10,7 +10,6 @@ name and any other column is ignored. Images sit in a folder naming their sequen
 
 from __future__ import annotations
 
-import csv
 import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -21,9 +20,17 @@ import numpy as np
 
 from mlcdf import __version__
 from mlcdf.data.images import verify_image
-from mlcdf.data.prepared import META_FILE, SPLITS, SYNTH_JSON, SplitTable, write_split_csv
+from mlcdf.data.prepared import (
+    META_FILE,
+    SPLITS,
+    SYNTH_JSON,
+    SplitTable,
+    check_image_path,
+    is_prepared_folder,
+    write_split_csv,
+)
 from mlcdf.errors import MissingArtifactError, MlcdfError, SchemaError
-from mlcdf.io import atomic_dir, write_json
+from mlcdf.io import atomic_dir, check_output_apart, check_replaceable, read_csv_rows, write_json
 from mlcdf.labels import MAX_STEPS, REAL_FOLDER, ids_to_multihot, ids_to_sequence, parse_label_ids, sequence_to_ids, vocabulary
 from mlcdf.progress import ProgressFn, silent
 
@@ -34,6 +41,9 @@ OFFICIAL_SPLIT_SIZES: dict[str, dict[str, int]] = {
 }
 
 CHECK_IMAGES = ("none", "exists", "decode")
+
+#: A subset folder is replaced only when it is a previous prepared subset.
+_PREPARED_OUTPUT = {"command": "mlcdf prepare", "is_own": is_prepared_folder}
 
 
 def annotation_path(root: Path, subset: str, split: str) -> Path:
@@ -54,8 +64,9 @@ def read_annotations(csv_path: str | Path, subset: str) -> AnnotatedSplit:
 
     Raises:
         MissingArtifactError: the file does not exist.
-        SchemaError: a required column is missing, or a row is invalid (bad label, empty path,
-            duplicated path, sequence folder disagreeing with the ids). The message names the line.
+        SchemaError: a required column is missing, or a row is invalid (bad label, empty path, a path
+            leaving the root, duplicated path, sequence folder disagreeing with the ids), or the file is
+            not UTF-8 CSV. The message names the line.
     """
     csv_path = Path(csv_path)
     vocab = vocabulary(subset)
@@ -66,39 +77,36 @@ def read_annotations(csv_path: str | Path, subset: str) -> AnnotatedSplit:
     targets: list[np.ndarray] = []
     lines: list[int] = []
     first_line_of: dict[str, int] = {}
-    with open(csv_path, newline="", encoding="utf-8-sig") as handle:
-        reader = csv.reader(handle)
-        header = next(reader, None)
-        if header is None:
-            raise SchemaError(csv_path, "empty file, expected a header row with 'file_path' and 'label'", line=1)
-        columns = [name.strip() for name in header]
-        for required in ("file_path", "label"):
-            if required not in columns:
-                raise SchemaError(csv_path, f"no {required!r} column in the header {header}", line=1)
-        path_col, label_col = columns.index("file_path"), columns.index("label")
-        for record in reader:
-            line = reader.line_num
-            if not any(cell.strip() for cell in record):
-                continue
-            if len(record) <= max(path_col, label_col):
-                raise SchemaError(csv_path, f"{len(record)} columns, the header has {len(columns)}", line=line)
-            file_path = record[path_col].strip()
-            if not file_path:
-                raise SchemaError(csv_path, "empty file_path", line=line)
-            if file_path in first_line_of:
-                raise SchemaError(
-                    csv_path, f"file_path {file_path!r} repeats line {first_line_of[file_path]}", line=line
-                )
-            try:
-                ids = parse_label_ids(record[label_col], len(vocab))
-            except ValueError as error:
-                raise SchemaError(csv_path, str(error), line=line) from None
-            _check_sequence_folder(csv_path, line, file_path, ids, vocab)
-            first_line_of[file_path] = line
-            file_paths.append(file_path)
-            sequences.append(ids_to_sequence(ids, vocab))
-            targets.append(ids_to_multihot(ids, len(vocab)))
-            lines.append(line)
+    records = read_csv_rows(csv_path, encoding="utf-8-sig")
+    _, header = next(records, (1, None))
+    if header is None:
+        raise SchemaError(csv_path, "empty file, expected a header row with 'file_path' and 'label'", line=1)
+    columns = [name.strip() for name in header]
+    for required in ("file_path", "label"):
+        if required not in columns:
+            raise SchemaError(csv_path, f"no {required!r} column in the header {header}", line=1)
+    path_col, label_col = columns.index("file_path"), columns.index("label")
+    for line, record in records:
+        if not any(cell.strip() for cell in record):
+            continue
+        if len(record) <= max(path_col, label_col):
+            raise SchemaError(csv_path, f"{len(record)} columns, the header has {len(columns)}", line=line)
+        file_path = record[path_col].strip()
+        if not file_path:
+            raise SchemaError(csv_path, "empty file_path", line=line)
+        check_image_path(csv_path, line, file_path)
+        if file_path in first_line_of:
+            raise SchemaError(csv_path, f"file_path {file_path!r} repeats line {first_line_of[file_path]}", line=line)
+        try:
+            ids = parse_label_ids(record[label_col], len(vocab))
+        except ValueError as error:
+            raise SchemaError(csv_path, str(error), line=line) from None
+        _check_sequence_folder(csv_path, line, file_path, ids, vocab)
+        first_line_of[file_path] = line
+        file_paths.append(file_path)
+        sequences.append(ids_to_sequence(ids, vocab))
+        targets.append(ids_to_multihot(ids, len(vocab)))
+        lines.append(line)
     stacked = np.stack(targets) if targets else np.zeros((0, len(vocab)), dtype=np.uint8)
     return AnnotatedSplit(csv_path, SplitTable(file_paths, sequences, stacked), lines)
 
@@ -170,7 +178,8 @@ def prepare(config: PrepareConfig, progress: ProgressFn = silent) -> list[Subset
     Nothing is written unless every requested subset validates.
 
     Raises:
-        MlcdfError: a bad annotation row, a missing image (without ``skip_missing``), or no split found.
+        MlcdfError: a bad annotation row, a missing image (without ``skip_missing``), no split found, or
+            an output folder that is inside the root, or not a previous prepared subset.
     """
     if config.check_images not in CHECK_IMAGES:
         raise MlcdfError(f"check_images must be one of {CHECK_IMAGES}, got {config.check_images!r}")
@@ -178,6 +187,9 @@ def prepare(config: PrepareConfig, progress: ProgressFn = silent) -> list[Subset
     if unknown:
         raise MlcdfError(f"unknown split(s) {unknown}; expected some of {', '.join(SPLITS)}")
     root = config.root.resolve()
+    for subset in config.subsets:
+        check_output_apart(config.out / subset, ("--root", config.root))
+        check_replaceable(config.out / subset, **_PREPARED_OUTPUT)
     staged: list[tuple[SubsetSummary, dict[str, SplitTable]]] = []
     for subset in config.subsets:
         summary = SubsetSummary(subset, config.out / subset)
@@ -247,7 +259,7 @@ def _check_images(
 
 def _write_subset(summary: SubsetSummary, tables: dict[str, SplitTable], root: Path, config: PrepareConfig) -> None:
     labels = vocabulary(summary.subset)
-    with atomic_dir(summary.out) as staging:
+    with atomic_dir(summary.out, **_PREPARED_OUTPUT) as staging:
         for split, table in tables.items():
             write_split_csv(staging / f"{split}.csv", table, labels)
         write_json(

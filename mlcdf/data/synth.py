@@ -46,7 +46,7 @@ from mlcdf import __version__
 from mlcdf.data import synth_faces as faces
 from mlcdf.data.prepared import SPLITS, SYNTH_JSON
 from mlcdf.errors import MlcdfError
-from mlcdf.io import atomic_dir, atomic_open, atomic_path, write_json
+from mlcdf.io import atomic_dir, atomic_open, atomic_path, check_replaceable, holds_file, write_json
 from mlcdf.labels import REAL_FOLDER, SUBSETS, format_label_ids, ids_to_sequence, steps_of
 from mlcdf.progress import ProgressFn, silent
 
@@ -71,6 +71,8 @@ _STRENGTH_RANGE = (0.0, 4.0)
 _PNG_COMPRESS_LEVEL = 1  # fast; higher levels save little on noisy images and cost more than drawing
 _JPEG_QUALITY = 95
 _README = "README.txt"
+#: A subset folder is replaced only when it is a previous synthetic subset (its synth.json).
+_SYNTH_OUTPUT = {"command": "mlcdf synth", "is_own": holds_file(SYNTH_JSON)}
 
 
 # --------------------------------------------------------------------------------------------- config
@@ -596,13 +598,16 @@ def generate(config: SynthConfig, progress: ProgressFn = silent) -> SynthResult:
     config.check()
     root = Path(config.out)
     for subset in config.subsets:
-        _check_replaceable(root / subset)
+        check_replaceable(root / subset, **_SYNTH_OUTPUT)
+    readme = root / _README
+    if readme.exists() and not _is_own_readme(readme):
+        raise MlcdfError(f"{readme}: exists and was not written by 'mlcdf synth'; not replacing it (choose another --out)")
     start = time.perf_counter()
     images: dict[str, dict[str, int]] = {}
     reals: dict[str, dict[str, int]] = {}
     with _mapper(config.workers) as run_all:
         for subset in config.subsets:
-            with atomic_dir(root / subset) as building:
+            with atomic_dir(root / subset, **_SYNTH_OUTPUT) as building:
                 images[subset], reals[subset] = {}, {}
                 for split, count in config.split_sizes().items():
                     jobs = [
@@ -628,11 +633,6 @@ def generate(config: SynthConfig, progress: ProgressFn = silent) -> SynthResult:
     if config.preview is not None:
         write_preview(config.preview, config)
     return SynthResult(root, images, reals, time.perf_counter() - start, config.preview)
-
-
-def _check_replaceable(path: Path) -> None:
-    if path.exists() and not (path / SYNTH_JSON).is_file():
-        raise MlcdfError(f"{path}: exists and was not written by 'mlcdf synth'; not replacing it (choose another --out)")
 
 
 def _write_annotations(path: Path, rows: list[tuple[str, tuple[int, ...]]]) -> None:
@@ -676,6 +676,14 @@ Folders, file names and annotation CSVs follow the release, so
 
 How each subset was made (also in <subset>/synth.json):
 """
+
+
+def _is_own_readme(path: Path) -> bool:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.readline() == _README_HEADER.splitlines(keepends=True)[0]
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def _write_readme(root: Path) -> None:
