@@ -163,10 +163,15 @@ class TrainResult:
 
 
 def mixed_precision(device: torch.device, amp: bool | None) -> tuple[torch.dtype | None, bool]:
-    """(autocast dtype, needs a grad scaler): bf16 where the GPU has it, else fp16 with a scaler."""
+    """(autocast dtype, needs a grad scaler): bf16 where the GPU has it, else fp16 with a scaler.
+
+    Training, inference and the benchmarks all ask here. bf16 counts only when the GPU computes it
+    natively (Ampere and later): by default torch also reports GPUs that merely emulate it (V100, T4),
+    where bf16 is several times slower than fp16.
+    """
     if amp is False or (amp is None and device.type != "cuda"):
         return None, False
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported(including_emulation=False):
         return torch.float16, True
     return torch.bfloat16, False
 
