@@ -8,8 +8,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mlcdf.training import mixed_precision
-
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
@@ -22,6 +20,8 @@ def one_thread():
 
 @pytest.mark.parametrize(("native", "expected"), [(True, (torch.bfloat16, False)), (False, (torch.float16, True))])
 def test_bf16_only_where_the_gpu_computes_it_natively(monkeypatch, native, expected):
+    from mlcdf.training import mixed_precision
+
     # A V100 or T4 reports bf16 only when emulation counts; there fp16 with a grad scaler is the fast choice.
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation or native)
     assert mixed_precision(torch.device("cuda"), None) == expected
@@ -58,3 +58,105 @@ def test_scores_under_autocast_come_from_a_float32_head(name):
     # bf16 logits leave 30 to 90 distinct scores of 96 per label here (ties that move the mAP); float32 ones
     # are distinct but for a rare coincidence.
     assert all(len(set(scores[:, j])) >= len(images) - 1 for j in range(5)), [len(set(scores[:, j])) for j in range(5)]
+
+
+def test_a_cuda_device_becomes_the_current_one(monkeypatch):
+    from mlcdf.distributed import resolve_device
+
+    current = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", current.append)
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
+    assert resolve_device("cuda", local_rank=3) == torch.device("cuda", 3)
+    assert current == [torch.device("cuda", 1), torch.device("cuda", 3)]
+    assert resolve_device("cpu") == torch.device("cpu") and len(current) == 2
+
+
+def test_the_schedule_does_not_advance_when_the_grad_scaler_skips_a_step():
+    from mlcdf.engine import train_one_epoch
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 5)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 / (1 + step))
+    # A scale near float32's limit overflows the first gradients: the scaler skips those steps and halves
+    # its scale until the gradients are finite again.
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**127)
+    batches = [{"x": 100 * torch.randn(8, 4), "targets": (torch.rand(8, 5) < 0.5).float()} for _ in range(10)]
+    train_one_epoch(
+        model, torch.nn.BCEWithLogitsLoss(), optimizer, batches, torch.device("cpu"), 0,
+        prepare_input=lambda batch: batch["x"], scheduler=scheduler, scaler=scaler,
+    )
+    optimizer_steps = int(optimizer.state[model.weight]["step"])
+    assert 0 < optimizer_steps < len(batches)
+    assert scheduler.last_epoch == optimizer_steps
+
+
+def _two_ranks(rank: int, port: int, out: str) -> None:
+    """One rank of test_collectives_over_two_gloo_processes; writes what it saw to ``out/<rank>.json``."""
+    import datetime
+    import json
+    import os
+
+    import torch.distributed as dist
+
+    from mlcdf.distributed import broadcast_buffers, gather_rows
+    from mlcdf.engine import NonFiniteLossError, predict, train_one_epoch
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=2, timeout=datetime.timedelta(seconds=60))
+    seen = {}
+    cpu = torch.device("cpu")
+    # A rank without validation rows (fewer rows than ranks) still gathers the others' rows.
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 5)
+    images = torch.randn(3, 4)
+    batches = [{"x": images, "targets": torch.ones(3, 5), "indices": torch.arange(3)}] if rank == 0 else []
+    scores, targets, indices = predict(model, batches, cpu, prepare_input=lambda batch: batch["x"])
+    seen["predict"] = {"scores": scores.tolist(), "targets": targets.tolist(), "indices": indices.tolist()}
+    seen["expected_scores"] = torch.sigmoid(model(images)).double().tolist()
+
+    # The logged loss is the mean over ranks, and a non-finite loss on one rank stops both.
+    def constant_loss(value: float):
+        return lambda logits, y: logits.sum() * 0 + value
+
+    batch = {"x": torch.randn(2, 4), "targets": torch.zeros(2, 5)}
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    stats = train_one_epoch(model, constant_loss(1.0 + rank), optimizer, [batch] * 3, cpu, 0, prepare_input=lambda b: b["x"])
+    seen["loss"] = stats.loss
+    try:
+        poisoned = constant_loss(float("nan") if rank == 1 else 1.0)
+        train_one_epoch(model, poisoned, optimizer, [batch] * 3, cpu, 4, prepare_input=lambda b: b["x"])
+        seen["stopped"] = None
+    except NonFiniteLossError as error:
+        seen["stopped"] = str(error)
+
+    # Every rank validates with rank 0's BatchNorm statistics (the ones saved).
+    norm = torch.nn.BatchNorm1d(3)
+    norm.running_mean.fill_(rank + 1.0)
+    broadcast_buffers(norm)
+    seen["running_mean"] = norm.running_mean.tolist()
+    dist.destroy_process_group()
+    with open(os.path.join(out, f"{rank}.json"), "w") as handle:
+        json.dump(seen, handle)
+
+
+def test_collectives_over_two_gloo_processes(tmp_path):
+    import json
+    import socket
+
+    import numpy as np
+    import torch.multiprocessing as mp
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    mp.spawn(_two_ranks, args=(port, str(tmp_path)), nprocs=2)
+    ranks = [json.loads((tmp_path / f"{rank}.json").read_text()) for rank in (0, 1)]
+    for seen in ranks:
+        assert seen["predict"]["indices"] == [0, 1, 2] and seen["predict"]["targets"] == [[1.0] * 5] * 3
+        np.testing.assert_allclose(seen["predict"]["scores"], ranks[0]["expected_scores"], rtol=1e-6)
+        assert seen["loss"] == pytest.approx(1.5)
+        assert seen["stopped"] is not None and "loss became nan at epoch 5, step 3" in seen["stopped"]
+        assert seen["running_mean"] == [1.0, 1.0, 1.0]
