@@ -160,3 +160,56 @@ def test_collectives_over_two_gloo_processes(tmp_path):
         assert seen["loss"] == pytest.approx(1.5)
         assert seen["stopped"] is not None and "loss became nan at epoch 5, step 3" in seen["stopped"]
         assert seen["running_mean"] == [1.0, 1.0, 1.0]
+
+
+def test_sync_batchnorm_keeps_the_activation_of_batchnorm_act_layers():
+    from timm.layers import BatchNormAct2d
+
+    from mlcdf.errors import MlcdfError
+    from mlcdf.models import create_model
+    from mlcdf.training import sync_batchnorm
+
+    torch.manual_seed(0)
+    model = create_model("timm:test_efficientnet", 5).eval()  # BatchNormAct2d layers, as in TResNet
+    assert any(isinstance(module, BatchNormAct2d) for module in model.modules())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(x)
+        converted = sync_batchnorm(model, torch.device("cuda")).eval()  # converting needs no GPU
+        assert any(isinstance(module, torch.nn.SyncBatchNorm) for module in converted.modules())
+        torch.testing.assert_close(converted(x), expected, rtol=0, atol=0)
+    with pytest.raises(MlcdfError, match="--sync-bn needs CUDA"):
+        sync_batchnorm(model, torch.device("cpu"))
+
+
+def test_caches_are_built_once_under_a_lock_before_the_process_group(tmp_path, monkeypatch):
+    import threading
+
+    import mlcdf.data.dataset as dataset
+    import mlcdf.training as training
+    from mlcdf.data.dataset import cache_path
+    from mlcdf.data.prepared import load_prepared
+    from mlcdf.distributed import DistInfo
+    from mlcdf.progress import silent
+    from toy import write_toy_prepared
+
+    prepared = load_prepared(write_toy_prepared(tmp_path, {"train": 12, "val": 4}))
+    config = training.TrainConfig(prepared=str(prepared.path), model="timm:test_resnet", out=str(tmp_path / "run"), image_size=16, workers=1).resolve()
+    decoded = []
+    real_load = dataset.load_rgb
+    monkeypatch.setattr(dataset, "load_rgb", lambda path, size: decoded.append(path) or real_load(path, size))
+    # Two processes of one run (here: threads) start together; the second waits for the first's cache.
+    threads = [threading.Thread(target=training._build_data, args=(prepared, config, DistInfo(rank, 2), silent)) for rank in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(decoded) == 16  # each image once
+    # train() builds them before it joins the process group (whose collectives time out).
+    order = []
+    monkeypatch.setattr(training, "_build_data", lambda *args: order.append("caches") or (_ for _ in ()).throw(KeyboardInterrupt))
+    monkeypatch.setattr(training, "init_distributed", lambda device_type: order.append("process group"))
+    with pytest.raises(KeyboardInterrupt):
+        training.train(config)
+    assert order == ["caches"]
+    assert cache_path(prepared, "train", 16).is_file()
