@@ -213,3 +213,16 @@ def test_caches_are_built_once_under_a_lock_before_the_process_group(tmp_path, m
         training.train(config)
     assert order == ["caches"]
     assert cache_path(prepared, "train", 16).is_file()
+
+
+@pytest.mark.parametrize("name", ["ml_gcn", "iml_gcn", "ml_agcn"])
+def test_graph_models_over_a_backbone_with_head_parameters_use_every_parameter(name):
+    # DDP stops ("Expected to have finished reduction in the prior iteration") on a parameter without a
+    # gradient; ConvNeXt's head holds a norm that the graph head must go through.
+    from mlcdf.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model(name, 5, graph=tiny_graph(), backbone="convnext_atto")
+    assert any(name.startswith("backbone.head.norm") for name, _ in model.named_parameters())
+    model(torch.randn(2, 3, 32, 32)).sum().backward()
+    assert [n for n, p in model.named_parameters() if p.grad is None] == []
