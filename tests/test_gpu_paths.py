@@ -226,3 +226,21 @@ def test_graph_models_over_a_backbone_with_head_parameters_use_every_parameter(n
     assert any(name.startswith("backbone.head.norm") for name, _ in model.named_parameters())
     model(torch.randn(2, 3, 32, 32)).sum().backward()
     assert [n for n, p in model.named_parameters() if p.grad is None] == []
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU report; on a GPU run make gpu-check")
+def test_gpu_check_reports_each_check_and_writes_json(tmp_path, monkeypatch):
+    import importlib
+    import json
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))
+    gpu_check = importlib.import_module("gpu_check")
+    out = tmp_path / "check.json"
+    assert gpu_check.main(["--checks", "fp16,reproduce_smoke", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["benchmark"] == "gpu_check" and report["device"].startswith("cpu")
+    assert [report["checks"][name]["status"] for name in ("fp16", "reproduce_smoke")] == ["skipped", "skipped"]
+    assert all(report["checks"][name]["reason"] for name in ("fp16", "reproduce_smoke"))
+    with pytest.raises(SystemExit):
+        gpu_check.main(["--checks", "amp,warp-drive"])
