@@ -5,8 +5,15 @@ import json
 import sys
 from pathlib import Path
 
-from mlcdf.training import TrainConfig, train
+import torch.distributed as dist
+
+import mlcdf.training as training
 
 if __name__ == "__main__":
+    # One process group for all the runs: train() joins it if it exists, and a group created again in the
+    # same processes would rendezvous on the first one's stale store keys.
+    dist.init_process_group("gloo")
+    training.shutdown_distributed = lambda: None
     for path in sys.argv[1:]:
-        train(TrainConfig(**json.loads(Path(path).read_text())))
+        training.train(training.TrainConfig(**json.loads(Path(path).read_text())))
+    dist.destroy_process_group()
