@@ -13,7 +13,7 @@ REPRODUCE_SMOKE ?=
 OUT ?= $(if $(filter 1,$(REPRODUCE_SMOKE)),reproduce-smoke,reproduce)
 MLCDF ?= $(BIN)/mlcdf
 
-.PHONY: install test test-fast demo reproduce clean
+.PHONY: install test test-fast demo reproduce gpu-check clean
 
 install: $(STAMP)
 
@@ -33,6 +33,11 @@ demo: $(STAMP)
 
 reproduce: $(STAMP)
 	$(MLCDF) reproduce $(if $(filter 1,$(REPRODUCE_SMOKE)),--smoke,$(if $(DATA),--data "$(DATA)")) --device $(DEVICE) --out "$(OUT)"
+
+# The CUDA and distributed paths, run and measured in a few minutes (benchmarks/gpu_check.py); without a
+# GPU the same checks run small on the CPU. JSON in benchmarks/results/.
+gpu-check: $(STAMP)
+	$(BIN)/python benchmarks/gpu_check.py
 
 clean:
 	rm -rf $(VENV) demo reproduce-smoke *.egg-info

@@ -15,9 +15,24 @@ from mlcdf.errors import MissingArtifactError, SchemaError, first_line
 from mlcdf.io import atomic_path
 
 
+def on_cpu(value: Any) -> Any:
+    """``value`` with every tensor in it (nested dicts, lists, tuples) moved to the CPU.
+
+    A checkpoint of CUDA tensors does not load on a machine without CUDA under
+    ``torch.load(weights_only=True)`` unless the reader remaps it; saved on the CPU, it loads anywhere.
+    """
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {key: on_cpu(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(on_cpu(item) for item in value)
+    return value
+
+
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+        torch.save(on_cpu(state), tmp)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -25,8 +25,14 @@ class ModelEma:
         self.module = copy.deepcopy(model).eval().requires_grad_(False)
         self.decay = decay
         self.updates = 0
-        self._parameters = list(zip(self.module.parameters(), model.parameters()))
-        self._buffers = list(zip(self.module.buffers(), model.buffers()))
+        pairs = list(zip(self.module.parameters(), model.parameters()))
+        # Floating-point weights are averaged, anything else (and every buffer) is copied; grouping them
+        # once lets each update be a few multi-tensor kernels instead of one kernel per tensor.
+        averaged = [(e, v) for e, v in pairs if e.dtype.is_floating_point and e.dtype == v.dtype]
+        copied = [(e, v) for e, v in pairs if not (e.dtype.is_floating_point and e.dtype == v.dtype)]
+        copied += list(zip(self.module.buffers(), model.buffers()))
+        self._averaged = tuple(list(side) for side in zip(*averaged)) or ([], [])
+        self._copied = tuple(list(side) for side in zip(*copied)) or ([], [])
 
     def current_decay(self) -> float:
         return min(self.decay, (1 + self.updates) / (10 + self.updates))
@@ -36,13 +42,10 @@ class ModelEma:
         """Move the EMA one step towards the trained model's current weights."""
         self.updates += 1
         weight = 1.0 - self.current_decay()
-        for ema_value, value in self._parameters:
-            if ema_value.dtype.is_floating_point:
-                ema_value.lerp_(value.detach().to(ema_value.dtype), weight)
-            else:
-                ema_value.copy_(value)
-        for ema_value, value in self._buffers:
-            ema_value.copy_(value)
+        if self._averaged[0]:
+            torch._foreach_lerp_(self._averaged[0], self._averaged[1], weight)
+        if self._copied[0]:
+            torch._foreach_copy_(self._copied[0], self._copied[1])
 
     def state_dict(self) -> dict:
         return {"module": self.module.state_dict(), "updates": self.updates, "decay": self.decay}

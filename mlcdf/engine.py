@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from mlcdf.distributed import gather_rows
+from mlcdf.distributed import gather_rows, mean_over_ranks
 from mlcdf.errors import MlcdfError
 
 #: Steps between loss reads: reading the loss synchronises the GPU, so it is not done every step.
@@ -77,6 +77,9 @@ def train_one_epoch(
         loss_scale: multiplies the loss before backward; a distributed run with a sum-reduced loss
             passes its world size, because DDP averages gradients over ranks.
 
+    The loss reported (and checked) is the mean over all distributed ranks, so every rank logs the same
+    value and stops at the same step when it is not finite.
+
     Raises:
         NonFiniteLossError: the loss is NaN or infinite (checked every ``LOG_EVERY`` steps and at the end).
     """
@@ -92,26 +95,31 @@ def train_one_epoch(
             logits = model(x)
         loss = criterion(logits.float(), y)
         optimizer.zero_grad(set_to_none=True)
+        stepped = True
         if scaler is not None:
             scaler.scale(loss * loss_scale).backward()
             if clip_grad_norm is not None:
                 scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
+            scale = scaler.get_scale()
             scaler.step(optimizer)
             scaler.update()
+            # The scaler skips the optimizer step on inf/NaN gradients and then lowers its scale; the
+            # schedule must not advance for a step that did not happen.
+            stepped = scaler.get_scale() >= scale
         else:
             (loss * loss_scale).backward()
             if clip_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
             optimizer.step()
-        if scheduler is not None:
+        if scheduler is not None and stepped:
             scheduler.step()
         if ema is not None:
             ema.update()
         running += loss.detach()
         images += x.shape[0]
         if step % LOG_EVERY == 0 or step == steps:
-            mean_loss = running.item() / step
+            mean_loss = mean_over_ranks(running).item() / step
             if not np.isfinite(mean_loss):
                 raise NonFiniteLossError(
                     f"the training loss became {mean_loss} at epoch {epoch + 1}, step {step}; "
@@ -121,7 +129,7 @@ def train_one_epoch(
                 elapsed = time.perf_counter() - start
                 on_step(StepInfo(epoch, step, steps, mean_loss, optimizer.param_groups[0]["lr"], images / elapsed))
     seconds = time.perf_counter() - start
-    return EpochStats(loss=running.item() / max(steps, 1), images=images, seconds=seconds)
+    return EpochStats(loss=mean_over_ranks(running).item() / max(steps, 1), images=images, seconds=seconds)
 
 
 @torch.no_grad()
@@ -148,12 +156,14 @@ def predict(
         with autocast(device, autocast_dtype):
             logits = model(x)
         scores.append(torch.sigmoid(logits.float()))
-        targets.append(batch["targets"].to(device))
-        indices.append(batch["indices"].to(device))
+        # Targets and indices stay on the host until the end: a per-batch copy to the device would wait.
+        targets.append(batch["targets"])
+        indices.append(batch["indices"])
+    # A rank without rows does not know the label count; gather_rows takes it from the other ranks.
     num_labels = scores[0].shape[1] if scores else 0
     score = gather_rows(torch.cat(scores) if scores else torch.zeros((0, num_labels), device=device))
-    target = gather_rows(torch.cat(targets) if targets else torch.zeros((0, num_labels), device=device))
-    index = gather_rows(torch.cat(indices) if indices else torch.zeros((0,), dtype=torch.int64, device=device))
+    target = gather_rows((torch.cat(targets) if targets else torch.zeros((0, num_labels))).to(device))
+    index = gather_rows((torch.cat(indices) if indices else torch.zeros((0,), dtype=torch.int64)).to(device))
     order = torch.argsort(index)
     return (
         score[order].cpu().double().numpy(),

@@ -313,3 +313,22 @@ def read_json_object(path: str | Path, what: str = "a JSON object") -> dict[str,
     if not isinstance(document, dict):
         raise SchemaError(path, f"expected {what}")
     return document
+
+
+@contextlib.contextmanager
+def file_lock(path: str | Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created if absent) for the block; waits without a timeout.
+
+    Processes that share a file (the ranks of one run, two runs over one prepared subset) take turns:
+    the first builds it, the next ones find it done. POSIX ``flock``; the lock file stays behind, empty.
+    """
+    import fcntl  # POSIX only; imported here so that the rest of this module works everywhere
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

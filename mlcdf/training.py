@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+import timm.layers
 import torch
 
 from mlcdf import __version__
@@ -30,17 +31,18 @@ from mlcdf.data.dataset import (
     MultiLabelImages,
     RowSource,
     build_image_cache,
+    cache_path,
     collate_batch,
     holdout_rows,
     to_model_input,
 )
 from mlcdf.data.prepared import PreparedSubset, load_prepared
-from mlcdf.distributed import DistInfo, barrier, init_distributed, resolve_device, shutdown_distributed
+from mlcdf.distributed import DistInfo, barrier, broadcast_buffers, init_distributed, launch_info, resolve_device, shutdown_distributed
 from mlcdf.ema import ModelEma
 from mlcdf.engine import StepInfo, predict, train_one_epoch
 from mlcdf.errors import MlcdfError, SchemaError
 from mlcdf.graph import LabelGraph, load_graph, save_graph
-from mlcdf.io import atomic_open, read_json_object, write_json
+from mlcdf.io import atomic_open, file_lock, read_json_object, write_json
 from mlcdf.losses import create_loss
 from mlcdf.metrics import NoPositivesWarning, average_precision
 from mlcdf.models import create_model
@@ -163,12 +165,31 @@ class TrainResult:
 
 
 def mixed_precision(device: torch.device, amp: bool | None) -> tuple[torch.dtype | None, bool]:
-    """(autocast dtype, needs a grad scaler): bf16 where the GPU has it, else fp16 with a scaler."""
+    """(autocast dtype, needs a grad scaler): bf16 where the GPU has it, else fp16 with a scaler.
+
+    Training, inference and the benchmarks all ask here. bf16 counts only when the GPU computes it
+    natively (Ampere and later): by default torch also reports GPUs that merely emulate it (V100, T4),
+    where bf16 is several times slower than fp16.
+    """
     if amp is False or (amp is None and device.type != "cuda"):
         return None, False
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported(including_emulation=False):
         return torch.float16, True
     return torch.bfloat16, False
+
+
+def sync_batchnorm(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``model`` with SyncBatchNorm layers, for ``--sync-bn`` under DDP.
+
+    timm's conversion keeps a ``BatchNormAct2d`` (TResNet's norm + activation) whole; torch's turns it
+    into a plain SyncBatchNorm whose activation is never called, so training would run another network.
+
+    Raises:
+        MlcdfError: ``device`` is not CUDA (SyncBatchNorm does not train on the CPU).
+    """
+    if device.type != "cuda":
+        raise MlcdfError("--sync-bn needs CUDA: SyncBatchNorm does not train on the CPU (leave --sync-bn out)")
+    return timm.layers.convert_sync_batchnorm(model)
 
 
 def graph_embedding_kind(graph: LabelGraph) -> str:
@@ -243,12 +264,14 @@ def _build_data(prepared: PreparedSubset, config: TrainConfig, dist_info: DistIn
     def source(split: str, table):
         if not config.cache:
             return FileSource([prepared.image_path(p) for p in table.file_paths], config.image_size)
-        # Rank 0 builds the cache; the others wait for it and then only check it.
-        path = None
-        if dist_info.is_main:
-            path = build_image_cache(prepared, split, config.image_size, table=table, workers=config.workers, progress=progress)
-        barrier()
-        return CachedSource(path or build_image_cache(prepared, split, config.image_size, table=table))
+        # Each process builds or reuses the cache under a file lock, before the process group exists:
+        # the others wait on the lock, which has no timeout, and not in a collective, which has (decoding
+        # 1024 px PNGs can outlast NCCL's 10 minutes). The first builds it; the next ones find it done.
+        with file_lock(cache_path(prepared, split, config.image_size).with_suffix(".lock")):
+            return CachedSource(build_image_cache(
+                prepared, split, config.image_size, table=table, workers=config.workers,
+                progress=progress if dist_info.is_main else silent,
+            ))
 
     train_source = source("train", train_table)
     augment = Augment(flip=config.flip, jitter=config.jitter)
@@ -344,9 +367,12 @@ def train(config: TrainConfig, *, resume: bool = False, callbacks: TrainCallback
     elif last_path.is_file():
         raise MlcdfError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
     config = config.resolve()
-    dist_info = init_distributed("cuda" if config.device != "cpu" and torch.cuda.is_available() else "cpu")
+    dist_info = launch_info()
+    prepared = load_prepared(config.prepared)
+    data = _build_data(prepared, config, dist_info, progress)  # before the process group: see _build_data
+    init_distributed("cuda" if config.device != "cpu" and torch.cuda.is_available() else "cpu")
     try:
-        return _train(config, run_dir, resume_state, dist_info, callbacks, progress)
+        return _train(config, run_dir, resume_state, dist_info, prepared, data, callbacks)
     except torch.OutOfMemoryError:
         smaller = max(1, config.batch_size // 2)
         raise MlcdfError(
@@ -357,12 +383,11 @@ def train(config: TrainConfig, *, resume: bool = False, callbacks: TrainCallback
         shutdown_distributed()
 
 
-def _train(config: TrainConfig, run_dir: Path, resume_state: dict | None, dist_info: DistInfo, callbacks: TrainCallbacks, progress: ProgressFn) -> TrainResult:
+def _train(config: TrainConfig, run_dir: Path, resume_state: dict | None, dist_info: DistInfo, prepared: PreparedSubset, data: _Data, callbacks: TrainCallbacks) -> TrainResult:
     device = resolve_device(config.device, dist_info.local_rank)
     torch.manual_seed(config.seed)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    prepared = load_prepared(config.prepared)
     labels = prepared.labels
     # A resumed run reads its own copy of the graph, in case the original moved.
     graph_path = run_dir / GRAPH_FILE if resume_state is not None and (run_dir / GRAPH_FILE).is_file() else config.graph
@@ -376,11 +401,10 @@ def _train(config: TrainConfig, run_dir: Path, resume_state: dict | None, dist_i
     channels_last = config.channels_last if config.channels_last is not None else device.type == "cuda"
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    if config.sync_bn and dist_info.enabled and device.type == "cuda":
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if config.sync_bn and dist_info.enabled:
+        model = sync_batchnorm(model, device)
     ema = ModelEma(model, config.ema_decay) if config.ema_decay > 0 else None
 
-    data = _build_data(prepared, config, dist_info, progress)
     workers = config.workers if config.workers is not None else min(4, os.cpu_count() or 1)
     if config.batch_size % dist_info.world_size:
         raise MlcdfError(f"--batch-size {config.batch_size} must be divisible by the {dist_info.world_size} processes")
@@ -457,6 +481,11 @@ def _train(config: TrainConfig, run_dir: Path, resume_state: dict | None, dist_i
             prepare_input=prepare_input, scheduler=scheduler, scaler=scaler, autocast_dtype=autocast_dtype,
             ema=ema, clip_grad_norm=config.clip_grad_norm, loss_scale=loss_scale, on_step=callbacks.step,
         )
+        # Each rank's BatchNorm statistics followed its own share of the batches: validate with rank 0's,
+        # which are the ones saved, so the val mAP is the saved model's (evaluate --split val agrees).
+        broadcast_buffers(model_without_ddp)
+        if ema is not None:
+            broadcast_buffers(ema.module)
         scores, targets, _ = predict(eval_model, val_loader, device, prepare_input=prepare_input, autocast_dtype=autocast_dtype)
         candidates = {"model": _val_map(targets, scores)}
         if ema is not None:

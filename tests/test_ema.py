@@ -49,3 +49,25 @@ def test_loading_weights_in_place_keeps_the_pairing():
     model.load_state_dict(other.state_dict())  # as resuming from a checkpoint does
     ema.update()
     assert torch.all(ema.module.weight == 2.0)
+
+
+def test_multi_tensor_update_equals_the_per_tensor_reference():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.LazyLinear(2))
+    model(torch.randn(2, 3, 6, 6))
+    ema = ModelEma(model, decay=0.9)
+    reference = copy.deepcopy(ema.module)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for step in range(1, 6):
+        model(torch.randn(8, 3, 6, 6)).square().mean().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        ema.update()
+        weight = 1.0 - min(0.9, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for ref, value in zip(reference.parameters(), model.parameters()):
+                ref.lerp_(value, weight)
+            for ref, value in zip(reference.buffers(), model.buffers()):
+                ref.copy_(value)
+    for (name, ref), value in zip(reference.state_dict().items(), ema.module.state_dict().values()):
+        assert torch.equal(ref, value), name

@@ -80,8 +80,18 @@ class BackboneClassifier(nn.Module, abc.ABC):
         """Replace the head with a freshly initialised one for ``num_labels`` labels (timm's API)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """B x 3 x H x W images, normalised with ``input_mean``/``input_std`` -> B x num_labels logits."""
-        return self.forward_head(self.forward_features(x))
+        """B x 3 x H x W images, normalised with ``input_mean``/``input_std`` -> B x num_labels logits.
+
+        Under autocast only the backbone runs in reduced precision: the head (pooling, classifier, graph
+        layers) runs in float32, so the logits, and the scores ranked by mAP, are not rounded to bf16's
+        three significant digits (ties, and CPU and GPU evaluations that disagree). It is a small share
+        of the compute.
+        """
+        features = self.forward_features(x)
+        if torch.is_autocast_enabled(features.device.type):
+            with torch.autocast(features.device.type, enabled=False):
+                return self.forward_head(features.float())
+        return self.forward_head(features)
 
     def load_backbone(
         self, *, pretrained: bool = False, weights: str | Path | None = None, strict: bool = True

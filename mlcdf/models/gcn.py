@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import torch
-from timm.layers import SelectAdaptivePool2d
+from timm.layers.adaptive_avgmax_pool import adaptive_pool_feat_mult
 from torch import nn
 
 from mlcdf.errors import MlcdfError
@@ -142,6 +142,11 @@ def _check_graph(graph: Any, num_labels: int) -> None:
 class GraphClassifier(BackboneClassifier):
     """A timm backbone, global pooling of its feature map, and a :class:`GraphHead` as the classifier.
 
+    The pooling is the backbone's own head set to ``global_pool`` (timm's ``reset_classifier(0, pool)``),
+    so whatever that head holds besides the classifier is used, not left without gradients: ConvNeXt's
+    norm after pooling, for instance (DDP fails on parameters that get no gradient). For ResNet and
+    TResNet it is plain pooling.
+
     Args:
         backbone: a timm backbone producing a B x C x H x W feature map.
         num_labels: number of labels; must equal the graph's.
@@ -166,14 +171,15 @@ class GraphClassifier(BackboneClassifier):
     ) -> None:
         super().__init__(backbone, num_labels)
         _check_graph(graph, num_labels)
-        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
+        backbone.reset_classifier(0, global_pool)
         # "catavgmax" concatenates two poolings, so the label classifiers must be twice as wide.
-        self.pooled_features = self.num_features * self.global_pool.feat_mult()
+        width = int(getattr(backbone, "head_hidden_size", None) or self.num_features)
+        self.pooled_features = width * adaptive_pool_feat_mult(global_pool)
         self._head_args = {"hidden_dim": hidden_dim, "negative_slope": negative_slope, "layer": layer}
         self.head = GraphHead(graph.A_hat, graph.embeddings, self.pooled_features, **self._head_args)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.global_pool(x)
+        x = self.backbone.forward_head(x, pre_logits=True)
         return x if pre_logits else self.head(x)
 
     def get_classifier(self) -> nn.Module:
