@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from mlcdf.errors import SchemaError
+from mlcdf.errors import ENVIRONMENT_ERRNOS, SchemaError
 
 
 def _umask() -> int:
@@ -30,17 +30,25 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     The temporary file lives in the same folder so that ``os.replace`` is an atomic rename.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    # mkstemp creates 0600 files; give the result the permissions a plain open() would.
-    os.chmod(tmp, 0o666 & ~_umask())
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        tmp = Path(tmp_name)
+        # mkstemp creates 0600 files; give the result the permissions a plain open() would.
+        os.chmod(tmp, 0o666 & ~_umask())
         yield tmp
         os.replace(tmp, path)
+    except OSError as error:
+        # A full disk names no file, a read-only folder names the temporary one: name the output instead.
+        unnamed = error.filename is None or Path(error.filename).name.startswith(f".{path.name}.")
+        if error.errno in ENVIRONMENT_ERRNOS and unnamed:
+            raise OSError(error.errno, error.strerror, str(path)) from None
+        raise
     finally:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from mlcdf import __version__
-from mlcdf.checkpoint import load_checkpoint, save_checkpoint
+from mlcdf.checkpoint import load_checkpoint, load_error_summary, save_checkpoint
 from mlcdf.data.dataset import (
     Augment,
     CachedSource,
@@ -43,7 +43,7 @@ from mlcdf.data.prepared import PreparedSubset, load_prepared
 from mlcdf.distributed import DistInfo, barrier, init_distributed, resolve_device, shutdown_distributed
 from mlcdf.ema import ModelEma
 from mlcdf.engine import StepInfo, predict, train_one_epoch
-from mlcdf.errors import MlcdfError, SchemaError, first_line
+from mlcdf.errors import MlcdfError, SchemaError
 from mlcdf.graph import LabelGraph, load_graph, save_graph
 from mlcdf.io import atomic_open, read_json_object, write_json
 from mlcdf.losses import create_loss
@@ -499,8 +499,8 @@ def _train(config: TrainConfig, run_dir: Path, resume_state: dict | None, dist_i
                 ema.load_state_dict(resume_state["ema"])
             _set_rng_state(resume_state["rng"], device)
         except (KeyError, TypeError, ValueError, RuntimeError) as error:
-            # torch reports state of another model or optimizer with these (size or key mismatches).
-            raise SchemaError(run_dir / CHECKPOINTS / "last.pt", f"cannot resume this run from it ({type(error).__name__}: {first_line(error)})") from None
+            # How torch reports the state of another model or optimizer (sizes, keys, parameter groups).
+            raise SchemaError(run_dir / CHECKPOINTS / "last.pt", f"cannot resume this run from it: {load_error_summary(error)}") from None
         best_map, best_epoch, best_source = resume_state["best_map"], resume_state["best_epoch"], resume_state["best_source"]
         history = list(resume_state["history"])
         if dist_info.is_main:

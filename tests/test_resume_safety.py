@@ -111,6 +111,7 @@ def test_resume_continues_the_copy_named_by_out(toy, tmp_path):
 # --- item 4: crash consistency, a kill at every rename in turn ------------------------------------
 
 
+@pytest.mark.slow  # about 8 short runs: a kill at each rename, then its resume
 def test_a_kill_at_any_rename_resumes_to_the_uninterrupted_run(toy, tmp_path, monkeypatch):
     real_replace = os.replace
     fault = {"renames": 0, "kill_at": None}
@@ -216,3 +217,167 @@ def test_rng_state_follows_the_training_gpu_to_a_machine_with_fewer(monkeypatch)
     one_gpu.install(monkeypatch)  # resumed on a machine with a single GPU
     training._set_rng_state(saved, torch.device("cuda", 0))
     assert torch.equal(one_gpu.states[0], torch.full((8,), 2, dtype=torch.uint8))
+
+
+# --- issue 13 item 6: one line and exit 2 for bad checkpoints, logs, options and output places -----
+
+
+@pytest.fixture(scope="module")
+def interrupted(tmp_path_factory, toy) -> Path:
+    """A run killed after its first of two epochs (copy it before changing it)."""
+    run = tmp_path_factory.mktemp("interrupted") / "run"
+    with pytest.raises(Killed):
+        train(tiny_config(toy, run), callbacks=KillAtEpochStart(1))
+    return run
+
+
+@pytest.fixture
+def run_copy(interrupted, tmp_path) -> Path:
+    return Path(shutil.copytree(interrupted, tmp_path / "run"))
+
+
+def edit_json(path: Path, change) -> None:
+    document = json.loads(path.read_text())
+    change(document)
+    path.write_text(json.dumps(document))
+
+
+def edit_checkpoint(path: Path, change) -> None:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    change(state)
+    torch.save(state, path)
+
+
+@pytest.mark.parametrize("mismatch", ["architecture", "labels"])
+@pytest.mark.parametrize("command", ["evaluate", "predict", "explain", "export", "build-graph"])
+def test_a_checkpoint_of_another_model_is_one_line(run_copy, toy, tmp_path, command, mismatch):
+    def change(config):
+        if mismatch == "architecture":
+            config["train"]["model"] = "timm:test_efficientnet"
+        else:
+            config["labels"] = config["labels"][:4]
+
+    edit_json(run_copy / "config.json", change)
+    image = tmp_path / "face.png"
+    from PIL import Image
+
+    Image.new("RGB", (16, 16)).save(image)
+    args = {
+        "evaluate": ["evaluate", "--run", str(run_copy), "--split", "val", "--device", "cpu"],
+        "predict": ["predict", str(run_copy), str(image), "--device", "cpu", "--workers", "0"],
+        "explain": ["explain", str(run_copy), str(image), "--out", str(tmp_path / "x"), "--device", "cpu"],
+        "export": ["export", str(run_copy), "--onnx", str(tmp_path / "m.onnx")],
+        "build-graph": ["build-graph", "--prepared", str(toy), "--out", str(tmp_path / "g.npz"), "--embedding", "image",
+                        "--from-run", str(run_copy), "--device", "cpu"],
+    }[command]
+    result = runner.invoke(app, args)
+    one_line_error(result, str(run_copy / "checkpoints" / "best.pt"), "do not fit")
+    assert not (tmp_path / "x").exists() and not (tmp_path / "m.onnx").exists() and not (tmp_path / "g.npz").exists()
+
+
+@pytest.mark.parametrize(
+    "change, needle",
+    [
+        (lambda state: state.pop("optimizer"), "no optimizer"),
+        (lambda state: state.pop("history"), "no history"),
+        (lambda state: state["config"].update(model="timm:test_efficientnet"), "cannot resume"),
+        (lambda state: state["optimizer"]["param_groups"].pop(), "cannot resume"),
+        (lambda state: state["config"].update(epochs="ten"), "epochs"),
+    ],
+    ids=["no-optimizer", "no-history", "other-model", "other-optimizer", "bad-config"],
+)
+def test_a_last_checkpoint_that_cannot_resume_is_one_line(run_copy, change, needle):
+    edit_checkpoint(run_copy / "checkpoints" / "last.pt", change)
+    before = file_bytes(run_copy)
+    result = runner.invoke(app, ["train", "--out", str(run_copy), "--resume", "-q"])
+    one_line_error(result, str(run_copy / "checkpoints" / "last.pt"), needle)
+    assert file_bytes(run_copy) == before
+
+
+def test_a_corrupt_log_is_rewritten_from_the_checkpoint_on_resume(run_copy):
+    (run_copy / "log.jsonl").write_bytes(b'{"epoch": 0, "train_loss": \xff\n[1, 2]\n')
+    result = runner.invoke(app, ["train", "--out", str(run_copy), "--resume", "-q"])
+    assert result.exit_code == 0, result.output
+    assert epochs_logged(run_copy) == [0, 1]
+
+
+@pytest.mark.parametrize(
+    "document, needle",
+    [
+        ({"epochs": "ten"}, "option epochs must be int"),
+        ({"lr": [1]}, "option lr must be float or null"),
+        ({"cache": 1}, "option cache must be bool"),
+        ({"seed": True}, "option seed must be int"),
+        ([1, 2], "expected a JSON table"),
+    ],
+)
+def test_config_file_values_of_the_wrong_type_are_one_line(toy, tmp_path, document, needle):
+    config = tmp_path / "train.json"
+    config.write_text(json.dumps(document))
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["train", "--config", str(config), "--prepared", str(toy), "--model", TINY, "--out", str(out)])
+    one_line_error(result, str(config), needle)
+    assert not out.exists()
+
+
+def test_run_config_values_of_the_wrong_type_are_one_line(run_copy):
+    edit_json(run_copy / "config.json", lambda config: config["train"].update(image_size="big"))
+    result = runner.invoke(app, ["evaluate", "--run", str(run_copy), "--split", "val", "--device", "cpu"])
+    one_line_error(result, str(run_copy / "config.json"), "option image_size must be int")
+    result = runner.invoke(app, ["train", "--out", str(run_copy), "--resume", "-q"])
+    one_line_error(result, "option image_size must be int")
+
+
+@pytest.mark.parametrize(
+    "flag, value",
+    [("--seed", "-1"), ("--seed", str(2**32)), ("--lr", "-1"), ("--lr", "0"), ("--lr", "nan"), ("--lr", "inf"),
+     ("--weight-decay", "-1"), ("--weight-decay", "nan"), ("--workers", "100000"), ("--val-fraction", "0"),
+     ("--val-fraction", "1"), ("--ema-decay", "1")],
+)
+def test_options_out_of_range_are_one_line(toy, tmp_path, flag, value):
+    out = tmp_path / "run"
+    args = ["train", "--prepared", str(toy), "--model", TINY, "--out", str(out), "--device", "cpu", "--epochs", "1",
+            "--batch-size", str(BATCH), "--image-size", "16", "--no-cache", flag, value]
+    result = runner.invoke(app, args)
+    one_line_error(result, flag.lstrip("-").replace("-", "_"), value)
+    assert not out.exists()
+
+
+def test_out_below_a_file_is_one_line(toy, tmp_path):
+    (tmp_path / "file").write_text("mine")
+    out = tmp_path / "file" / "run"
+    result = runner.invoke(app, ["train", "--prepared", str(toy), "--model", TINY, "--out", str(out), "--device", "cpu",
+                                 "--epochs", "1", "--batch-size", str(BATCH), "--image-size", "16", "--no-cache", "--workers", "0"])
+    one_line_error(result, str(out), "Not a directory")
+    assert (tmp_path / "file").read_text() == "mine"
+
+
+def test_a_read_only_output_folder_is_one_line(toy, tmp_path, monkeypatch):
+    def read_only(prefix="", suffix="", dir=None):
+        name = os.path.join(dir, f"{prefix}abc123{suffix}")
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), name)  # what mkstemp raises on a read-only mount
+
+    monkeypatch.setattr("mlcdf.io.tempfile.mkstemp", read_only)
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["train", "--prepared", str(toy), "--model", TINY, "--out", str(out), "--device", "cpu",
+                                 "--epochs", "1", "--batch-size", str(BATCH), "--image-size", "16", "--no-cache", "--workers", "0"])
+    one_line_error(result, str(out / "config.json"), "Read-only file system")
+
+
+@pytest.mark.parametrize("limit, failing", [(600, "config.json"), (24_000, "checkpoints/last.pt")])
+def test_a_full_disk_is_one_line_and_leaves_no_partial_file(toy, tmp_path, limit, failing):
+    """``ulimit -f``: Python ignores SIGXFSZ, so a write past the limit fails with EFBIG, as on a full disk."""
+    import resource
+
+    out = tmp_path / "run"
+    args = ["train", "--prepared", str(toy), "--model", TINY, "--out", str(out), "--device", "cpu", "--epochs", "1",
+            "--batch-size", str(BATCH), "--image-size", "16", "--no-cache", "--workers", "0", "-q"]
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        result = runner.invoke(app, args)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    one_line_error(result, str(out / failing))
+    assert not (out / failing).exists()
+    assert not [p for p in out.rglob(".*") if p.name.endswith(".tmp")]
