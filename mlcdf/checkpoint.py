@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from mlcdf.errors import MissingArtifactError, SchemaError, first_line
+from mlcdf.errors import MissingArtifactError, MlcdfError, SchemaError, first_line
 from mlcdf.io import atomic_path
 
 
@@ -31,8 +31,17 @@ def on_cpu(value: Any) -> Any:
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    """Write ``state`` to ``path`` atomically.
+
+    Raises:
+        MlcdfError: the file could not be written (torch's writer reports a full disk or a file size
+            limit as a RuntimeError without the reason); the previous file at ``path`` is kept.
+    """
     with atomic_path(path) as tmp:
-        torch.save(on_cpu(state), tmp)
+        try:
+            torch.save(on_cpu(state), tmp)
+        except RuntimeError as error:
+            raise MlcdfError(f"{path}: could not write the checkpoint, is the disk full? ({first_line(error)})") from None
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -52,3 +61,13 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(state, dict) or "model" not in state:
         raise SchemaError(path, "not an mlcdf checkpoint (no 'model' entry)")
     return state
+
+
+def load_error_summary(error: BaseException, limit: int = 200) -> str:
+    """One line for a failed ``load_state_dict``: torch's first line only names the class, so the line
+    after it (a size mismatch, missing or unexpected keys) is kept, cut to ``limit`` characters."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith("Error(s) in loading state_dict"):
+        lines = lines[1:]
+    text = lines[0] if lines else type(error).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."

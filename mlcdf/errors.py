@@ -6,7 +6,15 @@ Library code raises these; the CLI turns them into a one-line message on stderr 
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
+
+#: ``OSError`` numbers that mean the place, not the program, is at fault: read-only, no permission, disk or
+#: quota full, over the file size limit, a file where a folder should be (or the reverse). The CLI reports
+#: them in one line naming the path, like the errors below.
+ENVIRONMENT_ERRNOS = frozenset(
+    {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.ENOTDIR, errno.EISDIR, errno.EEXIST}
+)
 
 
 class MlcdfError(Exception):

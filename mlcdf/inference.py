@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mlcdf.checkpoint import load_checkpoint
+from mlcdf.checkpoint import load_checkpoint, load_error_summary
 from mlcdf.data.dataset import (
     CachedSource,
     EpochSampler,
@@ -81,17 +81,19 @@ def load_run_model(run: str | Path | RunInfo, checkpoint: str = "best", device: 
         raise MlcdfError(f"unknown checkpoint {checkpoint!r}; expected one of {', '.join(CHECKPOINT_CHOICES)}")
     info = run if isinstance(run, RunInfo) else read_run(run)
     file = "best.pt" if checkpoint == "best" else "last.pt"
-    state = load_checkpoint(info.run_dir / CHECKPOINTS / file)
-    if checkpoint == "ema":
-        if not state.get("ema"):
-            raise MlcdfError(f"{info.run_dir}: the run was trained without EMA (--ema-decay 0); use --checkpoint last")
-        weights = state["ema"]["module"]
-    else:
-        weights = state["model"]
+    path = info.run_dir / CHECKPOINTS / file
+    state = load_checkpoint(path)
+    if checkpoint == "ema" and not state.get("ema"):
+        raise MlcdfError(f"{info.run_dir}: the run was trained without EMA (--ema-decay 0); use --checkpoint last")
     graph_path = info.run_dir / GRAPH_FILE
     graph = load_graph(graph_path) if graph_path.is_file() else None
     model = build_model(info.config, len(info.labels), graph, fresh=False)
-    model.load_state_dict(weights)
+    try:
+        model.load_state_dict(state["ema"]["module"] if checkpoint == "ema" else state["model"])
+    except (RuntimeError, TypeError, KeyError, AttributeError) as error:
+        raise SchemaError(
+            path, f"the weights do not fit the run's model ({info.config.model}, {len(info.labels)} labels): {load_error_summary(error)}"
+        ) from None
     return model.to(device).eval()
 
 

@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from mlcdf.errors import MlcdfError, SchemaError
+from mlcdf.errors import ENVIRONMENT_ERRNOS, MlcdfError, SchemaError
 
 #: A temporary of another machine (or of an mlcdf before writer names) counts as stale once nothing in
 #: it was modified for this long: no run goes a day without writing its output.
@@ -135,18 +135,26 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     temporaries of ``path`` left by killed runs are removed first.
     """
     path = Path(path)
-    _make_parent(path)
-    remove_stale_temporaries(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=_temporary_prefix(path), suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    # mkstemp creates 0600 files; give the result the permissions a plain open() would.
-    os.chmod(tmp, 0o666 & ~_umask())
+    tmp = None
     try:
+        _make_parent(path)
+        remove_stale_temporaries(path)
+        fd, tmp_name = tempfile.mkstemp(prefix=_temporary_prefix(path), suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        tmp = Path(tmp_name)
+        # mkstemp creates 0600 files; give the result the permissions a plain open() would.
+        os.chmod(tmp, 0o666 & ~_umask())
         yield tmp
         os.replace(tmp, path)
+    except OSError as error:
+        # A full disk names no file, a read-only folder names the temporary one: name the output instead.
+        unnamed = error.filename is None or Path(error.filename).name.startswith(f".{path.name}.")
+        if error.errno in ENVIRONMENT_ERRNOS and unnamed:
+            raise OSError(error.errno, error.strerror, str(path)) from None
+        raise
     finally:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

@@ -363,9 +363,10 @@ def _train_and_evaluate(
         (planned.run_dir / CHECKPOINTS / "last.pt").unlink(missing_ok=True)
 
 
-#: Options a resumed run may differ in: the trainer's overrides, and the paths the plan derives from
-#: OUT (a resumed run reads its own from its checkpoint), so that OUT may be spelt another way.
-_FREE_OPTIONS = {*RESUME_OVERRIDES, "out", "prepared", "graph"}
+#: Options a resumed run may differ in: the trainer's overrides (its folder among them), and the paths
+#: the plan derives from OUT (a resumed run reads its own from its checkpoint), so that OUT may be spelt
+#: another way.
+_FREE_OPTIONS = {*RESUME_OVERRIDES, "prepared", "graph"}
 
 
 def _check_same_options(run_dir: Path, planned: TrainConfig) -> None:

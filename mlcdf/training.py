@@ -4,6 +4,11 @@
 line per epoch), ``RUN/checkpoints/{last,best}.pt`` and, for graph models, ``RUN/graph.npz`` (a copy of
 the label graph, so the run is self-contained). Launched by ``torchrun`` it runs DistributedDataParallel
 and only rank 0 writes.
+
+``last.pt`` is the commit point of an epoch: it carries the whole epoch history and the best epoch, and
+``best.pt`` and ``log.jsonl`` are written after it. A run killed between these writes is repaired when
+it resumes (both are rewritten from ``last.pt``), so its log holds every epoch once and ``best.pt``
+holds the best epoch of the log.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import timm.layers
 import torch
 
 from mlcdf import __version__
-from mlcdf.checkpoint import load_checkpoint, save_checkpoint
+from mlcdf.checkpoint import load_checkpoint, load_error_summary, save_checkpoint
 from mlcdf.data.dataset import (
     Augment,
     CachedSource,
@@ -52,8 +57,16 @@ CONFIG_FILE = "config.json"
 LOG_FILE = "log.jsonl"
 GRAPH_FILE = "graph.npz"
 CHECKPOINTS = "checkpoints"
-#: The options a resumed run may change: where and how fast it runs, not what it computes.
-RESUME_OVERRIDES = ("device", "workers")
+#: The options a resumed run takes from the caller, not from its checkpoint: where it is (``out``: a
+#: copied or moved run resumes where it is now) and where and how fast it runs, not what it computes.
+RESUME_OVERRIDES = ("out", "device", "workers")
+#: The most DataLoader worker processes a run may ask for; each holds a copy of the dataset's state.
+MAX_WORKERS = 64
+#: What ``last.pt`` must hold to resume a run.
+RESUME_KEYS = (
+    "model", "ema", "optimizer", "scheduler", "scaler", "epoch", "steps_per_epoch", "best_map", "best_epoch",
+    "best_source", "rng", "history", "config", "label_names", "model_name", "mlcdf_version",
+)
 
 #: Optimisation recipes. ``asl``: the ASL/TResNet recipe (AdamW with decoupled weight decay on weights
 #: only, OneCycle). ``mlgcn``: ML-GCN's (SGD with momentum, 10x lower lr for the backbone, step decay,
@@ -111,6 +124,20 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "image_size"):
             if getattr(self, name) < 1:
                 raise MlcdfError(f"{name} must be at least 1, got {getattr(self, name)}")
+        checks = {
+            "seed": (0 <= self.seed < 2**32, "an integer from 0 to 2**32-1"),
+            "lr": (self.lr is None or (math.isfinite(self.lr) and self.lr > 0), "a finite number > 0"),
+            "weight_decay": (math.isfinite(self.weight_decay) and self.weight_decay >= 0, "a finite number >= 0"),
+            "clip_grad_norm": (self.clip_grad_norm is None or (math.isfinite(self.clip_grad_norm) and self.clip_grad_norm > 0), "a finite number > 0"),
+            "patience": (self.patience >= 0, "at least 0"),
+            "ema_decay": (0 <= self.ema_decay < 1, "in [0, 1)"),
+            "workers": (self.workers is None or 0 <= self.workers <= MAX_WORKERS, f"from 0 to {MAX_WORKERS}"),
+            "val_fraction": (0 < self.val_fraction < 1, "in (0, 1)"),
+            "jitter": (0 <= self.jitter <= 0.5, "in [0, 0.5]"),
+        }
+        for name, (ok, expected) in checks.items():
+            if not ok:
+                raise MlcdfError(f"{name} must be {expected}, got {getattr(self, name)!r}")
         recipe = RECIPES[self.recipe]
         return dataclasses.replace(
             self,
@@ -120,11 +147,32 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
+        """The configuration in ``values`` (read from ``source``), each value checked against its type.
+
+        Raises:
+            MlcdfError: an unknown option or a value of the wrong type, naming ``source``.
+        """
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(fields))
         if unknown:
             raise MlcdfError(f"{source}: unknown option(s) {unknown}")
+        for name, value in values.items():
+            # The annotations are strings ("float | None"): from __future__ import annotations.
+            allowed = fields[name].type.split(" | ")
+            if not any(_is_of_type(value, type_name) for type_name in allowed):
+                expected = " or ".join("null" if t == "None" else t for t in allowed)
+                raise MlcdfError(f"{source}: option {name} must be {expected}, got {value!r}")
         return cls(**values)
+
+
+def _is_of_type(value: Any, type_name: str) -> bool:
+    """Whether ``value`` (from JSON, TOML or a checkpoint) fits a TrainConfig field type; bools are not numbers."""
+    if type_name == "None":
+        return value is None
+    if isinstance(value, bool):
+        return type_name == "bool"
+    accepted = {"str": (str,), "int": (int,), "float": (int, float), "bool": ()}[type_name]
+    return isinstance(value, accepted)
 
 
 class TrainCallbacks(Protocol):
@@ -310,31 +358,68 @@ def _val_map(targets: np.ndarray, scores: np.ndarray) -> float:
     return float(value) if np.isfinite(value) else 0.0
 
 
-def _rng_state() -> dict:
+def _rng_state(device: torch.device) -> dict:
+    """The generator states this process draws from: the CPU's and its own GPU's only, so that a run
+    resumes on a machine (or with a number of processes) that shows fewer GPUs."""
     state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def _set_rng_state(state: dict) -> None:
+def _set_rng_state(state: dict, device: torch.device) -> None:
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if device.type == "cuda" and isinstance(state.get("cuda"), torch.Tensor):
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def _read_history(run_dir: Path, upto_epoch: int) -> list[dict]:
-    path = run_dir / LOG_FILE
-    if not path.is_file():
-        return []
-    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return [record for record in records if record["epoch"] <= upto_epoch]
+def _resume_schedule(scheduler, state: dict, steps_per_epoch: int, done_epochs: int) -> None:
+    """Continue the saved learning-rate schedule, or, where an epoch now takes another number of steps
+    (another number of processes shards it), a fresh schedule of the new length from the same epoch, so
+    that it neither runs out of steps nor ends early."""
+    if state["steps_per_epoch"] == steps_per_epoch:
+        scheduler.load_state_dict(state["scheduler"])
+        return
+    # The fresh scheduler starts from the initial rates; loading the optimizer replaced them.
+    for group in scheduler.optimizer.param_groups:
+        group["lr"] = group["initial_lr"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "scheduler.step() before optimizer.step()": no training here
+        for _ in range(done_epochs * steps_per_epoch):
+            scheduler.step()
 
 
-def _write_history(run_dir: Path, history: list[dict]) -> None:
+def _best_checkpoint(state: dict) -> dict:
+    """``best.pt`` for the epoch of ``state`` (a ``last.pt``), when that epoch's weights are the best."""
+    weights = state["ema"]["module"] if state["best_source"] == "ema" else state["model"]
+    return {key: state[key] for key in ("epoch", "config", "label_names", "model_name", "mlcdf_version")} | {
+        "model": weights, "source": state["best_source"], "val_mAP": state["best_map"],
+    }
+
+
+def _publish_epoch(run_dir: Path, state: dict) -> None:
+    """Write ``best.pt`` (when the epoch of ``last.pt``'s ``state`` is the best) and ``log.jsonl`` from
+    ``state``: after an epoch's ``last.pt``, and again on resume, for a run killed before they were."""
+    if state["best_epoch"] == state["epoch"]:
+        save_checkpoint(run_dir / CHECKPOINTS / "best.pt", _best_checkpoint(state))
     with atomic_open(run_dir / LOG_FILE) as handle:
-        for record in history:
+        for record in state["history"]:
             handle.write(json.dumps(record) + "\n")
+
+
+def _load_resume_state(path: Path) -> dict:
+    """``last.pt``, checked to hold what resuming needs.
+
+    Raises:
+        SchemaError: the file is not a checkpoint, or lacks resume state.
+    """
+    state = load_checkpoint(path)
+    missing = [key for key in RESUME_KEYS if key not in state]
+    if missing:
+        raise SchemaError(path, f"cannot resume: the checkpoint has no {', '.join(missing)}")
+    if not isinstance(state["config"], dict) or not isinstance(state["history"], list):
+        raise SchemaError(path, "cannot resume: malformed 'config' or 'history' entry")
+    return state
 
 
 def saved_run_options(run_dir: str | Path) -> dict[str, Any] | None:
@@ -360,10 +445,10 @@ def train(config: TrainConfig, *, resume: bool = False, callbacks: TrainCallback
     last_path = checkpoint_dir / "last.pt"
     resume_state = None
     if resume:
-        resume_state = load_checkpoint(last_path) if last_path.is_file() else None
+        resume_state = _load_resume_state(last_path) if last_path.is_file() else None
         if resume_state is not None:
             overrides = {name: getattr(config, name) for name in RESUME_OVERRIDES}
-            config = TrainConfig.from_dict({**resume_state["config"], **overrides})
+            config = TrainConfig.from_dict({**resume_state["config"], **overrides}, source=str(last_path))
     elif last_path.is_file():
         raise MlcdfError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
     config = config.resolve()
@@ -427,17 +512,23 @@ def _train(config: TrainConfig, run_dir: Path, resume_state: dict | None, dist_i
 
     start_epoch, best_map, best_epoch, best_source, history = 0, -1.0, -1, "model", []
     if resume_state is not None:
-        model_without_ddp.load_state_dict(resume_state["model"])
-        optimizer.load_state_dict(resume_state["optimizer"])
-        scheduler.load_state_dict(resume_state["scheduler"])
-        if scaler is not None and resume_state.get("scaler"):
-            scaler.load_state_dict(resume_state["scaler"])
-        if ema is not None and resume_state.get("ema"):
-            ema.load_state_dict(resume_state["ema"])
-        _set_rng_state(resume_state["rng"])
         start_epoch = resume_state["epoch"] + 1
+        try:
+            model_without_ddp.load_state_dict(resume_state["model"])
+            optimizer.load_state_dict(resume_state["optimizer"])
+            _resume_schedule(scheduler, resume_state, len(train_loader), start_epoch)
+            if scaler is not None and resume_state["scaler"]:
+                scaler.load_state_dict(resume_state["scaler"])
+            if ema is not None and resume_state["ema"]:
+                ema.load_state_dict(resume_state["ema"])
+            _set_rng_state(resume_state["rng"], device)
+        except (KeyError, TypeError, ValueError, RuntimeError) as error:
+            # How torch reports the state of another model or optimizer (sizes, keys, parameter groups).
+            raise SchemaError(run_dir / CHECKPOINTS / "last.pt", f"cannot resume this run from it: {load_error_summary(error)}") from None
         best_map, best_epoch, best_source = resume_state["best_map"], resume_state["best_epoch"], resume_state["best_source"]
-        history = _read_history(run_dir, resume_state["epoch"])
+        history = list(resume_state["history"])
+        if dist_info.is_main:
+            _publish_epoch(run_dir, resume_state)
         callbacks.message(f"resuming {run_dir} after epoch {start_epoch} of {config.epochs}")
 
     if dist_info.is_main:
@@ -517,24 +608,19 @@ def _train(config: TrainConfig, run_dir: Path, resume_state: dict | None, dist_i
                 "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict() if scaler is not None else None,
                 "epoch": epoch,
+                "steps_per_epoch": len(train_loader),
                 "best_map": best_map,
                 "best_epoch": best_epoch,
                 "best_source": best_source,
-                "rng": _rng_state(),
+                "history": history,
+                "rng": _rng_state(device),
                 "config": dataclasses.asdict(config),
                 "label_names": list(labels),
                 "model_name": config.model,
                 "mlcdf_version": __version__,
             }
-            if improved:
-                best_weights = ema.module.state_dict() if source == "ema" else model_without_ddp.state_dict()
-                save_checkpoint(
-                    run_dir / CHECKPOINTS / "best.pt",
-                    {key: state[key] for key in ("epoch", "config", "label_names", "model_name", "mlcdf_version")}
-                    | {"model": best_weights, "source": source, "val_mAP": best_map},
-                )
-            save_checkpoint(run_dir / CHECKPOINTS / "last.pt", state)
-            _write_history(run_dir, history)
+            save_checkpoint(run_dir / CHECKPOINTS / "last.pt", state)  # the commit point of the epoch
+            _publish_epoch(run_dir, state)
         callbacks.epoch_end(record)
     barrier()
     return TrainResult(

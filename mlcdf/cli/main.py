@@ -11,13 +11,15 @@ from typer.core import TyperGroup
 from mlcdf import __version__
 from mlcdf.cli import build_graph, evaluate, models, predict, prepare, report, reproduce, synth, train
 from mlcdf.cli._console import err
-from mlcdf.errors import MlcdfError
+from mlcdf.errors import ENVIRONMENT_ERRNOS, MlcdfError
 
 DEBUG_ENV = "MLCDF_DEBUG"
 
 
 class _MlcdfGroup(TyperGroup):
-    """Turns :class:`~mlcdf.errors.MlcdfError` into one line on stderr and exit code 2.
+    """Turns :class:`~mlcdf.errors.MlcdfError`, and ``OSError``s of the environment (read-only or full
+    disk, a file where a folder should be: :data:`~mlcdf.errors.ENVIRONMENT_ERRNOS`), into one line on
+    stderr and exit code 2, for every command.
 
     Done at the group, not in ``main()``, so that ``typer.testing.CliRunner`` sees the same exit codes
     as a user. ``MLCDF_DEBUG=1`` re-raises with the full traceback.
@@ -26,11 +28,21 @@ class _MlcdfGroup(TyperGroup):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except MlcdfError as error:
-            if os.environ.get(DEBUG_ENV):
+        except (MlcdfError, OSError) as error:
+            message = _user_error_message(error)
+            if message is None or os.environ.get(DEBUG_ENV):
                 raise
-            err.print(f"[bold red]error:[/bold red] {error}", highlight=False, soft_wrap=True)
+            err.print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True)
             raise typer.Exit(code=2) from None
+
+
+def _user_error_message(error: Exception) -> str | None:
+    """The one line for a user's error, or ``None`` for a bug (which keeps its traceback)."""
+    if isinstance(error, MlcdfError):
+        return str(error)
+    if isinstance(error, OSError) and error.errno in ENVIRONMENT_ERRNOS:
+        return f"{error.filename}: {error.strerror}" if error.filename else error.strerror
+    return None
 
 
 app = typer.Typer(

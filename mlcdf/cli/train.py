@@ -74,13 +74,16 @@ class RichTrainCallbacks:
 
 
 def _read_config_file(path: Path) -> dict[str, Any]:
+    kind = "TOML" if path.suffix.lower() == ".toml" else "JSON"
     try:
         text = path.read_text(encoding="utf-8")
-        values = tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as error:
-        raise MlcdfError(f"{path}: not valid {'TOML' if path.suffix.lower() == '.toml' else 'JSON'} ({error})") from None
+        values = tomllib.loads(text) if kind == "TOML" else json.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise MlcdfError(f"{path}: not valid {kind} ({error})") from None
     # A run's config.json nests the options under "train"; accept it as a template.
-    values = values.get("train", values)
+    values = values.get("train", values) if isinstance(values, dict) else values
+    if not isinstance(values, dict):
+        raise MlcdfError(f"{path}: expected a {kind} table of options")
     return {key.replace("-", "_"): value for key, value in values.items()}
 
 
@@ -108,7 +111,7 @@ def train_command(
     seed: Annotated[int, typer.Option("--seed", help="Random seed (initialisation, shuffling, augmentation).")] = 0,
     pretrained: Annotated[bool, typer.Option("--pretrained", help="Start from timm's ImageNet weights (needs internet or a warm cache).")] = False,
     weights: Annotated[Optional[Path], typer.Option("--weights", help="Start the backbone from a local .pth/.safetensors file.", dir_okay=False, exists=True)] = None,
-    workers: Annotated[Optional[int], typer.Option("--workers", min=0, help="DataLoader worker processes (default: min(4, CPUs)).")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", min=0, help="DataLoader worker processes, at most 64 (default: min(4, CPUs)).")] = None,
     amp: Annotated[Optional[bool], typer.Option("--amp/--no-amp", help="Mixed precision (default: on for CUDA; bf16, or fp16 with a grad scaler).", show_default=False)] = None,
     channels_last: Annotated[Optional[bool], typer.Option("--channels-last/--no-channels-last", help="channels_last memory format (default: on for CUDA).", show_default=False)] = None,
     compile_model: Annotated[bool, typer.Option("--compile", help="torch.compile the model.")] = False,
@@ -117,7 +120,7 @@ def train_command(
     val_fraction: Annotated[float, typer.Option("--val-fraction", help="Share of train held out for validation when there is no val split.")] = 0.1,
     flip: Annotated[bool, typer.Option("--flip/--no-flip", help="Random horizontal flips.")] = True,
     jitter: Annotated[float, typer.Option("--jitter", min=0.0, max=0.5, help="Brightness/contrast/saturation jitter strength (0 disables).")] = 0.1,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from checkpoints/last.pt, with its saved options.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out (where it is now, even if copied or moved) from checkpoints/last.pt, with its saved options; --device and --workers may change.")] = False,
     config: Annotated[Optional[Path], typer.Option("--config", help="TOML or JSON file of these options (snake_case keys); flags override it.", dir_okay=False, exists=True)] = None,
     quiet: QuietOpt = False,
 ) -> None:
