@@ -348,7 +348,7 @@ def test_out_below_a_file_is_one_line(toy, tmp_path):
     out = tmp_path / "file" / "run"
     result = runner.invoke(app, ["train", "--prepared", str(toy), "--model", TINY, "--out", str(out), "--device", "cpu",
                                  "--epochs", "1", "--batch-size", str(BATCH), "--image-size", "16", "--no-cache", "--workers", "0"])
-    one_line_error(result, str(out), "Not a directory")
+    one_line_error(result, str(out), f"{tmp_path / 'file'} is not a folder")
     assert (tmp_path / "file").read_text() == "mine"
 
 
