@@ -16,7 +16,7 @@ import torch
 from typer.testing import CliRunner
 
 from mlcdf.cli.main import app
-from mlcdf.training import TrainConfig, train
+from mlcdf.training import SilentCallbacks, TrainConfig, train
 from by_hand import one_thread  # noqa: F401
 from state_compare import assert_same_state
 from toy import write_toy_prepared
@@ -32,45 +32,33 @@ LOGGED_VALUES = ("epoch", "train_loss", "val_mAP", "val_mAP_ema", "lr", "best")
 runner = CliRunner()
 
 
-class Killed(Exception):
-    """Stands for the process being killed: nothing after the raise runs."""
+class Killed(BaseException):
+    """Stands for the process being killed: like KeyboardInterrupt, no ``except Exception`` stops it."""
 
 
-class KillBeforeEpoch1:
+class KillBeforeEpoch1(SilentCallbacks):
     """Killed after epoch 0 was written, before epoch 1 starts."""
 
     def epoch_start(self, epoch, epochs, steps):
         if epoch == 1:
             raise Killed
 
-    def step(self, info):
-        pass
 
-    def epoch_end(self, record):
-        pass
-
-    def message(self, text):
-        pass
-
-
-class EpochsStarted(KillBeforeEpoch1):
-    def __init__(self):
-        self.epochs = []
-
-    def epoch_start(self, epoch, epochs, steps):
-        self.epochs.append(epoch)
-
-
-class KillInEpoch1(KillBeforeEpoch1):
+class KillInEpoch1(SilentCallbacks):
     """Killed after some (not all) optimizer steps of epoch 1."""
-
-    def epoch_start(self, epoch, epochs, steps):
-        pass
 
     def step(self, info):
         if info.epoch == 1:
             assert info.step < info.steps, "the kill must come before the end of the epoch"
             raise Killed
+
+
+class EpochsStarted(SilentCallbacks):
+    def __init__(self):
+        self.epochs = []
+
+    def epoch_start(self, epoch, epochs, steps):
+        self.epochs.append(epoch)
 
 
 def read(path: Path) -> dict:
