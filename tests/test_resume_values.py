@@ -12,12 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from typer.testing import CliRunner
 
+from by_hand import one_thread  # noqa: F401
 from mlcdf.cli.main import app
 from mlcdf.training import SilentCallbacks, TrainConfig, train
-from by_hand import one_thread  # noqa: F401
 from state_compare import assert_same_state
 from toy import write_toy_prepared
 
