@@ -11,7 +11,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 
@@ -20,15 +19,6 @@ from mlcdf.training import TrainConfig, train
 
 TINY = "timm:test_resnet"
 IMAGE_SIZE = 32
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on a shared, busy CPU run many times faster on one thread than on several."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def train_tiny_run(prepared: Path, out: Path, *, epochs: int = 2) -> Path:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from mlcdf.labels import SUBSETS, format_label_ids
@@ -26,6 +27,18 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(socket, "getaddrinfo", refuse)
     monkeypatch.setattr(socket.socket, "connect", refuse)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """PyTorch on one thread for a module's tests (``pytestmark = pytest.mark.usefixtures("one_thread")``).
+
+    Tiny models on a shared, busy CPU run many times faster on one thread than with threads that contend.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def write_image(path: Path, size: int = 16, seed: int = 0) -> None:

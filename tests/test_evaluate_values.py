@@ -11,10 +11,12 @@ import pytest
 from sklearn.metrics import average_precision_score
 from typer.testing import CliRunner
 
-from by_hand import checkpoint_weights, one_thread, scores_by_hand, train_tiny_run  # noqa: F401
+from by_hand import checkpoint_weights, scores_by_hand, train_tiny_run
 from mlcdf.cli.main import app
 from mlcdf.metrics import paper_metrics, tune_thresholds
 from toy import write_toy_prepared
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 runner = CliRunner()
 

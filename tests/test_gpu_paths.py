@@ -9,13 +9,7 @@ import pytest
 import torch
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # On a busy machine (shared CI cores) PyTorch's worker threads contend and run many times slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize(("native", "expected"), [(True, (torch.bfloat16, False)), (False, (torch.float16, True))])
@@ -100,7 +94,7 @@ def _two_ranks(rank: int, port: int, out: str) -> None:
 
     import torch.distributed as dist
 
-    from mlcdf.distributed import broadcast_buffers, gather_rows
+    from mlcdf.distributed import broadcast_buffers
     from mlcdf.engine import NonFiniteLossError, predict, train_one_epoch
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))

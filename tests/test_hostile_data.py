@@ -1,13 +1,11 @@
 """Hostile data inputs (issue 13): no command deletes what it did not write, reads outside the dataset
 root, or ends in a traceback. Every hostile file is written here by the test itself, tiny."""
 
-import csv
 import json
 import struct
 import zlib
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
 from typer.testing import CliRunner

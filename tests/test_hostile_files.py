@@ -18,7 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from mlcdf.cli.main import app
-from mlcdf.data.dataset import build_image_cache, cache_path
+from mlcdf.data.dataset import build_image_cache
 from mlcdf.data.images import load_rgb
 from mlcdf.data.prepared import load_prepared
 from mlcdf.data.seqdeepfake import PrepareConfig, prepare

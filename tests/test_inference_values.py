@@ -11,9 +11,11 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from by_hand import checkpoint_weights, image_pixels, one_thread, run_config, scores_by_hand, train_tiny_run, unit_range  # noqa: F401
+from by_hand import checkpoint_weights, image_pixels, run_config, scores_by_hand, train_tiny_run, unit_range
 from mlcdf.cli.main import app
 from toy import toy_image, write_toy_prepared
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 runner = CliRunner()
 CHECKPOINTS = ("best", "last", "ema")

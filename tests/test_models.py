@@ -44,13 +44,7 @@ PAPER_MODELS = ("resnet50", "resnet101", "tresnet_m", "ml_gcn", "iml_gcn", "ml_a
 TINY = "test_resnet"  # timm's tiny test network: fast to build, same API as the real ones
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # On a busy machine (shared CI cores) PyTorch's worker threads contend and run many times slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_graph(num_labels: int = 5, dim: int = 8, seed: int = 0) -> GraphTensors:

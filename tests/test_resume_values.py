@@ -14,11 +14,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from by_hand import one_thread  # noqa: F401
 from mlcdf.cli.main import app
 from mlcdf.training import SilentCallbacks, TrainConfig, train
 from state_compare import assert_same_state
 from toy import write_toy_prepared
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 EPOCHS = 3
 #: 44 images in batches of 4: 11 steps per epoch, so the step callback (every 10 steps) fires mid-epoch.
