@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from mlcdf.cli.main import app
 from mlcdf.errors import MlcdfError
 from mlcdf.io import check_file_replaceable
+from mlcdf.reproduce import ReproduceConfig, reproduce
 from mlcdf.training import TrainConfig, train
 from test_report import R101, write_metrics
 from toy import toy_image, write_toy_prepared
@@ -133,9 +134,9 @@ def test_report_keeps_a_foreign_table_and_replaces_its_own(tmp_path, fmt):
     assert_refused(runner.invoke(app, command), out, content, "mlcdf report")
     out.unlink()
     other_format = "csv" if fmt != "csv" else "md"  # an earlier report in any format is report's own
-    assert runner.invoke(app, [*command[:2], "--format", other_format, "--out", str(out)]).exit_code == 0
-    result = runner.invoke(app, command)
-    assert result.exit_code == 0, result.output
+    for command in (command, command, [*command[:2], "--format", other_format, "--out", str(out)]):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 0, result.output
     assert "92.9" in out.read_text()
 
 
@@ -161,3 +162,14 @@ def test_a_folder_or_link_at_a_file_output_is_refused(tmp_path):
         with pytest.raises(MlcdfError, match="exists and is not a plain file"):
             check_file_replaceable(path, command="mlcdf predict", is_own=lambda _: True)
     check_file_replaceable(tmp_path / "absent.csv", command="mlcdf predict", is_own=lambda _: False)
+
+
+@pytest.mark.parametrize("name", ["results.csv", "report-facial_components.md"])
+def test_reproduce_keeps_a_foreign_table_in_its_out(tmp_path, name):
+    # Replacing its own tables is covered by test_reproduce (a second reproduce over the same OUT).
+    out = tmp_path / "out"
+    content = foreign(out / name)
+    config = ReproduceConfig.smoke_test(out, subsets=("facial_components",), device="cpu")
+    with pytest.raises(MlcdfError, match=f"{out / name}: exists and was not written by 'mlcdf reproduce'"):
+        reproduce(config)
+    assert (out / name).read_bytes() == content and [path.name for path in out.iterdir()] == [name]
