@@ -226,7 +226,10 @@ def check_replaceable(path: str | Path, *, command: str, is_own: Callable[[Path]
 
 
 def check_file_replaceable(path: str | Path, *, command: str, is_own: Callable[[Path], bool]) -> None:
-    """Raise unless ``command`` may write the file ``path``: absent, or its own earlier output.
+    """Raise unless ``command`` may write the file ``path``: absent, empty, or its own earlier output.
+
+    An empty file holds nothing to lose (as an empty folder for :func:`check_replaceable`); it is also
+    what an earlier table of nothing looks like (``reproduce`` before any run was evaluated).
 
     Called before a command's work starts, so a refusal costs nothing; :func:`atomic_path` then replaces
     the file whole. ``is_own`` reads just enough of the file to recognise it (a header, a stamp).
@@ -243,7 +246,7 @@ def check_file_replaceable(path: str | Path, *, command: str, is_own: Callable[[
         return
     if path.is_symlink() or not path.is_file():
         raise MlcdfError(f"{path}: exists and is not a plain file; not replacing it (choose another output)")
-    if not is_own(path):
+    if path.stat().st_size > 0 and not is_own(path):
         raise MlcdfError(
             f"{path}: exists and was not written by '{command}'; not replacing it (choose another output, or remove it)"
         )

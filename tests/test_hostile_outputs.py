@@ -155,13 +155,15 @@ def test_synth_keeps_a_foreign_preview_and_replaces_its_own(tmp_path):
         assert written.info["Software"] == "mlcdf synth"
 
 
-def test_a_folder_or_link_at_a_file_output_is_refused(tmp_path):
+def test_a_folder_or_link_at_a_file_output_is_refused_an_empty_file_replaced(tmp_path):
     (tmp_path / "folder.csv").mkdir()
     (tmp_path / "link.csv").symlink_to(tmp_path / "folder.csv")
     for path in (tmp_path / "folder.csv", tmp_path / "link.csv"):
         with pytest.raises(MlcdfError, match="exists and is not a plain file"):
             check_file_replaceable(path, command="mlcdf predict", is_own=lambda _: True)
-    check_file_replaceable(tmp_path / "absent.csv", command="mlcdf predict", is_own=lambda _: False)
+    (tmp_path / "empty.csv").touch()  # nothing in it to lose
+    for path in (tmp_path / "absent.csv", tmp_path / "empty.csv"):
+        check_file_replaceable(path, command="mlcdf predict", is_own=lambda _: False)
 
 
 @pytest.mark.parametrize("name", ["results.csv", "report-facial_components.md"])
