@@ -24,7 +24,9 @@ from mlcdf.data.images import load_rgb, load_rgb_within
 from mlcdf.distributed import resolve_device
 from mlcdf.errors import MlcdfError
 from mlcdf.inference import load_run_model, read_run
-from mlcdf.io import atomic_path
+from mlcdf.io import check_file_replaceable, png_written_by, save_png
+
+_EXPLAIN_COMMAND = "mlcdf explain"
 
 #: Overlays of larger images are drawn at this longest side, so a huge photo costs no huge canvases.
 OVERLAY_MAX_SIDE = 1024
@@ -89,15 +91,22 @@ def explain_image(
 ) -> list[Explanation]:
     """Write ``OUT/<stem>_<label>.png`` Grad-CAM overlays (and ``<stem>_all.png``, all labels side by side).
 
+    An existing file of those names is replaced only when it is an earlier overlay (a PNG stamped by
+    ``mlcdf explain``).
+
     Raises:
-        MlcdfError: an unknown label name, or an unreadable image.
+        MlcdfError: an unknown label name, an unreadable image, or an output name taken by another file.
     """
     info = read_run(run_dir)
     chosen = list(info.labels) if not labels else labels
     unknown = [name for name in chosen if name not in info.labels]
     if unknown:
         raise MlcdfError(f"unknown label(s) {unknown}; this run's labels are {', '.join(info.labels)}")
-    image_path = Path(image_path)
+    image_path, out_dir = Path(image_path), Path(out_dir)
+    outputs = [out_dir / f"{image_path.stem}_{name}.png" for name in chosen]
+    strip_path = out_dir / f"{image_path.stem}_all.png" if len(chosen) > 1 else None
+    for path in [*outputs, *([strip_path] if strip_path else [])]:
+        check_file_replaceable(path, command=_EXPLAIN_COMMAND, is_own=png_written_by(_EXPLAIN_COMMAND))
     try:
         original = load_rgb_within(image_path, OVERLAY_MAX_SIDE)
         resized = load_rgb(image_path, info.config.image_size)
@@ -109,22 +118,15 @@ def explain_image(
     x = to_model_input(batch, torch_device, info.input_mean, info.input_std)
     indices = [info.labels.index(name) for name in chosen]
     maps, probabilities = grad_cam(model, x, indices)
-    out_dir = Path(out_dir)
     results, panels = [], []
-    for name, index, heat in zip(chosen, indices, maps):
+    for name, index, heat, path in zip(chosen, indices, maps, outputs):
         panel = overlay(original, heat, f"{name}: p={probabilities[index]:.2f}")
-        path = out_dir / f"{image_path.stem}_{name}.png"
-        _save_png(panel, path)
+        save_png(panel, path, command=_EXPLAIN_COMMAND)
         panels.append(panel)
         results.append(Explanation(name, float(probabilities[index]), path))
-    if len(panels) > 1:
+    if strip_path is not None:
         strip = Image.new("RGB", (sum(p.width for p in panels), panels[0].height), "white")
         for offset, panel in enumerate(panels):
             strip.paste(panel, (offset * panels[0].width, 0))
-        _save_png(strip, out_dir / f"{image_path.stem}_all.png")
+        save_png(strip, strip_path, command=_EXPLAIN_COMMAND)
     return results
-
-
-def _save_png(image: Image.Image, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        image.save(tmp, format="PNG")

@@ -15,7 +15,7 @@ import torch
 
 from mlcdf.errors import MlcdfError, first_line
 from mlcdf.inference import load_run_model, read_run
-from mlcdf.io import atomic_path, write_json
+from mlcdf.io import atomic_path, check_file_replaceable, json_object_with, write_json
 
 
 class Deployable(torch.nn.Module):
@@ -65,6 +65,17 @@ def model_opset(path: str | Path) -> int:
     return next(entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx"))
 
 
+#: The ``.json`` that export writes beside the ``.onnx`` (its keys): how an earlier export is known.
+_is_export_record = json_object_with({"labels", "image_size", "opset", "input", "output", "max_abs_diff_vs_pytorch"})
+
+
+def check_export_replaceable(path: Path) -> None:
+    """Raise unless ``path`` and its ``.json`` are absent or an earlier export (an ``.onnx`` is known as
+    ours by the record beside it, since ONNX files of other tools look the same)."""
+    check_file_replaceable(path, command="mlcdf export", is_own=lambda onnx: _is_export_record(onnx.with_suffix(".json")))
+    check_file_replaceable(path.with_suffix(".json"), command="mlcdf export", is_own=_is_export_record)
+
+
 def export_onnx(run_dir: str | Path, out_path: str | Path, *, checkpoint: str = "best", opset: int = 18, check_batch: int = 2, tolerance: float = 1e-4) -> ExportReport:
     """Export a run's model to ONNX and compare onnxruntime with PyTorch on one random batch.
 
@@ -73,8 +84,11 @@ def export_onnx(run_dir: str | Path, out_path: str | Path, *, checkpoint: str = 
     Raises:
         MlcdfError: the ONNX tools are missing, ``opset`` is outside :func:`supported_opsets`, torch
             cannot export the model, or the exported model has another opset or disagrees with
-            PyTorch by more than ``tolerance`` (nothing is then written).
+            PyTorch by more than ``tolerance`` (nothing is then written), or an output name is taken by
+            a file that is not an earlier export.
     """
+    out_path = Path(out_path)
+    check_export_replaceable(out_path)
     try:
         import onnxruntime
     except ImportError:
@@ -86,7 +100,6 @@ def export_onnx(run_dir: str | Path, out_path: str | Path, *, checkpoint: str = 
     model = Deployable(load_run_model(info, checkpoint, "cpu"), info.input_mean, info.input_std).eval()
     size = info.config.image_size
     example = torch.rand(check_batch, 3, size, size, generator=torch.Generator().manual_seed(0))
-    out_path = Path(out_path)
     # Nested: the .json is renamed into place first, then the .onnx; an error in either writes neither.
     with atomic_path(out_path) as tmp, atomic_path(out_path.with_suffix(".json")) as json_tmp:
         try:

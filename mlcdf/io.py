@@ -8,6 +8,8 @@ Three rules keep outputs from harming anything else:
   command, recognised by its own marker (a prepared subset's ``meta.json``, an evaluation's
   ``metrics.json``, a synthetic subset's ``synth.json``); anything else is refused, untouched.
   :func:`check_output_apart` refuses an output that is, contains or lies inside one of the command's inputs.
+  A file output is held to the same rule by :func:`check_file_replaceable`: an existing file is replaced
+  only when the command recognises it as its own earlier output (PNGs carry a :func:`save_png` stamp).
 - Replacing a folder takes two renames (the previous output to ``.NAME.old``, the new one to ``NAME``).
   A process killed between them leaves ``NAME`` absent and the previous output in ``.NAME.old``;
   :func:`recover_dir` (run by the next write of ``NAME`` and by readers) puts it back, or removes
@@ -179,6 +181,18 @@ def holds_file(name: str) -> Callable[[Path], bool]:
     return lambda folder: (folder / name).is_file()
 
 
+def json_object_with(keys: set[str]) -> Callable[[Path], bool]:
+    """A test for :func:`check_file_replaceable`: the file is a JSON object with (at least) ``keys``."""
+
+    def is_own(path: Path) -> bool:
+        try:
+            return keys <= set(read_json_object(path))
+        except (SchemaError, OSError, UnicodeDecodeError):
+            return False
+
+    return is_own
+
+
 def recover_dir(path: str | Path) -> None:
     """Finish a folder replacement that a killed process left half done (see the module docstring)."""
     path = Path(path)
@@ -209,6 +223,62 @@ def check_replaceable(path: str | Path, *, command: str, is_own: Callable[[Path]
         raise MlcdfError(
             f"{path}: exists and was not written by '{command}'; not replacing it (choose another output, or empty it)"
         )
+
+
+def check_file_replaceable(path: str | Path, *, command: str, is_own: Callable[[Path], bool]) -> None:
+    """Raise unless ``command`` may write the file ``path``: absent, empty, or its own earlier output.
+
+    An empty file holds nothing to lose (as an empty folder for :func:`check_replaceable`); it is also
+    what an earlier table of nothing looks like (``reproduce`` before any run was evaluated).
+
+    Called before a command's work starts, so a refusal costs nothing; :func:`atomic_path` then replaces
+    the file whole. ``is_own`` reads just enough of the file to recognise it (a header, a stamp).
+
+    Raises:
+        MlcdfError: one of ``path``'s parents is a file, ``path`` is a folder or a link, or a file that
+            ``is_own`` does not recognise.
+    """
+    path = Path(path)
+    blocker = _blocking_file(path)
+    if blocker is not None:
+        raise MlcdfError(f"{path}: cannot create it, {blocker} is not a folder")
+    if not os.path.lexists(path):
+        return
+    if path.is_symlink() or not path.is_file():
+        raise MlcdfError(f"{path}: exists and is not a plain file; not replacing it (choose another output)")
+    if path.stat().st_size > 0 and not is_own(path):
+        raise MlcdfError(
+            f"{path}: exists and was not written by '{command}'; not replacing it (choose another output, or remove it)"
+        )
+
+
+#: The PNG text chunk that marks an image as written by mlcdf (value: the command's name).
+PNG_STAMP_KEY = "Software"
+
+
+def save_png(image: Any, path: str | Path, *, command: str) -> None:
+    """Save a PIL image as PNG, atomically, stamped as ``command``'s output (see :func:`png_written_by`)."""
+    from PIL.PngImagePlugin import PngInfo
+
+    stamp = PngInfo()
+    stamp.add_text(PNG_STAMP_KEY, command)
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG", pnginfo=stamp)
+
+
+def png_written_by(command: str) -> Callable[[Path], bool]:
+    """A test for :func:`check_file_replaceable`: the file is a PNG that :func:`save_png` stamped as ``command``'s."""
+
+    def is_own(path: Path) -> bool:
+        from PIL import Image
+
+        try:
+            with Image.open(path, formats=["PNG"]) as image:  # reads the chunks before the pixels only
+                return image.info.get(PNG_STAMP_KEY) == command
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+            return False
+
+    return is_own
 
 
 def check_output_apart(output: str | Path, *inputs: tuple[str, str | Path | None]) -> None:

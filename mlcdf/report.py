@@ -273,7 +273,7 @@ def _markdown(tables: dict[str, list[ResultRow]], digits: int) -> str:
     for subset, lines in tables.items():
         best = _best(lines, digits)
         rows = [
-            "| " + " | ".join(HEADER) + " |",
+            _MARKDOWN_HEADER,
             "| --- | --- | --- |" + " ---: |" * (len(HEADER) - 3),
             *(
                 "| "
@@ -322,7 +322,7 @@ def _latex(tables: dict[str, list[ResultRow]], digits: int) -> str:
                     f"% {_title(subset)}",
                     r"\begin{tabular}{lll" + "r" * (len(HEADER) - 3) + "}",
                     r"\hline",
-                    " & ".join(_latex_escape(name) for name in HEADER) + r" \\",
+                    _LATEX_HEADER,
                     r"\hline",
                     *body,
                     r"\hline",
@@ -337,13 +337,30 @@ def _latex(tables: dict[str, list[ResultRow]], digits: int) -> str:
 def _csv(tables: dict[str, list[ResultRow]]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["subset", "source", "category", "method", "loss", "node_embedding", "params_m", *PAPER_METRICS])
+    writer.writerow(_CSV_HEADER)
     for subset, lines in tables.items():
         for row in lines:
             numbers = [row.num_params, *(row.values[name] for name in PAPER_METRICS)]
             labels = [subset, row.source, row.category, row.method, row.loss or "", row.embedding or ""]
             writer.writerow(labels + ["" if value is None else round(value, 6) for value in numbers])
     return buffer.getvalue()
+
+
+_MARKDOWN_HEADER = "| " + " | ".join(HEADER) + " |"
+_LATEX_HEADER = " & ".join(_latex_escape(name) for name in HEADER) + r" \\"
+_CSV_HEADER = ["subset", "source", "category", "method", "loss", "node_embedding", "params_m", *PAPER_METRICS]
+
+
+def is_report_file(path: Path) -> bool:
+    """``path`` holds a table of :func:`results_table` in any format: its header row is among the first
+    four lines (line 3 in Markdown, 4 in LaTeX, 1 in CSV). Another tool's table has other column names."""
+    headers = {_MARKDOWN_HEADER, _LATEX_HEADER, ",".join(_CSV_HEADER)}
+    try:
+        with open(path, encoding="utf-8") as handle:
+            first_lines = [handle.readline(1 << 16).rstrip("\n") for _ in range(4)]
+    except (OSError, UnicodeDecodeError):
+        return False
+    return not headers.isdisjoint(first_lines)
 
 
 def results_table(rows: Sequence[ResultRow], *, fmt: str = "md", paper: bool = False, digits: int = 1) -> str:

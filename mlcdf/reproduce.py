@@ -41,10 +41,10 @@ from mlcdf.evaluate import METRICS_FILE, default_eval_dir, evaluate_run
 from mlcdf.graph import load_graph
 from mlcdf.graph.build import GraphConfig, build_graph
 from mlcdf.graph.embeddings import PAPER_WORD_EMBEDDING
-from mlcdf.io import atomic_open
+from mlcdf.io import atomic_open, check_file_replaceable
 from mlcdf.labels import SUBSETS
 from mlcdf.progress import ProgressFn, silent
-from mlcdf.report import ResultRow, load_result, results_table
+from mlcdf.report import ResultRow, is_report_file, load_result, results_table
 from mlcdf.training import CHECKPOINTS, LOG_FILE, RESUME_OVERRIDES, TrainCallbacks, TrainConfig, saved_run_options, train
 
 
@@ -254,10 +254,13 @@ def reproduce(
     """Run the plan of ``config`` (see the module docstring); ``log`` hears one line per step.
 
     Raises:
-        MlcdfError: bad options, a release that does not validate, or a graph that cannot be built.
-            A failing run does not raise: it is recorded in :attr:`ReproduceResult.failed`.
+        MlcdfError: bad options, a release that does not validate, a graph that cannot be built, or a
+            file at a table's name in OUT that is not an earlier table. A failing run does not raise:
+            it is recorded in :attr:`ReproduceResult.failed`.
     """
     config.check()
+    for table in [*map(config.report_path, config.subsets), _results_csv_path(config)]:  # before hours of work
+        check_file_replaceable(table, command="mlcdf reproduce", is_own=is_report_file)
     result = ReproduceResult()
     rows: dict[str, list[ResultRow]] = {}
     if config.smoke:
@@ -401,7 +404,11 @@ def _write_report(config: ReproduceConfig, subset: str, rows: list[ResultRow], l
     return path
 
 
+def _results_csv_path(config: ReproduceConfig) -> Path:
+    return Path(config.out) / "results.csv"
+
+
 def _write_results_csv(config: ReproduceConfig, rows: list[ResultRow]) -> None:
     if rows:
-        with atomic_open(Path(config.out) / "results.csv") as handle:
+        with atomic_open(_results_csv_path(config)) as handle:
             handle.write(results_table(rows, fmt="csv"))

@@ -13,7 +13,7 @@ from rich.table import Table
 from mlcdf.cli._console import err, out, rich_progress, warn
 from mlcdf.cli._options import Checkpoint, CheckpointOpt, Device, DeviceOpt, MaxPixelsOpt, QuietOpt, RunArg
 from mlcdf.errors import MlcdfError
-from mlcdf.io import atomic_open, check_output_apart
+from mlcdf.io import atomic_open, check_file_replaceable, check_output_apart, json_object_with
 
 if TYPE_CHECKING:
     from mlcdf.inference import ImagePredictions
@@ -49,6 +49,7 @@ def predict_command(
         raise MlcdfError(f"--out {out_file}: use a .csv or .json file name")
     if out_file is not None:
         check_output_apart(out_file, ("the run", run), *(("an input", path) for path in inputs if path.is_file()))
+        check_file_replaceable(out_file, command="mlcdf predict", is_own=is_predictions_file)
     from mlcdf.inference import predict_images
 
     result = predict_images(
@@ -107,6 +108,24 @@ def _write_predictions(result: ImagePredictions, path: Path) -> None:
             writer.writeheader()
             for row in rows:
                 writer.writerow({k: repr(v) if isinstance(v, float) else v for k, v in row.items()})
+
+
+#: A ``--out FILE.json`` (its keys).
+_is_predictions_json = json_object_with({"labels", "threshold", "predictions"})
+
+
+def is_predictions_file(path: Path) -> bool:
+    """``path`` holds what :func:`_write_predictions` writes: a CSV whose header is ``file_path``,
+    ``score_<label>`` columns, ``fake_score``, ``predicted``; or a JSON object with its keys."""
+    if path.suffix.lower() == ".json":
+        return _is_predictions_json(path)
+    try:
+        with open(path, encoding="utf-8", newline="") as handle:
+            header = next(csv.reader([handle.readline(1 << 20)]), [])
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return False
+    scores = header[1:-2]
+    return header[:1] + header[-2:] == ["file_path", "fake_score", "predicted"] and bool(scores) and all(name.startswith("score_") for name in scores)
 
 
 def explain_command(

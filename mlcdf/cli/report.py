@@ -10,7 +10,7 @@ import typer
 
 from mlcdf.cli._console import note
 from mlcdf.cli.evaluate import Split
-from mlcdf.io import atomic_open
+from mlcdf.io import atomic_open, check_file_replaceable
 
 
 class Format(str, Enum):
@@ -47,8 +47,10 @@ def report_command(
         mlcdf report runs/r50 runs/r101 --format latex --out table.tex
     """
     # Imported here: the evaluate stage pulls in scikit-learn, which every other command would pay for.
-    from mlcdf.report import load_result, results_table
+    from mlcdf.report import is_report_file, load_result, results_table
 
+    if out_file is not None:
+        check_file_replaceable(out_file, command="mlcdf report", is_own=is_report_file)
     text = results_table([load_result(path, split=split.value) for path in paths], fmt=fmt.value, paper=paper)
     if out_file is None:
         typer.echo(text, nl=False)

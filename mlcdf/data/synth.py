@@ -46,7 +46,16 @@ from mlcdf import __version__
 from mlcdf.data import synth_faces as faces
 from mlcdf.data.prepared import SPLITS, SYNTH_JSON
 from mlcdf.errors import MlcdfError
-from mlcdf.io import atomic_dir, atomic_open, atomic_path, check_replaceable, holds_file, write_json
+from mlcdf.io import (
+    atomic_dir,
+    atomic_open,
+    check_file_replaceable,
+    check_replaceable,
+    holds_file,
+    png_written_by,
+    save_png,
+    write_json,
+)
 from mlcdf.labels import REAL_FOLDER, SUBSETS, format_label_ids, ids_to_sequence, steps_of
 from mlcdf.progress import ProgressFn, silent
 
@@ -73,6 +82,7 @@ _JPEG_QUALITY = 95
 _README = "README.txt"
 #: A subset folder is replaced only when it is a previous synthetic subset (its synth.json).
 _SYNTH_OUTPUT = {"command": "mlcdf synth", "is_own": holds_file(SYNTH_JSON)}
+_PREVIEW_OUTPUT = {"command": "mlcdf synth", "is_own": png_written_by("mlcdf synth")}
 
 
 # --------------------------------------------------------------------------------------------- config
@@ -602,6 +612,8 @@ def generate(config: SynthConfig, progress: ProgressFn = silent) -> SynthResult:
     readme = root / _README
     if readme.exists() and not _is_own_readme(readme):
         raise MlcdfError(f"{readme}: exists and was not written by 'mlcdf synth'; not replacing it (choose another --out)")
+    if config.preview is not None:
+        check_file_replaceable(config.preview, **_PREVIEW_OUTPUT)
     start = time.perf_counter()
     images: dict[str, dict[str, int]] = {}
     reals: dict[str, dict[str, int]] = {}
@@ -752,8 +764,7 @@ def write_preview(path: str | Path, config: SynthConfig) -> Path:
             sheet.paste(tile, (x + column * (panel + pad), y))
         draw.text((x, y + panel + 2), text, fill="black", font=font)
     path = Path(path)
-    with atomic_path(path) as tmp:
-        sheet.save(tmp, format="PNG")
+    save_png(sheet, path, command=_PREVIEW_OUTPUT["command"])
     return path
 
 

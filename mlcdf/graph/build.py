@@ -16,7 +16,7 @@ from mlcdf.data.prepared import PreparedSubset, SplitTable, load_prepared
 from mlcdf.errors import MlcdfError
 from mlcdf.graph.cooccurrence import Adjacency, build_adjacency, count_cooccurrence
 from mlcdf.graph.embeddings import LabelEmbeddings, parse_embedding_source, word_embeddings
-from mlcdf.graph.graph_file import LabelGraph, json_path_for, save_graph
+from mlcdf.graph.graph_file import LabelGraph, check_graph_replaceable, json_path_for, save_graph
 from mlcdf.progress import ProgressFn, silent
 
 #: IML-GCN's backbone (DESIGN.md §4), for image embeddings.
@@ -127,9 +127,10 @@ def build_graph(config: GraphConfig, *, progress: ProgressFn = silent) -> GraphR
     The graph files appear only when every step succeeds (``cache`` may leave an image cache behind).
 
     Raises:
-        MlcdfError: a missing or malformed input, an unusable embedding source, or a label without any
-            known word.
+        MlcdfError: a missing or malformed input, an unusable embedding source, a label without any
+            known word, or an output name taken by a file that is not an earlier graph.
     """
+    check_graph_replaceable(config.out)
     prepared = load_prepared(config.prepared)
     table = prepared.read_split(GRAPH_SPLIT)
     if len(table) == 0:

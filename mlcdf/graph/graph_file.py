@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from mlcdf.errors import MissingArtifactError, SchemaError, first_line
-from mlcdf.io import atomic_path, read_json_object, write_json
+from mlcdf.io import atomic_path, check_file_replaceable, json_object_with, read_json_object, write_json
 
 ARRAYS = ("labels", "label_counts", "cooccurrence", "A", "A_hat", "embeddings")
 
@@ -60,6 +60,25 @@ class LabelGraph:
 
 def json_path_for(npz_path: str | Path) -> Path:
     return Path(npz_path).with_suffix(".json")
+
+
+#: Keys every build record has (``mlcdf.graph.build``): how a ``.json`` beside a graph is known as one.
+_is_build_record = json_object_with({"subset", "labels", "t", "p", "embedding"})
+
+
+def check_graph_replaceable(path: str | Path) -> None:
+    """Raise unless ``path`` and its ``.json`` are absent or an earlier graph (see :func:`check_file_replaceable`)."""
+    check_file_replaceable(path, command="mlcdf build-graph", is_own=_is_graph_archive)
+    check_file_replaceable(json_path_for(path), command="mlcdf build-graph", is_own=_is_build_record)
+
+
+def _is_graph_archive(path: Path) -> bool:
+    """An ``.npz`` (a zip of ``.npy`` files) holding the contract's arrays; only its member names are read."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return {f"{name}.npy" for name in ARRAYS} <= set(archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
 
 
 def save_graph(path: str | Path, graph: LabelGraph) -> None:
