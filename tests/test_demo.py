@@ -50,3 +50,14 @@ def test_demo_script_prints_the_report_and_learns(tmp_path):
         assert shown[run] == pytest.approx(test_map, abs=0.051)  # the report shows one decimal
         if run in DIRECT_RUNS:
             assert test_map > chance + MARGIN, f"{run}: test mAP {test_map:.1f} is not clearly above chance ({chance:.1f})"
+
+
+def test_demo_does_not_replace_a_folder_it_did_not_write(tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    env = {**os.environ, "MLCDF": f"{sys.executable} -m mlcdf", "DEMO_DIR": str(mine)}
+    result = subprocess.run(["bash", str(REPO / "scripts" / "demo.sh")], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "not written by demo.sh" in result.stderr
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"] and (mine / "notes.txt").read_text() == "keep me"
