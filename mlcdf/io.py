@@ -205,6 +205,18 @@ def recover_dir(path: str | Path) -> None:
         os.replace(old, path)  # cut between the two renames: the previous output goes back
 
 
+def _exists_or_can_be_created(path: Path) -> bool:
+    """True when ``path`` exists; False when it does not but can be created.
+
+    Raises:
+        MlcdfError: one of ``path``'s parents is a file.
+    """
+    blocker = _blocking_file(path)
+    if blocker is not None:
+        raise MlcdfError(f"{path}: cannot create it, {blocker} is not a folder")
+    return os.path.lexists(path)
+
+
 def check_replaceable(path: str | Path, *, command: str, is_own: Callable[[Path], bool]) -> None:
     """Raise unless :func:`atomic_dir` may write ``path``: absent, an empty folder, or ``command``'s own output.
 
@@ -212,10 +224,7 @@ def check_replaceable(path: str | Path, *, command: str, is_own: Callable[[Path]
         MlcdfError: ``path`` (or one of its parents) is a file, or a folder ``command`` did not write.
     """
     path = Path(path)
-    blocker = _blocking_file(path)
-    if blocker is not None:
-        raise MlcdfError(f"{path}: cannot create it, {blocker} is not a folder")
-    if not os.path.lexists(path):
+    if not _exists_or_can_be_created(path):
         return
     if not path.is_dir():
         raise MlcdfError(f"{path}: exists and is not a folder; not replacing it (choose another output)")
@@ -239,10 +248,7 @@ def check_file_replaceable(path: str | Path, *, command: str, is_own: Callable[[
             ``is_own`` does not recognise.
     """
     path = Path(path)
-    blocker = _blocking_file(path)
-    if blocker is not None:
-        raise MlcdfError(f"{path}: cannot create it, {blocker} is not a folder")
-    if not os.path.lexists(path):
+    if not _exists_or_can_be_created(path):
         return
     if path.is_symlink() or not path.is_file():
         raise MlcdfError(f"{path}: exists and is not a plain file; not replacing it (choose another output)")
