@@ -16,6 +16,7 @@ from mlcdf.data.dataset import build_image_cache
 from mlcdf.data.images import DEFAULT_MAX_PIXELS, load_rgb, verify_image
 from mlcdf.data.prepared import load_prepared
 from mlcdf.errors import MlcdfError, SchemaError
+from mlcdf.training import TrainConfig, train
 from toy import write_toy_prepared
 
 runner = CliRunner()
@@ -247,3 +248,36 @@ def test_image_embeddings_name_a_bomb(tmp_path):
     with pytest.raises(MlcdfError, match=r"000002\.png: .*exceeds the limit"):
         build_graph(config)
     assert not (tmp_path / "g.npz").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Undecodable images read without the cache (decoded batch by batch, possibly in DataLoader workers)
+
+
+def corrupt(prepared_dir: Path, split: str, row: int) -> Path:
+    """Replace the image of ``row`` of ``split`` with bytes that are no image; returns its path."""
+    prepared = load_prepared(prepared_dir)
+    victim = prepared.image_path(prepared.read_split(split).file_paths[row])
+    victim.write_bytes(b"not an image")
+    return victim
+
+
+@pytest.mark.parametrize("workers", [0, 1], ids=["in-process", "in-a-worker"])
+def test_train_no_cache_names_an_undecodable_image(tmp_path, workers):
+    prepared = write_toy_prepared(tmp_path, {"train": 4, "val": 4})
+    victim = corrupt(prepared, "train", 2)
+    flat = one_line(invoke("train", "--prepared", prepared, "--model", "timm:test_resnet", "--out", tmp_path / "run",
+                           "--no-cache", "--workers", workers, "--epochs", 1, "--batch-size", 4, "--image-size", 16,
+                           "--device", "cpu", "--quiet"))
+    assert f"{victim}: cannot decode" in flat and "DataLoader" not in flat
+
+
+def test_evaluate_of_a_no_cache_run_names_an_undecodable_image(tmp_path):
+    prepared = write_toy_prepared(tmp_path, {"train": 4, "val": 4, "test": 4})
+    run = tmp_path / "run"
+    train(TrainConfig(prepared=str(prepared), model="timm:test_resnet", out=str(run), epochs=1, batch_size=4,
+                      image_size=16, workers=0, device="cpu", cache=False))
+    victim = corrupt(prepared, "test", 3)
+    flat = one_line(invoke("evaluate", "--run", run, "--device", "cpu", "--quiet"))
+    assert f"{victim}: cannot decode" in flat
+    assert not (run / "eval").exists()
