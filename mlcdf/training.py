@@ -47,7 +47,7 @@ from mlcdf.ema import ModelEma
 from mlcdf.engine import StepInfo, predict, train_one_epoch
 from mlcdf.errors import MlcdfError, SchemaError
 from mlcdf.graph import LabelGraph, load_graph, save_graph
-from mlcdf.io import atomic_open, file_lock, read_json_object, write_json
+from mlcdf.io import atomic_open, check_output_apart, file_lock, read_json_object, write_json
 from mlcdf.losses import create_loss
 from mlcdf.metrics import NoPositivesWarning, average_precision
 from mlcdf.models import create_model
@@ -455,6 +455,7 @@ def train(config: TrainConfig, *, resume: bool = False, callbacks: TrainCallback
     elif last_path.is_file():
         raise MlcdfError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
     config = config.resolve()
+    check_output_apart(run_dir, ("--prepared", config.prepared))
     if config.tensorboard is not None:
         require_tensorboard()
     dist_info = launch_info()

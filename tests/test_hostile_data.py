@@ -103,6 +103,46 @@ def test_build_graph_into_the_prepared_folder_is_refused(tmp_path):
     assert not (prepared / "g.npz").exists()
 
 
+@pytest.mark.parametrize("where", ["inside", "equal", "containing"])
+def test_train_out_overlapping_the_prepared_folder_is_refused(tmp_path, where):
+    prepared = write_toy_prepared(tmp_path / "data", {"train": 4, "val": 4})
+    out = {"inside": prepared / "run", "equal": prepared, "containing": tmp_path / "data"}[where]
+    before = file_tree(tmp_path)
+    flat = one_line(invoke("train", "--prepared", prepared, "--model", "timm:test_resnet", "--out", out, "--epochs", 1,
+                           "--batch-size", 4, "--image-size", 16, "--workers", 0, "--device", "cpu", "--quiet"))
+    assert f"{out}: the output" in flat and "--prepared" in flat
+    assert file_tree(tmp_path) == before and not (prepared / "run").exists()
+
+
+@pytest.mark.parametrize("flag", ["--predictions", "--val-predictions"])
+def test_evaluate_out_containing_the_predictions_it_reads_is_refused(tmp_path, flag):
+    from mlcdf.evaluate import write_predictions
+    from test_evaluate import make_predictions
+
+    given = tmp_path / "given.csv"
+    write_predictions(given, make_predictions())
+    earlier = tmp_path / "eval"  # an earlier evaluation, whose predictions.csv is read again
+    assert invoke("evaluate", "--predictions", given, "--out", earlier, "--quiet").exit_code == 0
+    inputs = {"--predictions": given, "--val-predictions": given, flag: earlier / "predictions.csv"}
+    before = file_tree(earlier)
+    flat = one_line(invoke("evaluate", "--predictions", inputs["--predictions"], "--out", earlier, "--quiet",
+                           "--tune-thresholds", "--val-predictions", inputs["--val-predictions"]))
+    assert f"{earlier}: the output contains {flag}" in flat
+    assert file_tree(earlier) == before
+
+
+def test_evaluate_into_the_predictions_file_is_refused(tmp_path):
+    from mlcdf.evaluate import evaluate_predictions_file, write_predictions
+    from test_evaluate import make_predictions
+
+    given = tmp_path / "given.csv"
+    write_predictions(given, make_predictions())
+    content = given.read_bytes()
+    with pytest.raises(MlcdfError, match="the output is --predictions"):
+        evaluate_predictions_file(given, given)
+    assert given.read_bytes() == content
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Image paths stay inside the dataset root
 
