@@ -54,7 +54,7 @@ from mlcdf.metrics import (
     tune_thresholds,
 )
 from mlcdf.errors import MissingArtifactError, MlcdfError, SchemaError
-from mlcdf.io import atomic_dir, atomic_open, check_replaceable, holds_file, read_csv_rows, read_json_object, write_json
+from mlcdf.io import atomic_dir, atomic_open, check_output_apart, check_replaceable, holds_file, read_csv_rows, read_json_object, write_json
 from mlcdf.progress import ProgressFn, silent
 
 PREDICTIONS_FILE = "predictions.csv"
@@ -513,6 +513,7 @@ def evaluate_predictions_file(
     Returns:
         The metrics.json document.
     """
+    check_output_apart(out_dir, ("--predictions", predictions_path), ("--val-predictions", tune_on_path))
     predictions = read_predictions(predictions_path)
     tune_on = None if tune_on_path is None else read_predictions(tune_on_path, labels=predictions.labels)
     return write_evaluation(out_dir, predictions, threshold=threshold, tune_on=tune_on)

@@ -47,19 +47,21 @@ from mlcdf.ema import ModelEma
 from mlcdf.engine import StepInfo, predict, train_one_epoch
 from mlcdf.errors import MlcdfError, SchemaError
 from mlcdf.graph import LabelGraph, load_graph, save_graph
-from mlcdf.io import atomic_open, file_lock, read_json_object, write_json
+from mlcdf.io import atomic_open, check_output_apart, file_lock, read_json_object, write_json
 from mlcdf.losses import create_loss
 from mlcdf.metrics import NoPositivesWarning, average_precision
 from mlcdf.models import create_model
 from mlcdf.progress import ProgressFn, silent
+from mlcdf.tensorboard_log import TensorBoardCallbacks, require_tensorboard
 
 CONFIG_FILE = "config.json"
 LOG_FILE = "log.jsonl"
 GRAPH_FILE = "graph.npz"
 CHECKPOINTS = "checkpoints"
 #: The options a resumed run takes from the caller, not from its checkpoint: where it is (``out``: a
-#: copied or moved run resumes where it is now) and where and how fast it runs, not what it computes.
-RESUME_OVERRIDES = ("out", "device", "workers")
+#: copied or moved run resumes where it is now), where and how fast it runs and where it shows its
+#: curves (``tensorboard``), not what it computes.
+RESUME_OVERRIDES = ("out", "device", "workers", "tensorboard")
 #: The most DataLoader worker processes a run may ask for; each holds a copy of the dataset's state.
 MAX_WORKERS = 64
 #: What ``last.pt`` must hold to resume a run.
@@ -112,6 +114,7 @@ class TrainConfig:
     val_fraction: float = 0.1
     flip: bool = True
     jitter: float = 0.1
+    tensorboard: str | None = None
 
     def resolve(self) -> "TrainConfig":
         """Fill recipe defaults and check values; raises MlcdfError on a bad combination."""
@@ -452,12 +455,18 @@ def train(config: TrainConfig, *, resume: bool = False, callbacks: TrainCallback
     elif last_path.is_file():
         raise MlcdfError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
     config = config.resolve()
+    check_output_apart(run_dir, ("--prepared", config.prepared))
+    if config.tensorboard is not None:
+        require_tensorboard()
     dist_info = launch_info()
     prepared = load_prepared(config.prepared)
     data = _build_data(prepared, config, dist_info, progress)  # before the process group: see _build_data
     init_distributed("cuda" if config.device != "cpu" and torch.cuda.is_available() else "cpu")
+    board = None
+    if config.tensorboard is not None and dist_info.is_main:
+        board = TensorBoardCallbacks(config.tensorboard, callbacks, resume_state["history"] if resume_state else [])
     try:
-        return _train(config, run_dir, resume_state, dist_info, prepared, data, callbacks)
+        return _train(config, run_dir, resume_state, dist_info, prepared, data, board or callbacks)
     except torch.OutOfMemoryError:
         smaller = max(1, config.batch_size // 2)
         raise MlcdfError(
@@ -465,6 +474,8 @@ def train(config: TrainConfig, *, resume: bool = False, callbacks: TrainCallback
             f"try --batch-size {smaller}"
         ) from None
     finally:
+        if board is not None:
+            board.close()
         shutdown_distributed()
 
 

@@ -41,6 +41,21 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(scope="session")
+def toy_run(tmp_path_factory) -> Path:
+    """A run trained for one epoch on a toy subset, once per session, for the commands that read a run
+    (predict, explain, export). Tests read it and must not write into it."""
+    from mlcdf.training import TrainConfig, train
+    from toy import write_toy_prepared
+
+    folder = tmp_path_factory.mktemp("toy_run")
+    prepared = write_toy_prepared(folder, {"train": 24, "val": 8})
+    out = folder / "run"
+    train(TrainConfig(prepared=str(prepared), model="timm:test_resnet", out=str(out), epochs=1, batch_size=8,
+                      image_size=32, workers=0, device="cpu", patience=0))
+    return out
+
+
 def write_image(path: Path, size: int = 16, seed: int = 0) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     pixels = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)

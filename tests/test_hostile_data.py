@@ -16,6 +16,7 @@ from mlcdf.data.dataset import build_image_cache
 from mlcdf.data.images import DEFAULT_MAX_PIXELS, load_rgb, verify_image
 from mlcdf.data.prepared import load_prepared
 from mlcdf.errors import MlcdfError, SchemaError
+from mlcdf.training import TrainConfig, train
 from toy import write_toy_prepared
 
 runner = CliRunner()
@@ -100,6 +101,46 @@ def test_build_graph_into_the_prepared_folder_is_refused(tmp_path):
     flat = one_line(invoke("build-graph", "--prepared", prepared, "--out", prepared / "g.npz"))
     assert "inside --prepared" in flat
     assert not (prepared / "g.npz").exists()
+
+
+@pytest.mark.parametrize("where", ["inside", "equal", "containing"])
+def test_train_out_overlapping_the_prepared_folder_is_refused(tmp_path, where):
+    prepared = write_toy_prepared(tmp_path / "data", {"train": 4, "val": 4})
+    out = {"inside": prepared / "run", "equal": prepared, "containing": tmp_path / "data"}[where]
+    before = file_tree(tmp_path)
+    flat = one_line(invoke("train", "--prepared", prepared, "--model", "timm:test_resnet", "--out", out, "--epochs", 1,
+                           "--batch-size", 4, "--image-size", 16, "--workers", 0, "--device", "cpu", "--quiet"))
+    assert f"{out}: the output" in flat and "--prepared" in flat
+    assert file_tree(tmp_path) == before and not (prepared / "run").exists()
+
+
+@pytest.mark.parametrize("flag", ["--predictions", "--val-predictions"])
+def test_evaluate_out_containing_the_predictions_it_reads_is_refused(tmp_path, flag):
+    from mlcdf.evaluate import write_predictions
+    from test_evaluate import make_predictions
+
+    given = tmp_path / "given.csv"
+    write_predictions(given, make_predictions())
+    earlier = tmp_path / "eval"  # an earlier evaluation, whose predictions.csv is read again
+    assert invoke("evaluate", "--predictions", given, "--out", earlier, "--quiet").exit_code == 0
+    inputs = {"--predictions": given, "--val-predictions": given, flag: earlier / "predictions.csv"}
+    before = file_tree(earlier)
+    flat = one_line(invoke("evaluate", "--predictions", inputs["--predictions"], "--out", earlier, "--quiet",
+                           "--tune-thresholds", "--val-predictions", inputs["--val-predictions"]))
+    assert f"{earlier}: the output contains {flag}" in flat
+    assert file_tree(earlier) == before
+
+
+def test_evaluate_into_the_predictions_file_is_refused(tmp_path):
+    from mlcdf.evaluate import evaluate_predictions_file, write_predictions
+    from test_evaluate import make_predictions
+
+    given = tmp_path / "given.csv"
+    write_predictions(given, make_predictions())
+    content = given.read_bytes()
+    with pytest.raises(MlcdfError, match="the output is --predictions"):
+        evaluate_predictions_file(given, given)
+    assert given.read_bytes() == content
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -247,3 +288,36 @@ def test_image_embeddings_name_a_bomb(tmp_path):
     with pytest.raises(MlcdfError, match=r"000002\.png: .*exceeds the limit"):
         build_graph(config)
     assert not (tmp_path / "g.npz").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Undecodable images read without the cache (decoded batch by batch, possibly in DataLoader workers)
+
+
+def corrupt(prepared_dir: Path, split: str, row: int) -> Path:
+    """Replace the image of ``row`` of ``split`` with bytes that are no image; returns its path."""
+    prepared = load_prepared(prepared_dir)
+    victim = prepared.image_path(prepared.read_split(split).file_paths[row])
+    victim.write_bytes(b"not an image")
+    return victim
+
+
+@pytest.mark.parametrize("workers", [0, 1], ids=["in-process", "in-a-worker"])
+def test_train_no_cache_names_an_undecodable_image(tmp_path, workers):
+    prepared = write_toy_prepared(tmp_path, {"train": 4, "val": 4})
+    victim = corrupt(prepared, "train", 2)
+    flat = one_line(invoke("train", "--prepared", prepared, "--model", "timm:test_resnet", "--out", tmp_path / "run",
+                           "--no-cache", "--workers", workers, "--epochs", 1, "--batch-size", 4, "--image-size", 16,
+                           "--device", "cpu", "--quiet"))
+    assert f"{victim}: cannot decode" in flat and "DataLoader" not in flat
+
+
+def test_evaluate_of_a_no_cache_run_names_an_undecodable_image(tmp_path):
+    prepared = write_toy_prepared(tmp_path, {"train": 4, "val": 4, "test": 4})
+    run = tmp_path / "run"
+    train(TrainConfig(prepared=str(prepared), model="timm:test_resnet", out=str(run), epochs=1, batch_size=4,
+                      image_size=16, workers=0, device="cpu", cache=False))
+    victim = corrupt(prepared, "test", 3)
+    flat = one_line(invoke("evaluate", "--run", run, "--device", "cpu", "--quiet"))
+    assert f"{victim}: cannot decode" in flat
+    assert not (run / "eval").exists()

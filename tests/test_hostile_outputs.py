@@ -13,21 +13,10 @@ from mlcdf.cli.main import app
 from mlcdf.errors import MlcdfError
 from mlcdf.io import check_file_replaceable
 from mlcdf.reproduce import ReproduceConfig, reproduce
-from mlcdf.training import TrainConfig, train
 from test_report import R101, write_metrics
 from toy import toy_image, write_toy_prepared
 
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("outputs")
-    prepared = write_toy_prepared(folder, {"train": 16, "val": 8})
-    out = folder / "run"
-    train(TrainConfig(prepared=str(prepared), model="timm:test_resnet", out=str(out), epochs=1, batch_size=8,
-                      image_size=32, workers=0, device="cpu", patience=0))
-    return out
 
 
 @pytest.fixture
@@ -58,50 +47,50 @@ def a_png(path: Path) -> bytes:
 
 
 @pytest.mark.parametrize("name", ["notes.csv", "notes.json"])
-def test_predict_keeps_a_foreign_file_and_replaces_its_own(run, image, tmp_path, name):
+def test_predict_keeps_a_foreign_file_and_replaces_its_own(toy_run, image, tmp_path, name):
     out = tmp_path / name
     content = foreign(out, b'{"labels": ["mine"]}\n' if name.endswith(".json") else b"file_path,comment\nx.png,mine\n")
-    assert_refused(runner.invoke(app, ["predict", str(run), str(image), "--out", str(out)]), out, content, "mlcdf predict")
+    assert_refused(runner.invoke(app, ["predict", str(toy_run), str(image), "--out", str(out)]), out, content, "mlcdf predict")
     out.unlink()
     for _ in range(2):  # the second run replaces the first one's file
-        result = runner.invoke(app, ["predict", str(run), str(image), "--out", str(out)])
+        result = runner.invoke(app, ["predict", str(toy_run), str(image), "--out", str(out)])
         assert result.exit_code == 0, result.output
     assert out.read_bytes() != content and "face.png" in out.read_text()
 
 
-def test_explain_keeps_a_foreign_png_and_replaces_its_own(run, image, tmp_path):
+def test_explain_keeps_a_foreign_png_and_replaces_its_own(toy_run, image, tmp_path):
     out = tmp_path / "explain"
     strip = out / "face_all.png"
     content = a_png(strip)
-    result = runner.invoke(app, ["explain", str(run), str(image), "--out", str(out)])
+    result = runner.invoke(app, ["explain", str(toy_run), str(image), "--out", str(out)])
     assert_refused(result, strip, content, "mlcdf explain")
     assert sorted(path.name for path in out.iterdir()) == ["face_all.png"]  # refused before any overlay
     strip.unlink()
     for _ in range(2):
-        result = runner.invoke(app, ["explain", str(run), str(image), "--out", str(out)])
+        result = runner.invoke(app, ["explain", str(toy_run), str(image), "--out", str(out)])
         assert result.exit_code == 0, result.output
     with Image.open(strip) as written:
         assert written.info["Software"] == "mlcdf explain"
 
 
-def test_export_keeps_a_foreign_onnx_or_json(run, tmp_path):
+def test_export_keeps_a_foreign_onnx_or_json(toy_run, tmp_path):
     pytest.importorskip("onnxruntime")
     out = tmp_path / "m.onnx"
     content = foreign(out, b"another tool's model")
-    assert_refused(runner.invoke(app, ["export", str(run), "--onnx", str(out)]), out, content, "mlcdf export")
+    assert_refused(runner.invoke(app, ["export", str(toy_run), "--onnx", str(out)]), out, content, "mlcdf export")
     out.unlink()
     record = out.with_suffix(".json")
     content = foreign(record, b'{"labels": ["mine"]}')
-    assert_refused(runner.invoke(app, ["export", str(run), "--onnx", str(out)]), record, content, "mlcdf export")
+    assert_refused(runner.invoke(app, ["export", str(toy_run), "--onnx", str(out)]), record, content, "mlcdf export")
     assert not out.exists()
 
 
 @pytest.mark.slow  # two exports, 11 s
-def test_export_replaces_its_own(run, tmp_path):
+def test_export_replaces_its_own(toy_run, tmp_path):
     pytest.importorskip("onnxruntime")
     out = tmp_path / "m.onnx"
     for _ in range(2):
-        result = runner.invoke(app, ["export", str(run), "--onnx", str(out)])
+        result = runner.invoke(app, ["export", str(toy_run), "--onnx", str(out)])
         assert result.exit_code == 0, result.output
     assert json.loads(out.with_suffix(".json").read_text())["opset"] == 18
 

@@ -120,7 +120,8 @@ def train_command(
     val_fraction: Annotated[float, typer.Option("--val-fraction", help="Share of train held out for validation when there is no val split.")] = 0.1,
     flip: Annotated[bool, typer.Option("--flip/--no-flip", help="Random horizontal flips.")] = True,
     jitter: Annotated[float, typer.Option("--jitter", min=0.0, max=0.5, help="Brightness/contrast/saturation jitter strength (0 disables).")] = 0.1,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out (where it is now, even if copied or moved) from checkpoints/last.pt, with its saved options; --device and --workers may change.")] = False,
+    tensorboard: Annotated[Optional[Path], typer.Option("--tensorboard", help="Also write each epoch's loss, learning rate, val mAP (plain and EMA) and images/s as TensorBoard event files into this folder (one per run; view with 'tensorboard --logdir PARENT'). Needs pip install 'mlcdf[tensorboard]'; a --resume may set or change it.", file_okay=False)] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out (where it is now, even if copied or moved) from checkpoints/last.pt, with its saved options; --device, --workers and --tensorboard may change.")] = False,
     config: Annotated[Optional[Path], typer.Option("--config", help="TOML or JSON file of these options (snake_case keys); flags override it.", dir_okay=False, exists=True)] = None,
     quiet: QuietOpt = False,
 ) -> None:

@@ -33,6 +33,8 @@ from mlcdf.io import atomic_path, write_json
 from mlcdf.progress import ProgressFn, silent
 
 CACHE_FOLDER = "cache"
+#: The key of a batch that stands for an image that could not be read (see :class:`MultiLabelImages`).
+UNREADABLE = "unreadable"
 
 
 def _fingerprint(table: SplitTable) -> str:
@@ -102,11 +104,7 @@ def build_image_cache(
             array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(table), size, size, 3))
 
             def decode(index: int) -> int:
-                image_path = prepared.image_path(table.file_paths[index])
-                try:
-                    array[index] = load_rgb(image_path, size)
-                except OSError as error:
-                    raise MlcdfError(f"{image_path}: cannot decode ({error})") from None
+                array[index] = read_image(prepared.image_path(table.file_paths[index]), size)
                 return index
 
             with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -118,6 +116,18 @@ def build_image_cache(
     except OSError as error:  # a read-only or full disk: the stale cache cannot be replaced
         raise MlcdfError(f"{path}: cannot write the image cache ({error.strerror or error})") from None
     return path
+
+
+def read_image(path: Path, size: int) -> np.ndarray:
+    """A dataset image decoded at ``size`` x ``size``.
+
+    Raises:
+        MlcdfError: it cannot be read or decoded, naming the file.
+    """
+    try:
+        return load_rgb(path, size)
+    except OSError as error:
+        raise MlcdfError(f"{path}: cannot decode ({error})") from None
 
 
 class ImageSource(Protocol):
@@ -166,13 +176,7 @@ class FileSource:
         return len(self.paths)
 
     def read(self, indices: list[int]) -> np.ndarray:
-        return np.stack([self._decode(self.paths[i]) for i in indices])
-
-    def _decode(self, path: Path) -> np.ndarray:
-        try:
-            return load_rgb(path, self.size)
-        except OSError as error:
-            raise OSError(f"{path}: {error}") from None
+        return np.stack([read_image(self.paths[i], self.size) for i in indices])
 
 
 class RowSource:
@@ -203,6 +207,11 @@ class MultiLabelImages(torch.utils.data.Dataset):
     Keys are ``(epoch, index)`` pairs from :class:`EpochSampler`; ``__getitems__`` returns one collated
     batch dict with ``images`` (uint8, B x S x S x 3), ``targets`` (float32, B x C), ``indices`` (int64)
     and the augmentation parameters ``flip``, ``brightness``, ``contrast``, ``saturation`` (B,).
+
+    A batch with an image that cannot be decoded is ``{UNREADABLE: message}`` instead, and
+    :func:`to_model_input` raises it: returned rather than raised, because a DataLoader re-raises a
+    worker's exception with the worker's traceback folded into its message, and the user's error would
+    no longer be one line.
     """
 
     def __init__(self, source: ImageSource, targets: np.ndarray, *, augment: Augment | None = None, seed: int = 0) -> None:
@@ -221,8 +230,12 @@ class MultiLabelImages(torch.utils.data.Dataset):
 
     def __getitems__(self, keys: list[tuple[int, int]]) -> dict:
         indices = [int(index) for _, index in keys]
+        try:
+            images = self.source.read(indices)
+        except MlcdfError as error:
+            return {UNREADABLE: str(error)}
         batch = {
-            "images": torch.from_numpy(self.source.read(indices)),
+            "images": torch.from_numpy(images),
             "targets": torch.from_numpy(self.targets[indices]),
             "indices": torch.tensor(indices, dtype=torch.int64),
         }
@@ -277,7 +290,12 @@ def to_model_input(
 
     Returns float32 (B, 3, S, S). The uint8 NHWC tensor is permuted, not copied, so the result is in
     channels_last memory format already; ``channels_last=False`` makes it contiguous NCHW.
+
+    Raises:
+        MlcdfError: the batch could not be read (see :class:`MultiLabelImages`), naming the image.
     """
+    if UNREADABLE in batch:
+        raise MlcdfError(batch[UNREADABLE])
     non_blocking = device.type == "cuda"
     images = batch["images"].to(device, non_blocking=non_blocking)
     x = images.permute(0, 3, 1, 2).float().div_(255.0)

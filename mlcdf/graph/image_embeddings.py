@@ -182,7 +182,7 @@ def extract_features(
         source = CachedSource(build_image_cache(prepared, "train", encoder.image_size, table=table, progress=progress))
     else:
         paths = [prepared.image_path(file_path) for file_path in table.file_paths]
-        # Checked here rather than in the loader's worker processes, where the error would lose its one line.
+        # Checked up front, to name the split file that lists a missing image.
         missing = next((path for path in paths if not path.is_file()), None)
         if missing is not None:
             raise MissingArtifactError(missing, f"a training image listed in {prepared.split_path('train')}")
@@ -197,15 +197,10 @@ def extract_features(
     )
     module = encoder.module.to(device)
     chunks = []
-    try:
-        with torch.inference_mode():
-            for batch in progress(loader, "Image features", total=len(loader)):
-                images = to_model_input(batch, device, encoder.mean, encoder.std)
-                chunks.append(encoder.encode(module, images).float().cpu().numpy())
-    except OSError as error:
-        # A decoding failure, possibly re-raised from a worker with its traceback folded into the message.
-        reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
-        raise MlcdfError(f"cannot read a training image of {prepared.path} ({reason})") from None
+    with torch.inference_mode():
+        for batch in progress(loader, "Image features", total=len(loader)):
+            images = to_model_input(batch, device, encoder.mean, encoder.std)  # raises an undecodable image's error
+            chunks.append(encoder.encode(module, images).float().cpu().numpy())
     return np.concatenate(chunks).astype(np.float32)
 
 
