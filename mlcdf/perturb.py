@@ -40,7 +40,8 @@ How each follows the reference (``x`` is a pixel in [0, 255]):
 - jpeg, webp: Pillow's encoder at the quality, decoded again (4:2:0 chroma subsampling, Pillow's default).
 
 Only ``noise`` and ``block`` draw random numbers; :func:`apply` takes their seed, so a perturbed image is
-a function of (image, condition, seed). Level 0 is no perturbation.
+a function of (image, condition, seed). Level 0 is no perturbation. :func:`draw_condition` draws a
+random condition from a seed (training augmentation, ``mlcdf perturb --spec random``).
 
 Spec strings (:func:`parse_spec`) name conditions: ``jpeg:1,3,5`` (levels 1, 3, 5), ``jpeg`` (levels 1
 to 5), ``all`` (every type, every level); several specs are joined with ``+`` or given one by one. The
@@ -241,3 +242,17 @@ def parse_spec(specs: str | Iterable[str]) -> list[Condition]:
 
 def all_conditions() -> list[Condition]:
     return parse_spec(ALL)
+
+
+def draw_condition(seed: int | Sequence[int], probability: float = 1.0) -> Condition:
+    """A random condition for ``seed``: with ``probability``, a type and level drawn uniformly from
+    :func:`all_conditions`, else clean. The same seed always draws the same condition.
+
+    Used per training image (``train --augment-perturb``) and per image of ``mlcdf perturb --spec random``;
+    :func:`apply` then takes the same seed for the condition's own draws.
+    """
+    rng = np.random.default_rng(seed)
+    if rng.random() >= probability:
+        return CLEAN_CONDITION
+    conditions = all_conditions()
+    return conditions[int(rng.integers(len(conditions)))]

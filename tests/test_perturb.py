@@ -191,3 +191,63 @@ def test_bad_specs_say_what_is_valid(spec, fragment):
     assert "\n" not in message
     if "unknown" in fragment or "empty" in fragment:
         assert all(name in message for name in perturb.PERTURBATIONS)
+
+
+class ArraySource:
+    """Rows of an in-memory uint8 array (an ImageSource)."""
+
+    def __init__(self, images: np.ndarray) -> None:
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def read(self, indices: list[int]) -> np.ndarray:
+        return self.images[indices].copy()
+
+
+def augmented(probability: float, keys: list[tuple[int, int]], seed: int = 5) -> np.ndarray:
+    from mlcdf.data.dataset import Augment, MultiLabelImages
+
+    images = np.stack([pixels(smooth_image(32, seed=i)).astype(np.uint8) for i in range(40)])
+    dataset = MultiLabelImages(ArraySource(images), np.zeros((40, 2)), augment=Augment(perturb=probability), seed=seed)
+    return dataset.__getitems__(keys)["images"].numpy()
+
+
+def test_augment_perturb_is_drawn_per_seed_epoch_and_image():
+    keys = [(epoch, index) for epoch in (0, 1) for index in range(40)]
+    batch = augmented(1.0, keys)
+    # A key's image is the same alone or in another batch: the draw depends on (seed, epoch, image) only.
+    np.testing.assert_array_equal(augmented(1.0, [(1, 7)])[0], batch[keys.index((1, 7))])
+    np.testing.assert_array_equal(augmented(1.0, [(1, 7), (0, 3)]), batch[[keys.index((1, 7)), keys.index((0, 3))]])
+    # By hand: the condition and its own draws come from (seed, epoch, image, stream 1).
+    for epoch, index in [(0, 3), (1, 3), (1, 30)]:
+        seed = (5, epoch, index, 1)
+        expected = apply(smooth_image(32, seed=index), perturb.draw_condition(seed), seed)
+        np.testing.assert_array_equal(batch[keys.index((epoch, index))], pixels(expected))
+    # Another epoch or seed draws other perturbations.
+    assert not np.array_equal(batch[:40], batch[40:])
+    assert not np.array_equal(augmented(1.0, keys[:40], seed=6), batch[:40])
+
+
+def test_augment_perturb_probability():
+    keys = [(0, index) for index in range(40)]
+    clean = augmented(0.0, keys)
+    changed = (augmented(0.5, keys) != clean).any(axis=(1, 2, 3))
+    expected = [perturb.draw_condition((5, 0, index, 1), 0.5).level > 0 for index in range(40)]
+    assert changed.tolist() == expected and 10 <= sum(expected) <= 30
+    assert (augmented(1.0, keys) != clean).any(axis=(1, 2, 3)).sum() >= 35  # a level can leave a smooth image unchanged
+
+
+def test_draw_condition_covers_every_type():
+    drawn = {perturb.draw_condition((0, i)).name for i in range(400)}
+    assert drawn == set(perturb.PERTURBATIONS)
+    assert perturb.draw_condition((0, 1), 0.0) == CLEAN_CONDITION
+
+
+def test_train_config_checks_augment_perturb():
+    from mlcdf.training import TrainConfig
+
+    assert TrainConfig(prepared="p", model="m", out="o", augment_perturb=0.3).resolve().augment_perturb == 0.3
+    with pytest.raises(MlcdfError, match="augment_perturb must be a probability"):
+        TrainConfig(prepared="p", model="m", out="o", augment_perturb=1.5).resolve()
