@@ -279,6 +279,22 @@ def plot_robustness(path: Path, rows: list[dict], title: str = "mAP under pertur
     figure.savefig(path, dpi=120)
 
 
+def robustness_file(path: str | Path, split: str = "test") -> Path:
+    """The robustness.csv of an evaluation folder, or of a run folder's ``eval/<split>``."""
+    path = Path(path)
+    return path / ROBUSTNESS_CSV if (path / ROBUSTNESS_CSV).is_file() else path / "eval" / split / ROBUSTNESS_CSV
+
+
+def robustness_section(paths: Sequence[str | Path], split: str = "test") -> str:
+    """``mlcdf report --robustness``: a Markdown section comparing the runs' robustness (:func:`render_comparison`).
+
+    Raises:
+        MissingArtifactError: a run was not evaluated with ``--perturb``. SchemaError: a malformed robustness.csv.
+    """
+    named = [(Path(path).name, read_robustness(robustness_file(path, split))) for path in paths]
+    return "\n## Robustness (mAP under perturbations, percent)\n\n" + render_comparison(named)
+
+
 def render_comparison(named_rows: Sequence[tuple[str, list[dict]]]) -> str:
     """A Markdown table of several runs' robustness: clean mAP, mean over conditions, worst condition."""
     lines = [

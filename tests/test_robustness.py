@@ -139,3 +139,17 @@ def test_perturb_needs_run(tmp_path):
     predictions.write_text("file_path,target_a,score_a\nx,1,0.5\n")
     result = runner.invoke(app, ["evaluate", "--predictions", str(predictions), "--out", str(tmp_path / "o"), "--perturb", "jpeg"])
     assert result.exit_code == 2 and "--perturb" in result.output
+
+
+def test_report_robustness_section(robust, tmp_path):
+    _, run, evaluation = robust
+    result = runner.invoke(app, ["report", str(run), str(evaluation), "--robustness"])
+    assert result.exit_code == 0, result.output
+    rows = read_robustness(evaluation / "robustness.csv")
+    summary = summarise(rows)
+    section = result.output.split("## Robustness")[1]
+    assert section.count(f"| {rows[0]['mAP']:.2f} | {summary['mean_mAP']:.2f} | 4 | {summary['worst']} |") == 2
+    result = runner.invoke(app, ["report", str(tmp_path), "--robustness"])
+    assert result.exit_code == 2
+    result = runner.invoke(app, ["report", str(run), "--robustness", "--format", "csv"])
+    assert result.exit_code == 2 and "Markdown" in result.output
