@@ -562,7 +562,7 @@ def evaluate_run(
         perturb: :class:`mlcdf.perturb.Condition` s to score the split under as well; the folder then
             gets the robustness files of :mod:`mlcdf.robustness`.
         perturb_seed: the seed of the perturbations' random draws.
-        workers: processes decoding and perturbing images for ``perturb`` (None: min(4, CPUs)).
+        workers: processes decoding and perturbing images for ``perturb`` (None: min(16, CPUs)).
 
     Returns:
         ``(out_dir, metrics)``.

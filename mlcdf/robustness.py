@@ -126,7 +126,7 @@ def score_conditions(
     Args:
         conditions: perturbations to apply (the clean condition is added first when absent).
         batch_size: images x conditions per model batch (at least one image's conditions).
-        workers: processes decoding and perturbing; None takes min(4, CPUs), 0 works in this process.
+        workers: processes decoding and perturbing; None takes min(16, CPUs) (perturbing, not the model, is the cost), 0 works in this process.
         seed: the random draws (noise, block positions) of image ``row`` under a condition come from
             :func:`condition_seed`, so they do not depend on the worker count or the other conditions.
     """
@@ -144,7 +144,7 @@ def score_conditions(
     prepared = load_prepared(info.config.prepared)
     table = prepared.read_split(split)
     count = len(conditions)
-    workers = min(4, os.cpu_count() or 1) if workers is None else workers
+    workers = min(16, os.cpu_count() or 1) if workers is None else workers
     dataset = _ConditionViews([prepared.image_path(p) for p in table.file_paths], conditions, info.config.image_size, seed)
     loader = torch.utils.data.DataLoader(
         dataset,

@@ -110,7 +110,7 @@ def evaluate_command(
     ] = None,
     perturb_seed: Annotated[int, typer.Option("--perturb-seed", help="With --perturb: seed of the random noise and blocks.")] = 0,
     workers: Annotated[
-        int | None, typer.Option("--workers", min=0, help="With --perturb: processes decoding and perturbing images (default: min(4, CPUs)).")
+        int | None, typer.Option("--workers", min=0, help="With --perturb: processes decoding and perturbing images (default: min(16, CPUs); the perturbations, not the model, are the cost).")
     ] = None,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
