@@ -28,13 +28,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
+from mlcdf.data.dataset import no_augmentation, to_model_input
 from mlcdf.data.images import load_rgb, resize
+from mlcdf.data.prepared import load_prepared
+from mlcdf.distributed import resolve_device
+from mlcdf.engine import predict
 from mlcdf.errors import MissingArtifactError, MlcdfError, SchemaError
 from mlcdf.evaluate import PAPER_METRICS, Predictions, compute_metrics, format_percent
+from mlcdf.inference import load_run_model, read_run
 from mlcdf.io import atomic_open, read_csv_rows
 from mlcdf.perturb import CLEAN_CONDITION, PERTURBATIONS, Condition, apply, describe
 from mlcdf.progress import ProgressFn, silent
+from mlcdf.training import mixed_precision
 
 ROBUSTNESS_CSV = "robustness.csv"
 ROBUSTNESS_MD = "robustness.md"
@@ -50,8 +57,6 @@ def condition_seed(seed: int, row: int, condition: Condition) -> tuple[int, ...]
 
 def perturbed_views(image: np.ndarray, conditions: Sequence[Condition], size: int, seed: int, row: int) -> np.ndarray:
     """``uint8`` (K, size, size, 3): the decoded ``image`` under each condition, resized to the model's input."""
-    from PIL import Image
-
     stored = Image.fromarray(image)
     return np.stack(
         [np.asarray(resize(apply(stored, c, condition_seed(seed, row, c)), (size, size)), dtype=np.uint8) for c in conditions]
@@ -80,8 +85,6 @@ class _ConditionViews(torch.utils.data.Dataset):
 
 def _flatten_batch(items: list, targets: np.ndarray, count: int) -> dict:
     """One model batch of every image x condition; index ``row * count + k`` keeps them apart."""
-    from mlcdf.data.dataset import no_augmentation
-
     for _, _, problem in items:
         if problem is not None:
             raise MlcdfError(problem)
@@ -126,17 +129,11 @@ def score_conditions(
     Args:
         conditions: perturbations to apply (the clean condition is added first when absent).
         batch_size: images x conditions per model batch (at least one image's conditions).
-        workers: processes decoding and perturbing; None takes min(16, CPUs) (perturbing, not the model, is the cost), 0 works in this process.
+        workers: processes decoding and perturbing (the main cost, not the model); None takes
+            min(16, CPUs), 0 works in this process.
         seed: the random draws (noise, block positions) of image ``row`` under a condition come from
             :func:`condition_seed`, so they do not depend on the worker count or the other conditions.
     """
-    from mlcdf.data.prepared import load_prepared
-    from mlcdf.distributed import resolve_device
-    from mlcdf.engine import predict
-    from mlcdf.inference import load_run_model, read_run
-    from mlcdf.data.dataset import to_model_input
-    from mlcdf.training import mixed_precision
-
     conditions = list(dict.fromkeys([CLEAN_CONDITION, *conditions]))
     info = read_run(run_dir)
     torch_device = resolve_device(device)
@@ -161,16 +158,17 @@ def score_conditions(
     def labelled(items, description, total=None):
         return progress(items, f"Scoring {len(table)} images x {count} conditions", total=total)
 
-    scores, _, _ = predict(model, loader, torch_device, prepare_input=prepare_input, autocast_dtype=autocast_dtype, progress=labelled)
+    flat_scores, _, _ = predict(model, loader, torch_device, prepare_input=prepare_input, autocast_dtype=autocast_dtype, progress=labelled)
+    scores = flat_scores.reshape(len(table), count, -1)
     clean = Predictions(
         file_paths=list(table.file_paths),
         labels=tuple(info.labels),
         targets=np.asarray(table.targets, dtype=np.uint8),
-        scores=scores.reshape(len(table), count, -1)[:, 0],
+        scores=scores[:, 0],
         num_steps=None if table.num_steps is None else np.asarray(table.num_steps, dtype=np.int64),
         origin=f"{run_dir} ({split} split, {checkpoint} checkpoint)",
     )
-    return ConditionScores(conditions, scores.reshape(len(table), count, -1), clean)
+    return ConditionScores(conditions, scores, clean)
 
 
 def robustness_rows(scored: ConditionScores, *, threshold=0.5, tune_on: Predictions | None = None) -> list[dict]:
