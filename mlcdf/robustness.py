@@ -84,10 +84,14 @@ class _ConditionViews(torch.utils.data.Dataset):
 
 
 def _flatten_batch(items: list, targets: np.ndarray, count: int) -> dict:
-    """One model batch of every image x condition; index ``row * count + k`` keeps them apart."""
-    for _, _, problem in items:
-        if problem is not None:
-            raise MlcdfError(problem)
+    """One model batch of every image x condition; index ``row * count + k`` keeps them apart.
+
+    An unreadable image makes the batch ``{"problem": message}``, raised in the main process by
+    :func:`_raise_problem` (an error raised in a worker would reach the user as a worker traceback).
+    """
+    problems = [problem for _, _, problem in items if problem is not None]
+    if problems:
+        return {"problem": problems[0]}
     rows = [row for row, _, _ in items]
     images = np.concatenate([views for _, views, _ in items])
     return {
@@ -96,6 +100,11 @@ def _flatten_batch(items: list, targets: np.ndarray, count: int) -> dict:
         "indices": torch.tensor([row * count + k for row in rows for k in range(count)], dtype=torch.int64),
         **no_augmentation(len(images)),
     }
+
+
+def _raise_problem(batch: dict) -> None:
+    if "problem" in batch:
+        raise MlcdfError(batch["problem"])
 
 
 @dataclass(frozen=True)
@@ -153,6 +162,7 @@ def score_conditions(
     autocast_dtype, _ = mixed_precision(torch_device, None)
 
     def prepare_input(batch: dict) -> torch.Tensor:
+        _raise_problem(batch)
         return to_model_input(batch, torch_device, info.input_mean, info.input_std, channels_last=torch_device.type == "cuda")
 
     def labelled(items, description, total=None):

@@ -153,3 +153,22 @@ def test_report_robustness_section(robust, tmp_path):
     assert result.exit_code == 2
     result = runner.invoke(app, ["report", str(run), "--robustness", "--format", "csv"])
     assert result.exit_code == 2 and "Markdown" in result.output
+
+
+def test_unreadable_image_is_one_line_and_nothing_is_written(robust, tmp_path, unix_sockets):
+    prepared, run, _ = robust
+    meta = json.loads((prepared / "meta.json").read_text())
+    image = Path(meta["root"]) / read_rows(prepared / "test.csv")[3]["file_path"]
+    original = image.read_bytes()
+    image.write_bytes(b"not a png")
+    try:
+        out = tmp_path / "eval"
+        # The clean pass reads the image cache built before; the perturbed pass decodes the file.
+        args = ["evaluate", "--run", str(run), "--device", "cpu", "--quiet", "--out", str(out), "--perturb", "jpeg:1", "--workers", "1"]
+        result = runner.invoke(app, args)
+    finally:
+        image.write_bytes(original)
+    assert result.exit_code == 2, result.output
+    assert f"{image.name}: cannot decode" in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert not out.exists()
