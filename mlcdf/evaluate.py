@@ -30,9 +30,10 @@ written all at once (:func:`mlcdf.io.atomic_dir`). It holds:
 from __future__ import annotations
 
 import csv
+import functools
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -468,6 +469,7 @@ def write_evaluation(
     threshold: float | Sequence[float] | np.ndarray = 0.5,
     tune_on: Predictions | None = None,
     num_params: int | None = None,
+    write_more: Callable[[Path], None] | None = None,
 ) -> dict:
     """Evaluate ``predictions`` and write the evaluation folder atomically (see the module docstring).
 
@@ -476,6 +478,8 @@ def write_evaluation(
             non-empty folder is refused.
         predictions: targets and scores.
         threshold, tune_on, num_params: as for :func:`compute_metrics`.
+        write_more: writes further files into the folder being built (the robustness files), so they
+            appear with the others or not at all.
 
     Returns:
         The metrics.json document.
@@ -492,6 +496,8 @@ def write_evaluation(
         (tmp / REPORT_FILE).write_text(render_report(metrics), encoding="utf-8")
         _plot_precision_recall(tmp / PR_CURVES_FILE, predictions, metrics)
         _plot_average_precision(tmp / AP_BARS_FILE, metrics)
+        if write_more is not None:
+            write_more(tmp)
     return metrics
 
 
@@ -535,6 +541,9 @@ def evaluate_run(
     tune_on_val: bool = False,
     out_dir: str | Path | None = None,
     progress: ProgressFn = silent,
+    perturb: Sequence = (),
+    perturb_seed: int = 0,
+    workers: int | None = None,
 ) -> tuple[Path, dict]:
     """``mlcdf evaluate --run``: predict a split with a trained run's checkpoint and evaluate it.
 
@@ -551,6 +560,10 @@ def evaluate_run(
         tune_on_val: tune per-label thresholds on the val split (``--tune-thresholds``).
         out_dir: the evaluation folder. Defaults to ``RUN/eval/<split>``.
         progress: draws the inference progress.
+        perturb: :class:`mlcdf.perturb.Condition` s to score the split under as well; the folder then
+            gets the robustness files of :mod:`mlcdf.robustness`.
+        perturb_seed: the seed of the perturbations' random draws.
+        workers: processes decoding and perturbing images for ``perturb`` (None: min(16, CPUs)).
 
     Returns:
         ``(out_dir, metrics)``.
@@ -586,4 +599,12 @@ def evaluate_run(
 
     predictions, num_params = predict(split)
     tune_on = predict("val")[0] if tune_on_val else None
-    return out, write_evaluation(out, predictions, threshold=threshold, tune_on=tune_on, num_params=num_params)
+    write_more = None
+    if perturb:
+        from mlcdf.robustness import robustness_rows, score_conditions, write_robustness
+
+        scored = score_conditions(run_dir, perturb, split=split, checkpoint=checkpoint, device=device, batch_size=batch_size,
+                                  workers=workers, seed=perturb_seed, progress=progress)
+        write_more = functools.partial(write_robustness, rows=robustness_rows(scored, threshold=threshold, tune_on=tune_on))
+
+    return out, write_evaluation(out, predictions, threshold=threshold, tune_on=tune_on, num_params=num_params, write_more=write_more)

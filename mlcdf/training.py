@@ -114,6 +114,7 @@ class TrainConfig:
     val_fraction: float = 0.1
     flip: bool = True
     jitter: float = 0.1
+    augment_perturb: float = 0.0
     tensorboard: str | None = None
 
     def resolve(self) -> "TrainConfig":
@@ -137,6 +138,7 @@ class TrainConfig:
             "workers": (self.workers is None or 0 <= self.workers <= MAX_WORKERS, f"from 0 to {MAX_WORKERS}"),
             "val_fraction": (0 < self.val_fraction < 1, "in (0, 1)"),
             "jitter": (0 <= self.jitter <= 0.5, "in [0, 0.5]"),
+            "augment_perturb": (0 <= self.augment_perturb <= 1, "a probability in [0, 1]"),
         }
         for name, (ok, expected) in checks.items():
             if not ok:
@@ -325,7 +327,7 @@ def _build_data(prepared: PreparedSubset, config: TrainConfig, dist_info: DistIn
             ))
 
     train_source = source("train", train_table)
-    augment = Augment(flip=config.flip, jitter=config.jitter)
+    augment = Augment(flip=config.flip, jitter=config.jitter, perturb=config.augment_perturb)
     if val_table is None:
         kept, held = holdout_rows(len(train_table), config.val_fraction, config.seed)
         return _Data(

@@ -98,6 +98,20 @@ def evaluate_command(
     batch_size: Annotated[
         int | None, typer.Option("--batch-size", min=1, help="With --run: images per inference batch (default: 64).")
     ] = None,
+    perturb: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--perturb",
+            help="With --run: also score the split under perturbations and write robustness.csv/.md/.png. "
+            "SPEC is TYPE:LEVELS (levels 1-5, e.g. jpeg:1,3,5), TYPE (all five levels) or 'all'; repeatable. "
+            "Types: saturation, contrast, block, noise, blur, resize, jpeg, webp (DeeperForensics-1.0 levels).",
+            metavar="SPEC",
+        ),
+    ] = None,
+    perturb_seed: Annotated[int, typer.Option("--perturb-seed", help="With --perturb: seed of the random noise and blocks.")] = 0,
+    workers: Annotated[
+        int | None, typer.Option("--workers", min=0, help="With --perturb: processes decoding and perturbing images (default: min(16, CPUs); the perturbations, not the model, are the cost).")
+    ] = None,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -114,8 +128,13 @@ def evaluate_command(
         mlcdf evaluate --run runs/r101_asl --tune-thresholds
 
         mlcdf evaluate --predictions other_tool.csv --out eval/other_tool
+
+        mlcdf evaluate --run runs/r101_asl --perturb jpeg --perturb blur:1,3,5
+
+        mlcdf evaluate --run runs/r101_asl --perturb all
     """
-    inference = {"split": split, "checkpoint": checkpoint, "device": device, "batch_size": batch_size}
+    inference = {"split": split, "checkpoint": checkpoint, "device": device, "batch_size": batch_size, "perturb": perturb,
+                 "workers": workers}
     _check_options(
         run,
         predictions,
@@ -127,13 +146,17 @@ def evaluate_command(
     # Imported here, not at the top: scikit-learn takes about a second to import, and every other
     # command would pay for it.
     from mlcdf.evaluate import evaluate_predictions_file, evaluate_run
+    from mlcdf.perturb import parse_spec
 
     if run is not None:
         # Options not given are left out, so that evaluate_run's defaults apply (they are stated once).
         given = {name: getattr(value, "value", value) for name, value in inference.items() if value is not None}
+        if perturb:
+            given["perturb"] = parse_spec(perturb)  # a bad spec stops here, before any inference
         out_dir, metrics = evaluate_run(
             run,
             **given,
+            perturb_seed=perturb_seed,
             threshold=threshold,
             tune_on_val=tune_thresholds,
             out_dir=out_dir,
@@ -147,6 +170,14 @@ def evaluate_command(
         typer.echo(json.dumps(metrics, indent=2))
     else:
         _print_metrics(metrics)
+    if perturb:
+        from mlcdf.evaluate import format_percent
+        from mlcdf.robustness import ROBUSTNESS_CSV, read_robustness, summarise
+
+        summary = summarise(read_robustness(out_dir / ROBUSTNESS_CSV))
+        note(f"robustness: clean mAP {format_percent(summary['clean_mAP'])}, mean over {summary['conditions']} conditions "
+             f"{format_percent(summary['mean_mAP'])}, worst {summary['worst']} ({format_percent(summary['worst_mAP'])}); "
+             "see robustness.md")
     note(f"wrote {out_dir}")
 
 

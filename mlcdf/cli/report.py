@@ -34,6 +34,10 @@ def report_command(
     paper: Annotated[
         bool, typer.Option("--paper", help="Add the paper's published rows for each subset, and our difference from them.")
     ] = False,
+    robustness: Annotated[
+        bool,
+        typer.Option("--robustness", help="Add a section comparing the runs' robustness (from 'evaluate --perturb'): clean mAP, mean mAP over the conditions, worst condition. Markdown only."),
+    ] = False,
 ) -> None:
     """Tabulate runs as the paper does: category, method, #Params, mAP, CP, CR, CF1, OP, OR, OF1.
 
@@ -45,13 +49,21 @@ def report_command(
         mlcdf report runs/* --paper
 
         mlcdf report runs/r50 runs/r101 --format latex --out table.tex
+
+        mlcdf report runs/r50 runs/r50-augp --robustness
     """
     # Imported here: the evaluate stage pulls in scikit-learn, which every other command would pay for.
     from mlcdf.report import is_report_file, load_result, results_table
 
+    if robustness and fmt is not Format.md:
+        raise typer.BadParameter("the robustness section is Markdown; use --format md", param_hint="'--robustness'")
     if out_file is not None:
         check_file_replaceable(out_file, command="mlcdf report", is_own=is_report_file)
     text = results_table([load_result(path, split=split.value) for path in paths], fmt=fmt.value, paper=paper)
+    if robustness:
+        from mlcdf.robustness import robustness_section
+
+        text += robustness_section(paths, split=split.value)
     if out_file is None:
         typer.echo(text, nl=False)
         return

@@ -120,6 +120,7 @@ def train_command(
     val_fraction: Annotated[float, typer.Option("--val-fraction", help="Share of train held out for validation when there is no val split.")] = 0.1,
     flip: Annotated[bool, typer.Option("--flip/--no-flip", help="Random horizontal flips.")] = True,
     jitter: Annotated[float, typer.Option("--jitter", min=0.0, max=0.5, help="Brightness/contrast/saturation jitter strength (0 disables).")] = 0.1,
+    augment_perturb: Annotated[float, typer.Option("--augment-perturb", min=0.0, max=1.0, help="Probability per training image of a random perturbation (mlcdf.perturb: any type, any level), drawn per (seed, epoch, image); applied at the input size.")] = 0.0,
     tensorboard: Annotated[Optional[Path], typer.Option("--tensorboard", help="Also write each epoch's loss, learning rate, val mAP (plain and EMA) and images/s as TensorBoard event files into this folder (one per run; view with 'tensorboard --logdir PARENT'). Needs pip install 'mlcdf[tensorboard]'; a --resume may set or change it.", file_okay=False)] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out (where it is now, even if copied or moved) from checkpoints/last.pt, with its saved options; --device, --workers and --tensorboard may change.")] = False,
     config: Annotated[Optional[Path], typer.Option("--config", help="TOML or JSON file of these options (snake_case keys); flags override it.", dir_okay=False, exists=True)] = None,

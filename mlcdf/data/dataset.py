@@ -6,7 +6,8 @@ image is decoded and resized once into a packed ``uint8`` array ``PREPARED/<subs
 
 Augmentation is drawn per image from ``(seed, epoch, index)`` so it does not depend on the worker count or
 on how a distributed run shards the data, and it is applied on the device, batched:
-horizontal flip and a mild brightness / contrast / saturation jitter. There is deliberately no random
+horizontal flip and a mild brightness / contrast / saturation jitter; optionally (``Augment.perturb``) a
+random :mod:`mlcdf.perturb` condition, on the CPU. There is deliberately no random
 crop: a crop can cut the manipulated region out of the image and leave a wrong label behind.
 """
 
@@ -195,10 +196,17 @@ class RowSource:
 
 @dataclass(frozen=True)
 class Augment:
-    """Per-image augmentation strengths (0 disables). Applied on the device by :func:`to_model_input`."""
+    """Per-image augmentation strengths (0 disables). Flips and jitter are applied on the device by
+    :func:`to_model_input`; ``perturb`` is the probability of a random :mod:`mlcdf.perturb` condition,
+    applied on the CPU (in the loader's workers) to the image as read, at the model's input size."""
 
     flip: bool = True
     jitter: float = 0.1
+    perturb: float = 0.0
+
+
+#: Salt of the perturbation draws, so that they are independent of the flip and jitter draws of the same key.
+_PERTURB_STREAM = 1
 
 
 class MultiLabelImages(torch.utils.data.Dataset):
@@ -234,6 +242,8 @@ class MultiLabelImages(torch.utils.data.Dataset):
             images = self.source.read(indices)
         except MlcdfError as error:
             return {UNREADABLE: str(error)}
+        if self.augment is not None and self.augment.perturb > 0:
+            images = self._perturb(images, keys)
         batch = {
             "images": torch.from_numpy(images),
             "targets": torch.from_numpy(self.targets[indices]),
@@ -241,6 +251,18 @@ class MultiLabelImages(torch.utils.data.Dataset):
         }
         batch.update(self._augment_params(keys))
         return batch
+
+    def _perturb(self, images: np.ndarray, keys: list[tuple[int, int]]) -> np.ndarray:
+        from PIL import Image
+
+        from mlcdf.perturb import apply, draw_condition
+
+        for row, (epoch, index) in enumerate(keys):
+            seed = (self.seed, epoch, index, _PERTURB_STREAM)
+            condition = draw_condition(seed, self.augment.perturb)
+            if condition.level:
+                images[row] = np.asarray(apply(Image.fromarray(images[row]), condition, seed), dtype=np.uint8)
+        return images
 
     def _augment_params(self, keys: list[tuple[int, int]]) -> dict[str, torch.Tensor]:
         if self.augment is None:

@@ -91,6 +91,11 @@ def open_image(path: str | Path, max_pixels: int | None = None) -> Iterator[Imag
         yield image
 
 
+def resize(image: Image.Image, target: tuple[int, int]) -> Image.Image:
+    """``image`` resized to ``target`` (width, height) as every decoder here does it: bicubic, antialiased."""
+    return image.resize(target, Image.Resampling.BICUBIC, reducing_gap=3.0)
+
+
 def _decode(path: str | Path, target_size: Callable[[int, int], tuple[int, int]] | None, max_pixels: int | None) -> np.ndarray:
     """Decode ``path`` as RGB, resized to ``target_size(width, height)`` when given."""
     try:
@@ -100,7 +105,7 @@ def _decode(path: str | Path, target_size: Callable[[int, int], tuple[int, int]]
                 image.draft("RGB", target)  # JPEG only: decode at a reduced scale that is still >= target
                 if image.mode not in _RESIZE_BEFORE_CONVERT:
                     image = image.convert("RGB")
-                image = image.resize(target, Image.Resampling.BICUBIC, reducing_gap=3.0)
+                image = resize(image, target)
             if image.mode != "RGB":
                 image = image.convert("RGB")
             return np.asarray(image, dtype=np.uint8)
