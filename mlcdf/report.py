@@ -7,6 +7,10 @@ the best value of each metric column is in bold. With ``paper=True``, each run i
 published row for the same method, loss and node embedding, and then by the difference (ours minus
 paper). The published rows that no run matches come last. The published figures ship as
 ``mlcdf/resources/paper_tables.csv`` (see the README there).
+
+Runs that differ only in their seed are one configuration, shown as one row of ``mean ± std`` (sample
+standard deviation) with the number of runs ``n`` (:func:`seed_groups`). The category figure (the paper's
+Figures 2 and 3, :func:`write_category_figure`) averages the direct and the indirect configurations.
 """
 
 from __future__ import annotations
@@ -14,13 +18,16 @@ from __future__ import annotations
 import csv
 import importlib.resources
 import io
+import json
+import re
+import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from mlcdf.errors import MissingArtifactError, MlcdfError, SchemaError
 from mlcdf.evaluate import METRICS_FILE, PAPER_METRICS, default_eval_dir, read_metrics
-from mlcdf.io import read_json_object, recover_dir
+from mlcdf.io import atomic_open, check_file_replaceable, png_written_by, read_json_object, recover_dir, save_png
 from mlcdf.labels import SUBSETS
 
 #: Our model names (the registry's) -> (the paper's method name, the paper's category).
@@ -42,8 +49,13 @@ RUN_CONFIG_FILE = "config.json"
 
 FORMATS = ("md", "latex", "csv")
 HEADER = ("Category", "Method", "Run", "#Params (M)", *PAPER_METRICS)
+#: The header of a table holding a configuration trained with several seeds: ``n`` runs after the name.
+SEEDS_HEADER = (*HEADER[:3], "n", *HEADER[3:])
 PAPER_SOURCE = "paper"
 DELTA_SOURCE = "Δ vs paper"
+#: Training options that say where a run ran or its seed, not what was trained (as the runner's resume
+#: check ignores them): runs equal in every other option are seeds of one configuration.
+_NOT_IDENTITY = frozenset({"out", "device", "workers", "prepared", "graph", "seed"})
 
 
 @dataclass(frozen=True)
@@ -58,7 +70,13 @@ class ResultRow:
         embedding: node embedding of a graph model (``word`` or ``image``), None otherwise.
         source: the run's folder name, ``paper``, or ``Δ vs paper``.
         num_params: parameters in millions, None when unknown.
-        values: percent per metric of :data:`~mlcdf.evaluate.PAPER_METRICS`, None when undefined.
+        values: percent per metric of :data:`~mlcdf.evaluate.PAPER_METRICS`, None when undefined; the
+            mean over the runs when ``n`` > 1.
+        seed: the run's training seed, None when unknown or when the row stands for several seeds.
+        n: how many runs (seeds) the row stands for; 1 for a single run and for a published row.
+        std: sample standard deviation (ddof=1) per metric over those runs, 0 when ``n`` = 1; None for a
+            published row or a difference.
+        options: the run's training options other than its seed and where it ran, as JSON; ``""`` when unknown.
     """
 
     subset: str
@@ -69,6 +87,10 @@ class ResultRow:
     source: str
     num_params: float | None
     values: dict[str, float | None]
+    seed: int | None = None
+    n: int = 1
+    std: dict[str, float | None] | None = None
+    options: str = field(default="", repr=False)
 
     @property
     def title(self) -> str:
@@ -105,12 +127,15 @@ def _read_run_config(path: Path) -> dict:
         raise SchemaError(path, "no model name ('model' or 'train.model')")
     graph = config.get("graph")
     num_params = config.get("num_params")
+    seed = options.get("seed")
     return {
         "model": model,
         "loss": options.get("loss"),
         "subset": config.get("subset"),
         "embedding": graph.get("embedding") if isinstance(graph, dict) else None,
         "num_params": num_params / 1e6 if isinstance(num_params, (int, float)) else None,
+        "seed": seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
+        "options": json.dumps({key: value for key, value in options.items() if key not in _NOT_IDENTITY}, sort_keys=True),
     }
 
 
@@ -145,6 +170,7 @@ def load_result(path: str | Path, *, split: str = "test") -> ResultRow:
         )
     metrics = read_metrics(metrics_path)
     values = {name: metrics[name] for name in PAPER_METRICS}
+    single_run = {name: None if value is None else 0.0 for name, value in values.items()}
     if run_dir is None:
         return ResultRow(
             subset=subset_of_labels(metrics["labels"]),
@@ -155,6 +181,7 @@ def load_result(path: str | Path, *, split: str = "test") -> ResultRow:
             source=path.name,
             num_params=metrics.get("num_params"),
             values=values,
+            std=single_run,
         )
     config = _read_run_config(run_dir / RUN_CONFIG_FILE)
     method, category = method_of(config["model"])
@@ -168,6 +195,9 @@ def load_result(path: str | Path, *, split: str = "test") -> ResultRow:
         source=run_dir.name,
         num_params=num_params if num_params is not None else config["num_params"],
         values=values,
+        seed=config["seed"],
+        std=single_run,
+        options=config["options"],
     )
 
 
@@ -199,6 +229,66 @@ def _difference(ours: ResultRow, paper: ResultRow) -> ResultRow:
         num_params=minus(ours.num_params, paper.num_params),
         values={name: minus(ours.values[name], paper.values[name]) for name in PAPER_METRICS},
     )
+
+
+def configuration_name(row: ResultRow) -> str:
+    """The run's folder name without the ``-s<seed>`` the runner appends for seed ``k`` (``r50-asl-s1`` -> ``r50-asl``)."""
+    if row.seed is None:
+        return row.source
+    return re.sub(rf"-s{row.seed}$", "", row.source)
+
+
+def seed_groups(rows: Sequence[ResultRow]) -> list[list[ResultRow]]:
+    """Runs grouped by configuration, in the order each configuration first appears.
+
+    Runs are seeds of one configuration when they have the same subset, method, loss, node embedding,
+    the same training options apart from the seed and where they ran, and the same folder name once the
+    ``-s<seed>`` suffix is removed (:func:`configuration_name`). A row whose seed is unknown (an
+    evaluation folder, an older config) is a configuration of its own.
+
+    Raises:
+        MlcdfError: two runs of one configuration have the same seed (one would count twice).
+    """
+    groups: dict[tuple, list[ResultRow]] = {}
+    for index, row in enumerate(rows):
+        if row.seed is None:
+            key: tuple = ("unknown seed", index)
+        else:
+            key = (*row.match_key, row.category, configuration_name(row), row.options)
+        group = groups.setdefault(key, [])
+        twin = next((run for run in group if run.seed == row.seed), None)
+        if twin is not None:
+            raise MlcdfError(
+                f"{twin.source} and {row.source}: the same configuration trained with the same seed {row.seed}; "
+                "report only one of them"
+            )
+        group.append(row)
+    return list(groups.values())
+
+
+def mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (ddof=1; 0 for one value; None, None for none)."""
+    if not values:
+        return None, None
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def seed_summary(runs: Sequence[ResultRow]) -> ResultRow:
+    """One row for the runs (seeds) of one configuration: per metric the mean and the sample standard
+    deviation, undefined (None) where any run's value is. A single run comes back as it is."""
+    if len(runs) == 1:
+        return runs[0]
+    means, spreads = {}, {}
+    for name in PAPER_METRICS:
+        column = [run.values[name] for run in runs]
+        defined = None not in column
+        means[name], spreads[name] = mean_std(column) if defined else (None, None)
+    return replace(runs[0], source=configuration_name(runs[0]), seed=None, n=len(runs), values=means, std=spreads)
+
+
+def group_over_seeds(rows: Sequence[ResultRow]) -> list[ResultRow]:
+    """One row per configuration (see :func:`seed_groups` and :func:`seed_summary`)."""
+    return [seed_summary(runs) for runs in seed_groups(rows)]
 
 
 def comparison_tables(rows: Sequence[ResultRow], *, paper: bool = False) -> dict[str, list[ResultRow]]:
@@ -246,15 +336,25 @@ def _number(value: float | None, digits: int, signed: bool) -> str:
     return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
 
 
-def _cells(row: ResultRow, best: dict[str, float | None], digits: int) -> list[tuple[str, bool]]:
+def _shows_seeds(lines: Sequence[ResultRow]) -> bool:
+    """A table gets the ``n`` column (and ``mean ± std`` cells) when one of its rows stands for several runs."""
+    return any(row.n > 1 for row in lines)
+
+
+def _cells(row: ResultRow, best: dict[str, float | None], digits: int, seeds: bool) -> list[tuple[str, bool]]:
     """The displayed cells of a row, each with whether it holds the best value of its column."""
     delta = row.source == DELTA_SOURCE
     cells = [("" if delta else row.category, False), ("" if delta else row.title, False), (row.source, False)]
+    if seeds:
+        cells.append(("" if row.source in (DELTA_SOURCE, PAPER_SOURCE) else str(row.n), False))
     cells.append((_number(row.num_params, 1, delta), False))
     for name in PAPER_METRICS:
         value = row.values[name]
         is_best = not delta and value is not None and round(value, digits) == best[name]
-        cells.append((_number(value, digits, delta), is_best))
+        text = _number(value, digits, delta)
+        if row.n > 1 and value is not None and row.std is not None and row.std[name] is not None:
+            text += f" ± {row.std[name]:.{digits}f}"
+        cells.append((text, is_best))
     return cells
 
 
@@ -272,12 +372,16 @@ def _markdown(tables: dict[str, list[ResultRow]], digits: int) -> str:
     parts = []
     for subset, lines in tables.items():
         best = _best(lines, digits)
+        seeds = _shows_seeds(lines)
+        header = SEEDS_HEADER if seeds else HEADER
         rows = [
-            _MARKDOWN_HEADER,
-            "| --- | --- | --- |" + " ---: |" * (len(HEADER) - 3),
+            _markdown_header(header),
+            "| --- | --- | --- |" + " ---: |" * (len(header) - 3),
             *(
                 "| "
-                + " | ".join(f"**{escape(text)}**" if is_best else escape(text) for text, is_best in _cells(row, best, digits))
+                + " | ".join(
+                    f"**{escape(text)}**" if is_best else escape(text) for text, is_best in _cells(row, best, digits, seeds)
+                )
                 + " |"
                 for row in lines
             ),
@@ -301,17 +405,19 @@ _LATEX_SPECIAL = {
 
 
 def _latex_escape(text: str) -> str:
-    return "".join(_LATEX_SPECIAL.get(char, char) for char in text).replace("Δ", r"$\Delta$")
+    return "".join(_LATEX_SPECIAL.get(char, char) for char in text).replace("Δ", r"$\Delta$").replace("±", r"$\pm$")
 
 
 def _latex(tables: dict[str, list[ResultRow]], digits: int) -> str:
     parts = []
     for subset, lines in tables.items():
         best = _best(lines, digits)
+        seeds = _shows_seeds(lines)
+        header = SEEDS_HEADER if seeds else HEADER
         body = [
             " & ".join(
                 rf"\textbf{{{_latex_escape(text)}}}" if is_best else _latex_escape(text)
-                for text, is_best in _cells(row, best, digits)
+                for text, is_best in _cells(row, best, digits, seeds)
             )
             + r" \\"
             for row in lines
@@ -320,9 +426,9 @@ def _latex(tables: dict[str, list[ResultRow]], digits: int) -> str:
             "\n".join(
                 [
                     f"% {_title(subset)}",
-                    r"\begin{tabular}{lll" + "r" * (len(HEADER) - 3) + "}",
+                    r"\begin{tabular}{lll" + "r" * (len(header) - 3) + "}",
                     r"\hline",
-                    _LATEX_HEADER,
+                    _latex_header(header),
                     r"\hline",
                     *body,
                     r"\hline",
@@ -334,27 +440,61 @@ def _latex(tables: dict[str, list[ResultRow]], digits: int) -> str:
     return "\n".join(parts)
 
 
+def _csv_number(value: float | None) -> str | float:
+    return "" if value is None else round(value, 6)
+
+
 def _csv(tables: dict[str, list[ResultRow]]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(_CSV_HEADER)
     for subset, lines in tables.items():
         for row in lines:
-            numbers = [row.num_params, *(row.values[name] for name in PAPER_METRICS)]
             labels = [subset, row.source, row.category, row.method, row.loss or "", row.embedding or ""]
-            writer.writerow(labels + ["" if value is None else round(value, 6) for value in numbers])
+            means = [_csv_number(row.values[name]) for name in PAPER_METRICS]
+            spreads = [_csv_number(row.std[name]) if row.std is not None else "" for name in PAPER_METRICS]
+            ours = row.source not in (PAPER_SOURCE, DELTA_SOURCE)
+            writer.writerow([*labels, _csv_number(row.num_params), row.n if ours else "", *means, *spreads])
     return buffer.getvalue()
 
 
-_MARKDOWN_HEADER = "| " + " | ".join(HEADER) + " |"
-_LATEX_HEADER = " & ".join(_latex_escape(name) for name in HEADER) + r" \\"
-_CSV_HEADER = ["subset", "source", "category", "method", "loss", "node_embedding", "params_m", *PAPER_METRICS]
+def runs_csv(rows: Sequence[ResultRow]) -> str:
+    """One CSV line per run, not grouped over seeds, with its ``seed`` (a plan's ``results.csv``); values to 6 decimals."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(_RUNS_CSV_HEADER)
+    for row in rows:
+        labels = [row.subset, row.source, row.category, row.method, row.loss or "", row.embedding or ""]
+        seed = "" if row.seed is None else row.seed
+        writer.writerow([*labels, seed, _csv_number(row.num_params), *(_csv_number(row.values[name]) for name in PAPER_METRICS)])
+    return buffer.getvalue()
+
+
+def _markdown_header(header: Sequence[str]) -> str:
+    return "| " + " | ".join(header) + " |"
+
+
+def _latex_header(header: Sequence[str]) -> str:
+    return " & ".join(_latex_escape(name) for name in header) + r" \\"
+
+
+_LABEL_COLUMNS = ["subset", "source", "category", "method", "loss", "node_embedding"]
+#: The grouped table: the means under the metrics' names, then ``<metric>_std`` (see :class:`ResultRow`).
+_CSV_HEADER = [*_LABEL_COLUMNS, "params_m", "n", *PAPER_METRICS, *(f"{name}_std" for name in PAPER_METRICS)]
+_RUNS_CSV_HEADER = [*_LABEL_COLUMNS, "seed", "params_m", *PAPER_METRICS]
+#: The CSV table before it grouped seeds: still recognised as this command's own output.
+_CSV_HEADER_BEFORE_SEEDS = [*_LABEL_COLUMNS, "params_m", *PAPER_METRICS]
+FIGURE_CSV_HEADER = ("subset", "category", "metric", "source", "mean", "std", "n")
 
 
 def is_report_file(path: Path) -> bool:
-    """``path`` holds a table of :func:`results_table` in any format: its header row is among the first
-    four lines (line 3 in Markdown, 4 in LaTeX, 1 in CSV). Another tool's table has other column names."""
-    headers = {_MARKDOWN_HEADER, _LATEX_HEADER, ",".join(_CSV_HEADER)}
+    """``path`` holds a table of :func:`results_table` or :func:`runs_csv`, or a category figure's CSV, in any
+    format: its header row is among the first four lines (line 3 in Markdown, 4 in LaTeX, 1 in CSV).
+    Another tool's table has other column names."""
+    headers = {
+        *(function(header) for function in (_markdown_header, _latex_header) for header in (HEADER, SEEDS_HEADER)),
+        *(",".join(header) for header in (_CSV_HEADER, _RUNS_CSV_HEADER, _CSV_HEADER_BEFORE_SEEDS, FIGURE_CSV_HEADER)),
+    }
     try:
         with open(path, encoding="utf-8") as handle:
             first_lines = [handle.readline(1 << 16).rstrip("\n") for _ in range(4)]
@@ -364,21 +504,179 @@ def is_report_file(path: Path) -> bool:
 
 
 def results_table(rows: Sequence[ResultRow], *, fmt: str = "md", paper: bool = False, digits: int = 1) -> str:
-    """The comparison table as text.
+    """The comparison table as text, one row per configuration (runs differing only in their seed are
+    one row, :func:`group_over_seeds`).
+
+    In ``md`` and ``latex``, a table where some configuration has several runs gets an ``n`` column, and
+    those rows show ``mean ± std``; a table of single runs looks as it always did.
 
     Args:
         rows: results from :func:`load_result`.
         fmt: ``md`` (one Markdown table per subset), ``latex`` (one ``tabular`` per subset) or ``csv``
-            (one flat table with a ``subset`` column, values to 6 decimals, no bold).
+            (one flat table with a ``subset`` column, the means under the metrics' names, then ``n``
+            and ``<metric>_std`` columns; values to 6 decimals, no bold).
         paper: add the published rows and the differences (see :func:`comparison_tables`).
         digits: decimals shown in ``md`` and ``latex``. The paper prints one.
 
     Raises:
         ValueError: an unknown format.
+        MlcdfError: two runs of one configuration have the same seed.
     """
     if fmt not in FORMATS:
         raise ValueError(f"fmt must be one of {FORMATS}; got {fmt!r}")
-    tables = comparison_tables(rows, paper=paper)
+    tables = comparison_tables(group_over_seeds(rows), paper=paper)
     if fmt == "csv":
         return _csv(tables)
     return _markdown(tables, digits) if fmt == "md" else _latex(tables, digits)
+
+
+#: The paper's two categories of method, in the order of the figure's bars.
+CATEGORIES = ("direct", "indirect")
+OURS_SOURCE = "ours"
+FIGURE_COMMAND = "mlcdf report"
+
+
+@dataclass(frozen=True)
+class CategoryBar:
+    """One bar of the category figure: a metric averaged over a category's configurations in a subset.
+
+    ``std`` is the sample standard deviation (ddof=1, 0 when ``n`` = 1) over the ``n`` configurations
+    whose value is defined; ``mean`` and ``std`` are None when none is.
+    """
+
+    subset: str
+    category: str
+    metric: str
+    source: str
+    mean: float | None
+    std: float | None
+    n: int
+
+
+def category_statistics(rows: Sequence[ResultRow], *, paper: bool = False) -> list[CategoryBar]:
+    """The bars of the category figure, per subset of ``rows``: for ours and (with ``paper``) the published
+    rows, each category's mean ± std per metric over its configurations.
+
+    A configuration counts once, by its mean over seeds (:func:`group_over_seeds`), so the spread is
+    between methods, as in the paper's figures; the seed spread is in the table. Rows of no known
+    category (an evaluation folder outside a run) are left out.
+
+    Raises:
+        MlcdfError: no row is a direct or an indirect run; or as :func:`seed_groups`.
+    """
+    configurations = [row for row in group_over_seeds(rows) if row.category in CATEGORIES]
+    if not configurations:
+        raise MlcdfError(
+            "the category figure needs runs of direct or indirect (graph) models; "
+            "none of the given folders is a run of a known model"
+        )
+    sources = [(OURS_SOURCE, configurations)] + ([(PAPER_SOURCE, paper_results())] if paper else [])
+    bars = []
+    for subset in dict.fromkeys(row.subset for row in configurations):
+        for source, pool in sources:
+            for category in CATEGORIES:
+                members = [row for row in pool if row.subset == subset and row.category == category]
+                if not members:
+                    continue
+                for metric in PAPER_METRICS:
+                    column = [row.values[metric] for row in members if row.values[metric] is not None]
+                    bars.append(CategoryBar(subset, category, metric, source, *mean_std(column), len(column)))
+    return bars
+
+
+def figure_csv_path(path: str | Path) -> Path:
+    """The CSV written beside the figure ``path`` (``f.png`` -> ``f.csv``).
+
+    Raises:
+        MlcdfError: ``path`` does not end in ``.png``.
+    """
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise MlcdfError(f"{path}: the figure is written as PNG; give a file name ending in .png")
+    return path.with_suffix(".csv")
+
+
+def check_figure_replaceable(path: str | Path, *, command: str = FIGURE_COMMAND) -> None:
+    """Raise unless the figure ``path`` and its CSV may be written (absent, or an earlier figure of ours);
+    call it before long work."""
+    csv_path = figure_csv_path(path)
+    check_file_replaceable(path, command=command, is_own=png_written_by(FIGURE_COMMAND))
+    check_file_replaceable(csv_path, command=command, is_own=is_report_file)
+
+
+def _draw_category_figure(bars: Sequence[CategoryBar]):
+    """A matplotlib Figure: one panel per subset (stacked), a group of bars per metric."""
+    # Imported here: matplotlib costs about a second and only the figure needs it. A bare Figure (no
+    # pyplot) renders with Agg without touching global backend state.
+    from matplotlib.figure import Figure
+
+    subsets = list(dict.fromkeys(bar.subset for bar in bars))
+    series = list(dict.fromkeys((bar.source, bar.category) for bar in bars))
+    colours = {OURS_SOURCE: "tab:blue", PAPER_SOURCE: "tab:gray"}
+    width = 0.8 / len(series)
+    figure = Figure(figsize=(9, 3.6 * len(subsets)), layout="constrained")
+    panels = figure.subplots(len(subsets), 1, squeeze=False)[:, 0]
+    for axes, subset in zip(panels, subsets):
+        for position, (source, category) in enumerate(series):
+            chosen = {bar.metric: bar for bar in bars if (bar.subset, bar.source, bar.category) == (subset, source, category)}
+            if not chosen:
+                continue
+            centres = [index - 0.4 + width * (position + 0.5) for index in range(len(PAPER_METRICS))]
+            means = [float("nan") if chosen[m].mean is None else chosen[m].mean for m in PAPER_METRICS]
+            spreads = [0.0 if chosen[m].std is None else chosen[m].std for m in PAPER_METRICS]
+            configurations = max(bar.n for bar in chosen.values())
+            axes.bar(
+                centres,
+                means,
+                width,
+                yerr=spreads,
+                capsize=3,
+                color=colours[source],
+                alpha=1.0 if source == OURS_SOURCE else 0.55,
+                edgecolor="black",
+                linewidth=0.6,
+                hatch="//" if category == "indirect" else None,
+                label=f"{source}, {category} (n={configurations})",
+            )
+        axes.set_xticks(range(len(PAPER_METRICS)), PAPER_METRICS)
+        axes.set(ylabel="%", ylim=(0, 105), title=f"{_title(subset)}: mean ± std over configurations")
+        axes.grid(axis="y", alpha=0.3)
+        axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
+    return figure
+
+
+def write_category_figure(
+    rows: Sequence[ResultRow], path: str | Path, *, paper: bool = False, command: str = FIGURE_COMMAND
+) -> list[CategoryBar]:
+    """Draw the paper's Figures 2 and 3 for ``rows`` into ``path`` (PNG) and the plotted numbers into
+    ``path`` with ``.csv`` (:data:`FIGURE_CSV_HEADER`, one line per bar).
+
+    Per subset present, one panel (panels stacked top to bottom, one image for all subsets): a group of
+    bars per metric, plain bars for the direct configurations, hatched for the indirect ones, ± one
+    sample standard deviation; with ``paper``, the published averages of the same categories in grey
+    beside ours. See :func:`category_statistics` for what is averaged.
+
+    Returns:
+        The bars, as in the CSV.
+
+    Raises:
+        MlcdfError: ``path`` is no ``.png``, it or its CSV is a file not written by this function, or
+            as :func:`category_statistics`.
+    """
+    check_figure_replaceable(path, command=command)
+    bars = category_statistics(rows, paper=paper)
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    _draw_category_figure(bars).savefig(buffer, format="png", dpi=110)
+    buffer.seek(0)
+    with Image.open(buffer) as image:
+        save_png(image, path, command=FIGURE_COMMAND)
+    with atomic_open(figure_csv_path(path)) as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(FIGURE_CSV_HEADER)
+        for bar in bars:
+            writer.writerow(
+                [bar.subset, bar.category, bar.metric, bar.source, _csv_number(bar.mean), _csv_number(bar.std), bar.n]
+            )
+    return bars

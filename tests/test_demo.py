@@ -8,48 +8,50 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-
-from mlcdf.metrics import average_precision
 
 REPO = Path(__file__).resolve().parents[1]
 RUNS = ("resnet18-bce", "resnet18-asl", "mlgcn-r18-asl")
-#: After 1 epoch the direct models are 2-5 mAP points above chance; after 2 they are 10-12 above (72.1 and
-#: 71.2 against 60.5, measured). The graph model learns more slowly: 61.6 after 2 epochs, 69.2 after 4.
-EPOCHS = "2"
 DIRECT_RUNS = ("resnet18-bce", "resnet18-asl")
-#: How far above chance (mAP points) the direct runs must be after EPOCHS epochs: about half their lead.
-MARGIN = 5.0
+#: What the demo promises (README): the best direct model, the graph model, on the test split (mAP %).
+BEST_DIRECT_MAP = 90.0
+GRAPH_MAP = 80.0
 
 
-def chance_map(prepared: Path) -> float:
-    """The mAP (percent) of a scorer that knows nothing: a constant score ranks every image alike, so each
-    label's AP is the share of test images carrying it (a random scorer gets the same on average)."""
-    labels = json.loads((prepared / "meta.json").read_text())["labels"]
-    with open(prepared / "test.csv", newline="") as handle:
-        targets = np.array([[int(row[label]) for label in labels] for row in csv.DictReader(handle)])
-    chance = 100 * float(targets.mean(axis=0).mean())
-    assert 100 * average_precision(targets, np.zeros(targets.shape)) == pytest.approx(chance)
-    return chance
+def assert_demo_learnt(demo: Path, stdout: str) -> None:
+    """The demo's promises, checked on its folder and printed output: the table shows the runs' test mAP,
+    the models reach the README's quality figures, and the figure and the Grad-CAM strip are there."""
+    assert "facial_components (the paper's Table II)" in stdout
+    assert (demo / "report.md").read_text() in stdout
+    shown = {match[0]: float(match[1]) for match in re.findall(r"\| (resnet18-bce|resnet18-asl|mlgcn-r18-asl) \| [\d.]+ \| \**([\d.]+)", stdout)}
+    assert set(shown) == set(RUNS)
+    metrics = {run: json.loads((demo / "runs" / run / "eval" / "test" / "metrics.json").read_text()) for run in RUNS}
+    for run in RUNS:
+        assert shown[run] == pytest.approx(metrics[run]["mAP"], abs=0.051)  # the report shows one decimal
+    best_direct = max(metrics[run]["mAP"] for run in DIRECT_RUNS)
+    assert best_direct >= BEST_DIRECT_MAP, f"best direct test mAP {best_direct:.1f} < {BEST_DIRECT_MAP}"
+    assert metrics["mlgcn-r18-asl"]["mAP"] >= GRAPH_MAP, f"graph model test mAP {metrics['mlgcn-r18-asl']['mAP']:.1f} < {GRAPH_MAP}"
+    # Not asserted yet (issue 15 asks for it): the ASL model predicting fewer than every label at 0.5 (CR < 100).
+    # Measured with these settings: CR 100.0 at test mAP 93.3; its ranking is learnt, its scores stay above 0.5.
+    # The category figure of the three runs, and a Grad-CAM strip of one test face.
+    with open(demo / "figure.csv", newline="") as handle:
+        bars = list(csv.DictReader(handle))
+    direct_map = next(bar for bar in bars if (bar["category"], bar["metric"], bar["source"]) == ("direct", "mAP", "ours"))
+    assert direct_map["n"] == "2" and float(direct_map["mean"]) == pytest.approx(sum(metrics[run]["mAP"] for run in DIRECT_RUNS) / 2, abs=1e-5)
+    assert (demo / "figure.png").stat().st_size > 0
+    strips = list((demo / "explain").glob("*_all.png"))
+    assert len(strips) == 1 and strips[0].name in stdout
+    assert "Demo outputs, in" in stdout and "figure.png" in stdout.split("Demo outputs")[-1]
 
 
 @pytest.mark.slow
 def test_demo_script_prints_the_report_and_learns(tmp_path):
     demo = tmp_path / "demo"
-    env = {**os.environ, "MLCDF": f"{sys.executable} -m mlcdf", "DEMO_DIR": str(demo), "DEMO_EPOCHS": EPOCHS}
-    done = subprocess.run(["bash", "scripts/demo.sh"], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    env = {**os.environ, "MLCDF": f"{sys.executable} -m mlcdf", "DEMO_DIR": str(demo)}
+    env.pop("DEMO_EPOCHS", None)  # the demo as a user runs it
+    done = subprocess.run(["bash", "scripts/demo.sh"], cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "facial_components (the paper's Table II)" in done.stdout
-    assert (demo / "report.md").read_text() in done.stdout
-    shown = {match[0]: float(match[1]) for match in re.findall(r"\| (resnet18-bce|resnet18-asl|mlgcn-r18-asl) \| [\d.]+ \| \**([\d.]+)", done.stdout)}
-    assert set(shown) == set(RUNS)
-    chance = chance_map(demo / "prepared" / "facial_components")
-    for run in RUNS:
-        test_map = json.loads((demo / "runs" / run / "eval" / "test" / "metrics.json").read_text())["mAP"]
-        assert shown[run] == pytest.approx(test_map, abs=0.051)  # the report shows one decimal
-        if run in DIRECT_RUNS:
-            assert test_map > chance + MARGIN, f"{run}: test mAP {test_map:.1f} is not clearly above chance ({chance:.1f})"
+    assert_demo_learnt(demo, done.stdout)
 
 
 def test_demo_does_not_replace_a_folder_it_did_not_write(tmp_path):

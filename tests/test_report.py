@@ -1,16 +1,26 @@
 import csv
 import io
 import json
+import statistics
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from mlcdf.cli.main import app
-from mlcdf.errors import MissingArtifactError, SchemaError
+from mlcdf.errors import MissingArtifactError, MlcdfError, SchemaError
 from mlcdf.evaluate import PAPER_METRICS
 from mlcdf.labels import SUBSETS
-from mlcdf.report import PAPER_METHODS, load_result, paper_results, results_table
+from mlcdf.report import (
+    PAPER_METHODS,
+    group_over_seeds,
+    is_report_file,
+    load_result,
+    paper_results,
+    results_table,
+    runs_csv,
+    write_category_figure,
+)
 
 runner = CliRunner()
 COMPONENTS = list(SUBSETS["facial_components"])
@@ -138,3 +148,151 @@ def test_cli_report(two_runs, tmp_path):
     assert out.read_text().startswith("% facial_components") and result.stdout == ""
     result = runner.invoke(app, ["report", str(tmp_path)])
     assert result.exit_code == 2 and "neither a run folder" in result.stderr
+
+
+# --- Seeds: runs that differ only in their seed are one row of mean ± std -------------------------------
+
+
+def seeded_run(root: Path, name: str, seed: int | None, mAP: float, *, model="resnet50", loss="asl", lr=1e-4, embedding=None) -> Path:
+    train = {"model": model, "loss": loss, "lr": lr, "out": str(root / name), "device": "auto", "workers": None}
+    if seed is not None:
+        train["seed"] = seed
+    graph = {"embedding": embedding} if embedding else None
+    values = R101 | {"mAP": mAP, "CR": 80.0 + (seed or 0)}
+    return write_run(root, name, {"train": train, "subset": "facial_components", "graph": graph, "num_params": 23_500_000}, values)
+
+
+def test_runs_differing_only_in_their_seed_are_one_row(tmp_path):
+    runs = [seeded_run(tmp_path, f"r50-asl-s{seed}", seed, value) for seed, value in ((0, 90.0), (1, 92.0), (2, 97.0))]
+    runs.append(seeded_run(tmp_path, "r50-bce", 0, 88.0, loss="bce"))  # one seed only
+    # A configuration missing its seed 1 (failed or not yet run) still groups the seeds it has.
+    runs += [seeded_run(tmp_path, f"mlgcn-s{seed}", seed, value, model="ml_gcn", embedding="word") for seed, value in ((0, 80.0), (2, 70.0))]
+    rows = [load_result(run) for run in runs]
+    assert [row.seed for row in rows] == [0, 1, 2, 0, 0, 2]
+    grouped = group_over_seeds(rows)
+    assert [(row.source, row.n) for row in grouped] == [("r50-asl", 3), ("r50-bce", 1), ("mlgcn", 2)]
+    r50 = grouped[0]
+    # By hand: mean (90 + 92 + 97) / 3 = 93; deviations -3, -1, 4 -> sample variance (9 + 1 + 16) / 2 = 13.
+    assert r50.values["mAP"] == pytest.approx(93.0) and r50.std["mAP"] == pytest.approx(13**0.5)
+    assert r50.values["CR"] == pytest.approx(81.0) and r50.std["CR"] == pytest.approx(1.0)
+    assert r50.std["CP"] == 0.0 and r50.seed is None
+    assert grouped[1].std["mAP"] == 0.0 and grouped[1].values["mAP"] == 88.0 and grouped[1].seed == 0
+    assert grouped[2].values["mAP"] == pytest.approx(75.0) and grouped[2].std["mAP"] == pytest.approx(50**0.5)
+
+    header, *lines = markdown_rows(results_table(rows))
+    assert header == ["Category", "Method", "Run", "n", "#Params (M)", *PAPER_METRICS]
+    assert lines[0][:6] == ["direct", "ResNet50 + ASL", "r50-asl", "3", "23.5", "**93.0 ± 3.6**"]
+    assert lines[1][:6] == ["direct", "ResNet50", "r50-bce", "1", "23.5", "88.0"]
+    assert lines[2][2:6] == ["mlgcn", "2", "23.5", "75.0 ± 7.1"]
+    latex = results_table(rows, fmt="latex")
+    assert r"r50-asl & 3 & 23.5 & \textbf{93.0 $\pm$ 3.6}" in latex and r"& n &" in latex
+
+    table = list(csv.DictReader(io.StringIO(results_table(rows, fmt="csv", paper=True))))
+    ours = {row["source"]: row for row in table if row["n"]}
+    assert set(ours) == {"r50-asl", "r50-bce", "mlgcn"}
+    assert float(ours["r50-asl"]["mAP"]) == pytest.approx(93.0) and float(ours["r50-asl"]["mAP_std"]) == pytest.approx(3.605551, abs=1e-6)
+    assert ours["r50-asl"]["n"] == "3" and ours["r50-bce"]["mAP_std"] == "0.0" and ours["r50-bce"]["n"] == "1"
+    paper_row = next(row for row in table if row["source"] == "paper")
+    assert paper_row["n"] == "" and paper_row["mAP_std"] == ""
+
+
+def test_single_seed_tables_keep_their_layout(two_runs):
+    # No configuration has two seeds: no n column, no ± (the tables of test_table_for_two_runs).
+    text = results_table([load_result(run) for run in two_runs], paper=True)
+    assert "± " not in text and markdown_rows(text)[0][3] == "#Params (M)"
+
+
+def test_seeds_group_only_within_one_configuration(tmp_path):
+    # Same folder stem but another learning rate: two configurations, each a single run.
+    rows = [load_result(seeded_run(tmp_path, "a-s0", 0, 90.0)), load_result(seeded_run(tmp_path, "a-s1", 1, 91.0, lr=1e-3))]
+    assert [(row.source, row.n) for row in group_over_seeds(rows)] == [("a-s0", 1), ("a-s1", 1)]
+    # No seed in the config: never grouped with anything.
+    rows = [load_result(seeded_run(tmp_path, name, None, 90.0)) for name in ("b", "c")]
+    assert rows[0].seed is None and [row.n for row in group_over_seeds(rows)] == [1, 1]
+    # The same seed twice in one configuration would count one seed twice.
+    twins = [load_result(seeded_run(tmp_path, "d", 0, 90.0)), load_result(seeded_run(tmp_path, "d-s0", 0, 91.0))]
+    with pytest.raises(MlcdfError, match="d and d-s0: the same configuration trained with the same seed 0"):
+        group_over_seeds(twins)
+
+
+def test_runs_csv_has_one_line_per_run_with_its_seed(tmp_path):
+    rows = [load_result(seeded_run(tmp_path, f"r-s{seed}", seed, 90.0 + seed)) for seed in (0, 1)]
+    rows.append(load_result(seeded_run(tmp_path, "noseed", None, 50.0)))
+    table = list(csv.DictReader(io.StringIO(runs_csv(rows))))
+    assert [(row["source"], row["seed"], row["mAP"]) for row in table] == [("r-s0", "0", "90.0"), ("r-s1", "1", "91.0"), ("noseed", "", "50.0")]
+    path = tmp_path / "results.csv"
+    path.write_text(runs_csv(rows))
+    assert is_report_file(path)
+
+
+# --- The category figure (the paper's Figures 2 and 3) ---------------------------------------------------
+
+
+def published(subset: str, category: str) -> list[dict]:
+    with open(Path(__file__).resolve().parents[1] / "mlcdf" / "resources" / "paper_tables.csv", newline="") as handle:
+        return [row for row in csv.DictReader(handle) if row["subset"] == subset and row["category"] == category]
+
+
+@pytest.fixture
+def figure_runs(tmp_path):
+    runs = [seeded_run(tmp_path / "runs", f"r50-s{seed}", seed, value) for seed, value in ((0, 90.0), (1, 94.0))]
+    runs.append(seeded_run(tmp_path / "runs", "r101", 0, 80.0, model="resnet101"))
+    runs.append(seeded_run(tmp_path / "runs", "mlgcn", 0, 70.0, model="ml_gcn", embedding="word"))
+    return runs
+
+
+def test_category_figure_numbers(figure_runs, tmp_path):
+    figure = tmp_path / "fig.png"
+    write_category_figure([load_result(run) for run in figure_runs], figure, paper=True)
+    table = list(csv.DictReader(open(figure.with_suffix(".csv"), newline="")))
+    assert tuple(table[0]) == ("subset", "category", "metric", "source", "mean", "std", "n")
+    bars = {(row["category"], row["metric"], row["source"]): row for row in table}
+    assert {row["subset"] for row in table} == {"facial_components"}
+    assert len(table) == 4 * len(PAPER_METRICS)
+    # Ours: the configurations are r50 (seed mean 92), r101 (80): mean 86, sample std of (92, 80) = 8.485...
+    direct = bars["direct", "mAP", "ours"]
+    assert float(direct["mean"]) == pytest.approx(86.0) and float(direct["std"]) == pytest.approx(72**0.5) and direct["n"] == "2"
+    assert bars["indirect", "mAP", "ours"]["n"] == "1" and float(bars["indirect", "mAP", "ours"]["std"]) == 0.0
+    # The paper: the 6 published rows of each category, averaged here independently of mlcdf.report.
+    for category in ("direct", "indirect"):
+        rows = published("facial_components", category)
+        assert len(rows) == 6
+        for metric in PAPER_METRICS:
+            column = [float(row[metric]) for row in rows]
+            bar = bars[category, metric, "paper"]
+            assert float(bar["mean"]) == pytest.approx(sum(column) / 6, abs=1e-6)
+            assert float(bar["std"]) == pytest.approx(statistics.stdev(column), abs=1e-6) and bar["n"] == "6"
+    # Spot check against numbers written out by hand: the published direct mAPs of Table II.
+    maps = [float(row["mAP"]) for row in published("facial_components", "direct")]
+    assert float(bars["direct", "mAP", "paper"]["mean"]) == pytest.approx(sum(maps) / len(maps))
+
+
+def test_category_figure_png(figure_runs, tmp_path):
+    from PIL import Image
+
+    figure = tmp_path / "fig.png"
+    result = runner.invoke(app, ["report", *map(str, figure_runs), "--figure", str(figure)])
+    assert result.exit_code == 0, result.output
+    with Image.open(figure) as image:
+        assert image.format == "PNG" and image.width > 400 and image.info["Software"] == "mlcdf report"
+    sources = {row["source"] for row in csv.DictReader(open(figure.with_suffix(".csv"), newline=""))}
+    assert sources == {"ours"}  # the paper's bars only with --paper
+    # Written again over its own output; a PNG of someone else is refused before any work.
+    assert runner.invoke(app, ["report", *map(str, figure_runs), "--figure", str(figure), "--paper"]).exit_code == 0
+    Image.new("RGB", (4, 4)).save(tmp_path / "photo.png")
+    result = runner.invoke(app, ["report", *map(str, figure_runs), "--figure", str(tmp_path / "photo.png")])
+    assert result.exit_code == 2 and "not written by 'mlcdf report'" in result.stderr
+    assert not (tmp_path / "photo.csv").exists()
+
+
+def test_category_figure_bad_inputs(figure_runs, tmp_path):
+    result = runner.invoke(app, ["report", *map(str, figure_runs), "--figure", str(tmp_path / "fig.jpg")])
+    assert result.exit_code == 2 and "ending in .png" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    (figure_runs[1] / "config.json").write_text("{broken")
+    result = runner.invoke(app, ["report", *map(str, figure_runs), "--figure", str(tmp_path / "fig.png")])
+    assert result.exit_code == 2 and "r50-s1" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "fig.png").exists() and not (tmp_path / "fig.csv").exists()
+    write_metrics(tmp_path / "plain_eval", R101)
+    result = runner.invoke(app, ["report", str(tmp_path / "plain_eval"), "--figure", str(tmp_path / "fig.png")])
+    assert result.exit_code == 2 and "direct or indirect" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "fig.png").exists()

@@ -32,17 +32,30 @@ def report_command(
     fmt: Annotated[Format, typer.Option("--format", help="Markdown or a LaTeX tabular per subset (one decimal, as the paper), or CSV (6 decimals).")] = Format.md,
     out_file: Annotated[Path | None, typer.Option("--out", help="Write the table to this file instead of stdout.", dir_okay=False)] = None,
     paper: Annotated[
-        bool, typer.Option("--paper", help="Add the paper's published rows for each subset, and our difference from them.")
+        bool,
+        typer.Option(
+            "--paper", help="Add the paper's published rows for each subset, and our difference from them (and the paper's bars to --figure)."
+        ),
     ] = False,
     robustness: Annotated[
         bool,
         typer.Option("--robustness", help="Add a section comparing the runs' robustness (from 'evaluate --perturb'): clean mAP, mean mAP over the conditions, worst condition. Markdown only."),
     ] = False,
+    figure: Annotated[
+        Path | None,
+        typer.Option(
+            "--figure",
+            help="Also draw the paper's Figures 2/3 into this PNG (one panel per subset: direct vs indirect mean ± std per metric) and its numbers into the same name with .csv.",
+            dir_okay=False,
+        ),
+    ] = None,
 ) -> None:
     """Tabulate runs as the paper does: category, method, #Params, mAP, CP, CR, CF1, OP, OR, OF1.
 
-    One table per subset; the best value of each metric is in bold. Method, loss and subset come from
-    each run's config.json. An evaluation folder outside a run is labelled by its folder name.
+    One table per subset; the best value of each metric is in bold. Method, loss, subset and seed come
+    from each run's config.json; runs that differ only in their seed (folders CONFIG-s0, CONFIG-s1, ...)
+    are one row of mean ± std with their number n. An evaluation folder outside a run is labelled by its
+    folder name.
 
     Examples:
 
@@ -51,15 +64,23 @@ def report_command(
         mlcdf report runs/r50 runs/r101 --format latex --out table.tex
 
         mlcdf report runs/r50 runs/r50-augp --robustness
+
+        mlcdf report runs/* --paper --figure categories.png
     """
     # Imported here: the evaluate stage pulls in scikit-learn, which every other command would pay for.
-    from mlcdf.report import is_report_file, load_result, results_table
+    from mlcdf.report import check_figure_replaceable, is_report_file, load_result, results_table, write_category_figure
 
     if robustness and fmt is not Format.md:
         raise typer.BadParameter("the robustness section is Markdown; use --format md", param_hint="'--robustness'")
     if out_file is not None:
         check_file_replaceable(out_file, command="mlcdf report", is_own=is_report_file)
-    text = results_table([load_result(path, split=split.value) for path in paths], fmt=fmt.value, paper=paper)
+    if figure is not None:
+        check_figure_replaceable(figure)
+    rows = [load_result(path, split=split.value) for path in paths]
+    text = results_table(rows, fmt=fmt.value, paper=paper)
+    if figure is not None:
+        write_category_figure(rows, figure, paper=paper)
+        note(f"wrote {figure} and its numbers, {figure.with_suffix('.csv')}")
     if robustness:
         from mlcdf.robustness import robustness_section
 
