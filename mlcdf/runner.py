@@ -521,9 +521,13 @@ class SlurmLauncher:
         unknown = sorted(set(options) - set(SLURM_OPTIONS) - {"cluster"})
         if unknown:
             raise MlcdfError(f"unknown Slurm option(s) {unknown}; known: {', '.join(SLURM_OPTIONS)}")
-        self.executor = submitit.AutoExecutor(folder=out / "launch" / "slurm", cluster=options.get("cluster"))
+        cluster = options.get("cluster", "slurm")  # never submitit's silent fallback to local processes
+        try:
+            self.executor = submitit.AutoExecutor(folder=out / "launch" / "slurm", cluster=cluster)
+        except RuntimeError as error:  # no sbatch/srun here
+            raise MlcdfError(f"--launcher slurm: {first_line(error)} (--slurm-cluster local runs the jobs here)") from None
         parameters = {SLURM_OPTIONS[key]: value for key, value in options.items() if key in SLURM_OPTIONS and value is not None}
-        parameters.setdefault("gpus_per_node", gpus_per_run if options.get("cluster") != "local" else 0)
+        parameters.setdefault("gpus_per_node", gpus_per_run if cluster == "slurm" else 0)
         parameters.setdefault("tasks_per_node", 1)
         parameters.setdefault("name", "mlcdf")
         self.executor.update_parameters(**parameters)
@@ -606,16 +610,16 @@ def run_plan(
         return PlanResult([_planned(out, entry) for entry in entries])
     chosen = subsets if subsets is not None else plan.subsets
     _check_prepared(plan, chosen)
-    with file_lock(out / SETUP_LOCK):
-        for subset in chosen:
-            for embedding in plan.embeddings(only):
-                _build_graph(plan, out, subset, embedding, log, progress)
     if launcher == "slurm":
         runs: Launcher = SlurmLauncher(out, jobs, slurm or {}, gpus_per_run)
     elif devices or (jobs or 1) > 1:
         runs = LocalLauncher(out, jobs or 1, devices, gpus_per_run)
     else:
         runs = InProcessLauncher(log, callbacks, progress)
+    with file_lock(out / SETUP_LOCK):
+        for subset in chosen:
+            for embedding in plan.embeddings(only):
+                _build_graph(plan, out, subset, embedding, log, progress)
     outcomes = _launch(plan, out, entries, runs, log, monitor, poll_seconds)
     result = PlanResult([outcomes[entry.label] for entry in entries])
     for subset in chosen:
