@@ -248,7 +248,7 @@ def run_plan(
     plan: Plan,
     out: str | Path,
     *,
-    jobs: int = 1,
+    jobs: int | None = None,
     devices: Sequence[str] | None = None,
     gpus_per_run: int = 1,
     launcher: str = "local",
@@ -263,7 +263,7 @@ def run_plan(
 
     Skips evaluated runs, resumes interrupted ones, locks each run while it trains, goes on after a
     failure, and writes ``OUT/report-<subset>.md`` and ``OUT/results.csv`` from the run folders.
-    ``jobs`` runs at once, each on the next free device of ``devices`` (``"0"``, ``"1"`` ... or
+    ``jobs`` runs at once (local: 1; Slurm: all), each on the next free device of ``devices`` (``"0"``, ``"1"`` ... or
     ``"cpu"``); ``launcher`` is ``local`` or ``slurm`` (options in ``slurm``: partition, time, gpus,
     cpus_per_task, account, cluster). ``dry_run`` only reports each run's status. ``hooks``:
     ``callbacks``/``progress`` (in-process training), ``monitor`` (running runs, several at once),

@@ -63,7 +63,7 @@ def reproduce_command(
     word_embedding: Annotated[Optional[str], typer.Option("--word-embedding", help=f"Node features of the word graphs (paper: {PAPER_WORD_EMBEDDING}, GloVe 300-d; 'glove' is the embedded 50-d subset).")] = None,
     workers: Annotated[Optional[int], typer.Option("--workers", min=0, help="DataLoader worker processes.")] = None,
     keep_last: Annotated[bool, typer.Option("--keep-last", help="Keep checkpoints/last.pt (optimizer and EMA state, 4x the weights) of evaluated runs; by default only best.pt stays.")] = False,
-    jobs: Annotated[Optional[int], typer.Option("--jobs", min=1, help="Runs at once, each in its own process (local default 1, in this process; Slurm: jobs queued at once, default all).")] = None,
+    jobs: Annotated[Optional[int], typer.Option("--jobs", min=1, help="Runs at once, each in its own process (local: one per device of --devices, else 1 in this process; Slurm: jobs queued at once, default all).")] = None,
     devices: Annotated[Optional[str], typer.Option("--devices", help="Devices the runs take turns on, e.g. 0,1,2,3 or cpu,cpu; each run gets its own.")] = None,
     gpus_per_run: Annotated[int, typer.Option("--gpus-per-run", min=1, help="GPUs of one run (DDP through torchrun); --devices lists them all.")] = 1,
     launcher: Annotated[str, typer.Option("--launcher", help="local (this machine) or slurm (each run a Slurm job through submitit: pip install 'mlcdf[slurm]').")] = "local",
