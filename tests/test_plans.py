@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -15,9 +16,10 @@ import pytest
 from typer.testing import CliRunner
 
 from mlcdf.cli.main import app
-from mlcdf.errors import SchemaError
+from mlcdf.errors import MlcdfError, SchemaError
 from mlcdf.plans import Plan, load_plan, run_plan
-from mlcdf.runner import DONE, NEW, PLANNED, SKIPPED, TRAINED, lock_path, run_status, try_lock, unlock
+from mlcdf.runner import DONE, NEW, PLANNED, SKIPPED, TRAINED, Running, RunJob, lock_path, run_status, try_lock, unlock
+from mlcdf.training import TrainConfig
 from toy import write_toy_prepared
 
 runner = CliRunner()
@@ -282,3 +284,23 @@ def test_two_launchers_on_one_out_train_each_run_once(tmp_path, prepared):
         if run.is_dir():
             assert len((run / "log.jsonl").read_text().splitlines()) == 1  # one epoch, trained once
     assert len(results(out)) == 4
+
+
+def test_the_slurm_launcher_names_what_is_missing(tmp_path, prepared, monkeypatch):
+    plan = load_plan(small_plan(tmp_path, prepared))
+    if shutil.which("srun") is None:  # this machine: no Slurm, and no silent fallback to local processes
+        with pytest.raises(MlcdfError, match="--launcher slurm: Could not detect \"srun\".*--slurm-cluster local"):
+            run_plan(plan, tmp_path / "out", launcher="slurm")
+    monkeypatch.setitem(sys.modules, "submitit", None)  # as if the extra were not installed
+    result = runner.invoke(app, ["reproduce", "--plan", str(plan.source), "--out", str(tmp_path / "out2"), "--launcher", "slurm"])
+    assert result.exit_code == 2 and "--launcher slurm needs submitit: pip install 'mlcdf[slurm]'" in result.output
+    assert not (tmp_path / "out2").exists()
+
+
+def test_the_live_display_reads_each_running_run_from_its_folder(tmp_path):
+    config = TrainConfig(prepared="p", model="resnet50", out=str(tmp_path / "r"), epochs=5)
+    running = Running(RunJob("s/r", config), device="1")
+    assert running.progress() == (0, 5, None)
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "log.jsonl").write_text('{"epoch": 0, "val_mAP": 0.5}\n{"epoch": 1, "val_mAP": 0.625}\n')
+    assert running.progress() == (2, 5, 0.625)

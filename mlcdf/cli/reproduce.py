@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 from mlcdf.cli._console import err, note, out, rich_progress, warn
@@ -123,7 +124,7 @@ def reproduce_command(
     )
     if result.failed:
         for label, reason in result.failed.items():
-            err.print(f"[bold red]failed:[/] {label}: {reason}", highlight=False, soft_wrap=True)
+            err.print(f"[bold red]failed:[/] {escape(f'{label}: {reason}')}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=1)
 
 
