@@ -197,6 +197,8 @@ class Plan:
             options["graph"] = str(graph_path(out, entry.subset, entry.run.embedding))
         if entry.seed is not None:
             options["seed"] = entry.seed
+        # Every run's TrainConfig is made here: the place to add per-run outputs the runner chooses
+        # (e.g. a TensorBoard folder OUT/tensorboard/<subset>/<name>, once TrainConfig has one).
         return TrainConfig(prepared=str(self.prepared[entry.subset]), out=str(run_dir(out, entry)), **options)
 
     def shared_options(self) -> TrainConfig:

@@ -304,3 +304,12 @@ def test_the_live_display_reads_each_running_run_from_its_folder(tmp_path):
     (tmp_path / "r").mkdir()
     (tmp_path / "r" / "log.jsonl").write_text('{"epoch": 0, "val_mAP": 0.5}\n{"epoch": 1, "val_mAP": 0.625}\n')
     assert running.progress() == (2, 5, 0.625)
+
+
+def test_the_readmes_plan_example_is_a_valid_plan(tmp_path):
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Plans, several GPUs and Slurm") :]
+    example = section[section.index("```toml\n") + len("```toml\n") : section.index("```\n", section.index("```toml"))]
+    plan = load_plan(write_plan(tmp_path, example, name="sweep.toml"))
+    assert [run.name for run in plan.runs] == ["r50-bce", "r50-asl", "mlagcn-asl-word"] and plan.seeds == 3
+    assert plan.prepared == {"faces": tmp_path / "prepared/faces"} and plan.embeddings() == ["word"]
