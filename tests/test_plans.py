@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from mlcdf.cli.main import app
 from mlcdf.errors import MlcdfError, SchemaError
 from mlcdf.plans import Plan, load_plan, run_plan
-from mlcdf.runner import DONE, NEW, PLANNED, SKIPPED, TRAINED, Running, RunJob, lock_path, run_status, try_lock, unlock
+from mlcdf.runner import DONE, NEW, PLANNED, SKIPPED, TRAINED, Running, RunJob, execute, lock_path, run_status, try_lock, unlock
 from mlcdf.training import TrainConfig
 from toy import write_toy_prepared
 
@@ -313,3 +313,16 @@ def test_the_readmes_plan_example_is_a_valid_plan(tmp_path):
     plan = load_plan(write_plan(tmp_path, example, name="sweep.toml"))
     assert [run.name for run in plan.runs] == ["r50-bce", "r50-asl", "mlagcn-asl-word"] and plan.seeds == 3
     assert plan.prepared == {"faces": tmp_path / "prepared/faces"} and plan.embeddings() == ["word"]
+
+
+@pytest.mark.slow
+def test_a_run_over_several_devices_trains_through_torchrun(tmp_path, prepared, monkeypatch):
+    # gloo on the CPU stands in for GPUs: the same torchrun launch, 2 processes.
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    config = TrainConfig(prepared=str(prepared), model="timm:test_resnet", out=str(tmp_path / "s" / "r"), epochs=1,
+                         batch_size=8, image_size=16, device="cpu", workers=0, patience=0)
+    assert execute(RunJob("s/r", config, gpus_per_run=2)) == TRAINED
+    assert json.loads((tmp_path / "s/r/config.json").read_text())["world_size"] == 2
+    assert run_status(tmp_path / "s/r") == DONE and not lock_path(tmp_path / "s/r").exists()
+    assert not list((tmp_path / "s").glob(".*.train.json"))  # its options file is gone
