@@ -73,7 +73,7 @@ def reproduce_command(
     gpus: Annotated[Optional[int], typer.Option("--gpus", min=0, help="GPUs per Slurm job (default: --gpus-per-run).", rich_help_panel=_SLURM)] = None,
     cpus_per_task: Annotated[Optional[int], typer.Option("--cpus-per-task", min=1, help="CPUs per Slurm job.", rich_help_panel=_SLURM)] = None,
     account: Annotated[Optional[str], typer.Option("--account", help="Slurm account.", rich_help_panel=_SLURM)] = None,
-    cluster: Annotated[Optional[str], typer.Option("--slurm-cluster", help="submitit cluster: slurm (default when sbatch is present), or local (the jobs as local processes, for testing).", rich_help_panel=_SLURM)] = None,
+    cluster: Annotated[Optional[str], typer.Option("--slurm-cluster", help="submitit cluster: slurm (default), or local (the jobs as local processes, for testing).", rich_help_panel=_SLURM)] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and each run's status (from the run folders), and stop.")] = False,
     quiet: QuietOpt = False,
 ) -> None:
