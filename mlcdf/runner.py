@@ -284,7 +284,7 @@ def execute(
                 trained = train(job.config, resume=status == RESUME, callbacks=callbacks, progress=progress)
                 log(f"{job.label}: best val mAP {100 * trained.best_map:.2f} at epoch {trained.best_epoch + 1}")
         _, metrics = evaluate_run(run_dir, device=job.config.device, progress=progress)
-        log(f"{job.label}: test mAP {100 * metrics['mAP']:.2f}")
+        log(f"{job.label}: test mAP {metrics['mAP']:.2f}")
         if not job.keep_last:
             (run_dir / CHECKPOINTS / "last.pt").unlink(missing_ok=True)
         return TRAINED
