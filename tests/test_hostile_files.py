@@ -30,7 +30,8 @@ from mlcdf.graph.cooccurrence import build_adjacency
 from mlcdf.graph.embeddings import read_word_vectors_file
 from mlcdf.labels import SUBSETS
 from mlcdf.progress import silent
-from mlcdf.reproduce import ReproduceConfig, _build_graph
+from mlcdf.reproduce import ReproduceConfig
+from mlcdf.runner import _build_graph
 from test_graph import LABELS, TARGETS, write_glove, write_prepared
 
 runner = CliRunner()
@@ -102,18 +103,18 @@ def test_graph_record_with_an_undefined_value_still_matches_its_json(graph_path:
 
 
 def test_reproduce_rebuilds_its_graph_left_half_replaced(tmp_path: Path):
-    config = ReproduceConfig.smoke_test(tmp_path)
+    plan = ReproduceConfig.smoke_test(tmp_path).plan()
     subset = "facial_components"
     write_prepared(tmp_path, TARGETS, labels=SUBSETS[subset], subset=subset)
     messages: list[str] = []
-    _build_graph(config, subset, "word", messages.append, silent)
-    path = config.graph_path(subset, "word")
+    _build_graph(plan, tmp_path, subset, "word", messages.append, silent)
+    path = tmp_path / "graphs" / f"{subset}-word.npz"
     stamp, logged = path.stat().st_mtime_ns, len(messages)
-    _build_graph(config, subset, "word", messages.append, silent)
+    _build_graph(plan, tmp_path, subset, "word", messages.append, silent)
     assert path.stat().st_mtime_ns == stamp and len(messages) == logged  # a sound graph is reused
     sidecar = path.with_suffix(".json")
     sidecar.write_text(json.dumps({**json.loads(sidecar.read_text()), "t": 0.9}))  # the previous build's .json
-    _build_graph(config, subset, "word", messages.append, silent)
+    _build_graph(plan, tmp_path, subset, "word", messages.append, silent)
     assert "rebuilding the label graph" in messages[logged] and load_graph(path).info["t"] == 0.4
 
 

@@ -9,40 +9,61 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-import mlcdf.reproduce as reproduce_module
 from mlcdf.cli.main import app
 from mlcdf.errors import SchemaError
+from mlcdf.graph.embeddings import PAPER_WORD_EMBEDDING
+from mlcdf.plans import paper_plan
 from mlcdf.report import method_of, paper_results
-from mlcdf.reproduce import DONE, PAPER_RUNS, RESUME, PaperRun, ReproduceConfig, plan, reproduce, run_status
-from mlcdf.training import SilentCallbacks
+from mlcdf.reproduce import ReproduceConfig, reproduce, status
+from mlcdf.runner import DONE, RESUME, run_status
+from mlcdf.training import SilentCallbacks, TrainConfig
 
 runner = CliRunner()
 REPO = Path(__file__).resolve().parents[1]
-TINY_RUN = PaperRun("timm:test_resnet", "bce")
+TINY_RUN = "timm:test_resnet-bce"
+
+#: The paper's plan as the code defined it before it became a plan file (PAPER_RUNS: model, loss,
+#: embedding, recipe), frozen here so that the file cannot drift from it.
+FORMER_PAPER_RUNS = [
+    ("resnet50", "bce", None, "asl"), ("resnet50", "asl", None, "asl"), ("resnet101", "bce", None, "asl"),
+    ("resnet101", "asl", None, "asl"), ("tresnet_m", "bce", None, "asl"), ("tresnet_m", "asl", None, "asl"),
+    ("ml_gcn", "bce", "word", "mlgcn"), ("iml_gcn", "asl", "image", "asl"), ("iml_gcn", "asl", "word", "asl"),
+    ("ml_agcn", "asl", "image", "asl"), ("ml_agcn", "asl", "word", "asl"), ("ml_agcn", "bce", "word", "asl"),
+]
+
+
+def former_train_config(out: Path, subset: str, model: str, loss: str, embedding: str | None, recipe: str) -> TrainConfig:
+    """ReproduceConfig.train_config as it was, with its defaults (the paper's settings)."""
+    name = "-".join(part for part in (model, loss, embedding) if part)
+    return TrainConfig(
+        prepared=str(out / "prepared" / subset), model=model, out=str(out / "runs" / subset / name), loss=loss,
+        graph=str(out / "graphs" / f"{subset}-{embedding}.npz") if embedding else None, recipe=recipe,
+        epochs=40, batch_size=128, image_size=224, patience=10, device="auto", pretrained=True, workers=None,
+    )
+
+
+def test_paper_plan_file_is_the_former_plan(tmp_path):
+    out = tmp_path / "r"
+    plan = ReproduceConfig(out=out, data=tmp_path).plan()
+    assert plan.subsets == ("facial_components", "facial_attributes") and plan.seeds == 1 and plan.paper
+    assert plan.word_embedding == PAPER_WORD_EMBEDDING and not plan.keep_last
+    entries = plan.entries()
+    expected = [former_train_config(out, subset, *run) for subset in plan.subsets for run in FORMER_PAPER_RUNS]
+    assert [plan.train_config(entry, out) for entry in entries] == expected
+    assert [entry.name for entry in entries[:12]] == [Path(config.out).name for config in expected[:12]]
 
 
 def test_plan_is_every_published_row_of_both_tables():
-    planned = {(method_of(run.model)[0], run.loss, run.embedding) for run in PAPER_RUNS}
+    plan = paper_plan()
+    planned = {(method_of(run.model)[0], run.options["loss"], run.embedding) for run in plan.runs}
     for subset in ("facial_components", "facial_attributes"):
         published = {(row.method, row.loss, row.embedding) for row in paper_results() if row.subset == subset}
         assert planned == published
-    assert len(PAPER_RUNS) == 12 and len({run.name for run in PAPER_RUNS}) == 12
-
-
-def test_paper_settings_are_the_default():
-    config = ReproduceConfig(out=Path("r"), data=Path("d")).train_config("facial_components", PAPER_RUNS[3])
-    assert (config.model, config.loss, config.image_size, config.batch_size, config.epochs, config.pretrained) == (
-        "resnet101", "asl", 224, 128, 40, True
-    )
-    graph_run = next(run for run in PAPER_RUNS if run.name == "ml_agcn-asl-image")
-    assert ReproduceConfig(out=Path("r"), data=Path("d")).train_config("facial_attributes", graph_run).graph == str(
-        Path("r/graphs/facial_attributes-image.npz")
-    )
+    assert len(plan.runs) == 12 and len({run.name for run in plan.runs}) == 12
 
 
 def test_only_selects_runs_by_glob():
-    config = ReproduceConfig(out=Path("r"), data=Path("d"), only=("resnet*", "*-image"))
-    assert [run.name for run in config.runs()] == [
+    assert [run.name for run in paper_plan().select(("resnet*", "*-image"))] == [
         "resnet50-bce", "resnet50-asl", "resnet101-bce", "resnet101-asl", "iml_gcn-asl-image", "ml_agcn-asl-image"
     ]
 
@@ -54,22 +75,38 @@ class StopAfterFirstEpoch(SilentCallbacks):
         raise KeyboardInterrupt
 
 
+TINY_PLAN = """
+[defaults]
+subsets = ["facial_components"]
+paper = true
+
+[[runs]]
+name = "timm:test_resnet-bce"
+model = "timm:test_resnet"
+loss = "bce"
+"""
+
+
 @pytest.fixture
-def tiny_plan(monkeypatch):
-    monkeypatch.setattr(reproduce_module, "PAPER_RUNS", (TINY_RUN,))
+def tiny_plan(tmp_path) -> Path:
+    """The paper's plan cut to one tiny configuration on one subset."""
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY_PLAN)
+    return path
 
 
-def smoke(out: Path, **overrides) -> ReproduceConfig:
-    return ReproduceConfig.smoke_test(out, subsets=("facial_components",), device="cpu", **overrides)
+def smoke(out: Path, plan_file: Path, **overrides) -> ReproduceConfig:
+    return ReproduceConfig.smoke_test(out, plan_file=plan_file, device="cpu", **overrides)
 
 
 def test_interrupted_run_resumes_and_finished_run_is_skipped(tiny_plan, tmp_path):
-    config = smoke(tmp_path / "out", epochs=2)
+    config = smoke(tmp_path / "out", tiny_plan, epochs=2)
     run_dir = config.run_dir("facial_components", TINY_RUN)
     with pytest.raises(KeyboardInterrupt):
         reproduce(config, callbacks=StopAfterFirstEpoch())
     assert run_status(run_dir) == RESUME
-    assert [p.status for p in plan(config)] == [RESUME]
+    assert [p.status for p in status(config)] == [RESUME]
+    assert not (run_dir.parent / f"{TINY_RUN}.lock").exists()  # the interrupted launcher let go of the run
 
     lines: list[str] = []
     result = reproduce(config, log=lines.append)
@@ -90,13 +127,13 @@ def test_interrupted_run_resumes_and_finished_run_is_skipped(tiny_plan, tmp_path
 
 def test_resuming_with_other_options_fails_that_run_only(tiny_plan, tmp_path):
     with pytest.raises(KeyboardInterrupt):
-        reproduce(smoke(tmp_path / "out", epochs=2, keep_last=True), callbacks=StopAfterFirstEpoch())
-    result = reproduce(smoke(tmp_path / "out", epochs=3))
+        reproduce(smoke(tmp_path / "out", tiny_plan, epochs=2, keep_last=True), callbacks=StopAfterFirstEpoch())
+    result = reproduce(smoke(tmp_path / "out", tiny_plan, epochs=3))
     [(label, reason)] = result.failed.items()
     assert label == "facial_components/timm:test_resnet-bce"
     assert "epochs 2 -> 3" in reason and "delete it" in reason
     # The command says which run failed and exits 1 (the others would have gone on).
-    cli = runner.invoke(app, ["reproduce", "--smoke", "--subset", "facial_components", "--out", str(tmp_path / "out"),
+    cli = runner.invoke(app, ["reproduce", "--smoke", "--plan", str(tiny_plan), "--out", str(tmp_path / "out"),
                               "--epochs", "3", "--device", "cpu", "--quiet"])
     assert cli.exit_code == 1
     assert "failed: facial_components/timm:test_resnet-bce" in cli.output
@@ -151,7 +188,7 @@ def test_smoke_variant_runs_the_whole_plan(tmp_path):
             report = (out / f"report-{subset}.md").read_text()
             assert table in report
             assert report.count("| Δ vs paper |") == 12  # each of our 12 runs beside its published row
-            assert all(run_status(out / "runs" / subset / run.name) == DONE for run in PAPER_RUNS)
+            assert all(run_status(out / "runs" / subset / run.name) == DONE for run in paper_plan().runs)
         assert len(list(csv.DictReader((out / "results.csv").open()))) == 24
         assert "24 already done" in runner.invoke(app, ["reproduce", "--smoke", "--out", str(out), "--quiet"]).output
     finally:
