@@ -9,7 +9,7 @@ import typer
 from typer.core import TyperGroup
 
 from mlcdf import __version__
-from mlcdf.cli import build_graph, evaluate, models, predict, prepare, report, reproduce, synth, train
+from mlcdf.cli import build_graph, evaluate, models, predict, prepare, report, reproduce, study, synth, train
 from mlcdf.cli._console import err
 from mlcdf.errors import ENVIRONMENT_ERRNOS, MlcdfError
 
@@ -74,7 +74,7 @@ def _root(
     """
 
 
-for _module in (synth, prepare, build_graph, models, train, evaluate, report, reproduce, predict):
+for _module in (synth, prepare, build_graph, models, train, evaluate, report, reproduce, predict, study):
     _module.register(app)
 
 
