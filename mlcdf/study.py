@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlcdf.data.prepared import META_FILE, SYNTH_JSON
+from mlcdf.data.prepared import META_FILE, SYNTH_JSON, load_prepared
 from mlcdf.data.seqdeepfake import PrepareConfig, prepare
 from mlcdf.data.synth import SynthConfig, generate
 from mlcdf.data.synth_cooccurrence import EDITING_HABITS
@@ -369,14 +369,22 @@ def study_markdown(rows: Sequence[StudyRow], config: StudyConfig) -> str:
     return "\n".join(lines) + "\n"
 
 
+def chance_map(config: StudyConfig, strength: float) -> float:
+    """The test mAP (%) of a scorer that knows nothing: each label's share of the test images, averaged."""
+    targets = load_prepared(config.prepared_dir(strength)).read_split("test").targets
+    return 100 * float(targets.mean(axis=0).mean())
+
+
 def _data_lines(config: StudyConfig, strengths: Sequence[float]) -> list[str]:
     """What co-occurrence each dataset has: the share of fakes whose label set is a recipe (all splits)
-    and the edges its label graph keeps (P(j | i) >= t on the training split)."""
+    and the edges its label graph keeps (P(j | i) >= t on the training split); and the test mAP of a
+    scorer that knows nothing (each label's share of the test images, averaged), which moves with the
+    label frequencies."""
     lines = [
-        "The datasets:",
+        "The datasets (chance mAP: the test mAP of a constant score):",
         "",
-        "| strength | fakes with a recipe's label set | edges kept by the graph (t) |",
-        "| --- | ---: | ---: |",
+        "| strength | fakes with a recipe's label set | edges kept by the graph | chance mAP |",
+        "| --- | ---: | ---: | ---: |",
     ]
     labels = SUBSETS[config.subset]
     for strength in strengths:
@@ -388,7 +396,8 @@ def _data_lines(config: StudyConfig, strengths: Sequence[float]) -> list[str]:
         share = read_json_object(synth_json)["cooccurrence"]["label_statistics"]["fakes_from_a_recipe_set"]
         graph = read_json_object(graph_json)
         possible = len(labels) * (len(labels) - 1)
-        lines.append(f"| {strength:g} | {100 * share:.0f}% | {graph['num_edges']} of {possible} (t = {graph['t']}) |")
+        chance = chance_map(config, strength)
+        lines.append(f"| {strength:g} | {100 * share:.0f}% | {graph['num_edges']} of {possible} (t = {graph['t']}) | {chance:.1f} |")
     return lines
 
 
@@ -409,6 +418,9 @@ def _write_figure(path: Path, rows: Sequence[StudyRow], config: StudyConfig) -> 
             (line,) = axes.plot(xs, means, marker="o", label=label)
             axes.fill_between(xs, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
                               color=line.get_color(), alpha=0.18, linewidth=0)
+        if metric == "mAP":  # the label frequencies change with RHO, and chance with them
+            strengths = sorted({row.strength for row in rows})
+            axes.plot(strengths, [chance_map(config, s) for s in strengths], color="grey", linestyle="--", label="chance")
         axes.set_xlabel("co-occurrence strength RHO")
         axes.set_ylabel(f"test {metric} (%)")
         axes.grid(alpha=0.3)

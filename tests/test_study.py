@@ -78,6 +78,7 @@ def test_the_study_end_to_end_at_the_smallest_settings(tmp_path: Path) -> None:
     assert (out / "graphs" / "rho1-word.npz").is_file()
     markdown = (out / "study.md").read_text(encoding="utf-8")
     assert markdown.count("| direct | 2 |") == 2 and "| 1 | ml_gcn | 2 | " in markdown.split("Graph − direct")[1]
+    assert "| 1 | 100% | " in markdown  # the datasets' table: at RHO = 1 every fake is a recipe
     with Image.open(out / "study.png") as figure:
         assert figure.info["Software"] == "mlcdf study cooccurrence" and figure.width > 600
     # Rerun: everything is evaluated already; the tables are rewritten from the run folders.
