@@ -13,7 +13,7 @@ one folder::
     OUT/data/rho<RHO>/<subset>/        mlcdf synth (same seed for every RHO: only the label process differs)
     OUT/prepared/rho<RHO>/<subset>/    mlcdf prepare
     OUT/graphs/rho<RHO>-word.npz       mlcdf build-graph (by the runner)
-    OUT/runs/rho<RHO>/<model>-s<k>/    mlcdf train + mlcdf evaluate (by the runner)
+    OUT/runs/rho<RHO>/<model>-s<k>/    mlcdf train + mlcdf evaluate (by the runner; k the training seed)
     OUT/study.json                     the study's settings; a rerun with other settings is refused
     OUT/study.csv                      one row per evaluated run: strength, model, seed, the paper's metrics
     OUT/study.md                       mean ± std per strength and model; graph - direct mAP per strength
@@ -162,14 +162,19 @@ class StudyConfig:
             pretrained=self.pretrained, patience=self.patience, device=self.device,
         )
         shared.update({name: getattr(self, name) for name in ("lr", "workers") if getattr(self, name) is not None})
+        # One configuration per model and seed, named <model>-s<k> whatever the number of seeds, so that
+        # a study can grow from 1 seed to 3 without training seed 0 again under another folder name.
         runs = [
-            {"name": DIRECT, "model": self.direct_model} if model == DIRECT
-            else {"name": model, "model": model, "backbone": self.backbone, "embedding": "word"}
+            {"name": run_name(model, seed), "seed": seed, **(
+                {"model": self.direct_model} if model == DIRECT
+                else {"model": model, "backbone": self.backbone, "embedding": "word"}
+            )}
             for model in self.models
+            for seed in range(self.seeds)
         ]
         defaults = {
             "prepared": {strength_tag(s): str(self.prepared_dir(s)) for s in self.strengths},
-            "seeds": self.seeds, "word_embedding": self.word_embedding, **shared,
+            "word_embedding": self.word_embedding, **shared,
         }
         return Plan.from_dict({"defaults": defaults, "runs": runs}, source=COMMAND)
 
@@ -184,6 +189,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         workers=None,
     ),
 }
+
+
+def run_name(model: str, seed: int) -> str:
+    """``ml_gcn-s2``: the run folder of a model and a training seed."""
+    return f"{model}-s{seed}"
 
 
 def strength_tag(strength: float) -> str:
@@ -271,14 +281,14 @@ class StudyRow:
 
 def collect_rows(config: StudyConfig) -> list[StudyRow]:
     """The evaluated runs of the study under OUT, read from their run folders."""
-    plan = config.plan()
     tags = {strength_tag(s): s for s in config.strengths}
+    models = {run_name(model, seed): (model, seed) for model in config.models for seed in range(config.seeds)}
     rows = []
-    for entry in plan.entries():
+    for entry in config.plan().entries():
         folder = run_dir(Path(config.out), entry)
         if is_evaluated(folder):
-            seed = 0 if entry.seed is None else entry.seed
-            rows.append(StudyRow(tags[entry.subset], entry.run.name, seed, dict(load_result(folder).values)))
+            model, seed = models[entry.run.name]
+            rows.append(StudyRow(tags[entry.subset], model, seed, dict(load_result(folder).values)))
     return rows
 
 

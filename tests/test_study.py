@@ -47,6 +47,22 @@ def test_summaries_and_the_paired_difference_by_value(tmp_path: Path) -> None:
     assert "| 0 | ml_gcn | 2 | -2.5 ± 0.7 |" in text and "| 0.9 | ml_gcn | 1 | +5.0 ± – |" in text
 
 
+def test_the_plan_has_every_model_and_seed_on_every_strength(tmp_path: Path) -> None:
+    """Run folders are <model>-s<k> even with one seed, so that adding seeds later trains only the new ones."""
+    config = StudyConfig(out=tmp_path, strengths=(0.0, 0.5), seeds=1)
+    assert [entry.label for entry in config.plan().entries()] == [
+        f"{tag}/{model}-s0" for tag in ("rho0", "rho0.5") for model in (DIRECT, "ml_gcn", "ml_agcn")
+    ]
+    plan = StudyConfig(out=tmp_path, strengths=(0.9,), seeds=3).plan()
+    trained = {entry.run.name: plan.train_config(entry, tmp_path) for entry in plan.entries()}
+    assert trained["ml_gcn-s2"].seed == 2 and trained["direct-s1"].seed == 1
+    assert trained["direct-s0"].model == "timm:resnet18" and trained["direct-s0"].graph is None
+    assert trained["ml_agcn-s0"].backbone == "resnet18"
+    assert trained["ml_agcn-s0"].graph == str(tmp_path / "graphs" / "rho0.9-word.npz")
+    assert trained["ml_agcn-s0"].prepared == str(tmp_path / "prepared" / "rho0.9" / "facial_components")
+    assert {config.loss for config in trained.values()} == {"asl"} and len(trained) == 9
+
+
 def tiny_study(out: Path, **changes) -> StudyConfig:
     settings = dict(
         out=out, strengths=(0.0, 1.0), seeds=2, models=(DIRECT, "ml_gcn"), backbone="test_resnet", train=24, val=8,
