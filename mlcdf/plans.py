@@ -197,6 +197,8 @@ class Plan:
             options["graph"] = str(graph_path(out, entry.subset, entry.run.embedding))
         if entry.seed is not None:
             options["seed"] = entry.seed
+        # Every run's TrainConfig is made here: the place to add per-run outputs the runner chooses
+        # (e.g. a TensorBoard folder OUT/tensorboard/<subset>/<name>, once TrainConfig has one).
         return TrainConfig(prepared=str(self.prepared[entry.subset]), out=str(run_dir(out, entry)), **options)
 
     def shared_options(self) -> TrainConfig:
@@ -248,7 +250,7 @@ def run_plan(
     plan: Plan,
     out: str | Path,
     *,
-    jobs: int = 1,
+    jobs: int | None = None,
     devices: Sequence[str] | None = None,
     gpus_per_run: int = 1,
     launcher: str = "local",
@@ -263,7 +265,7 @@ def run_plan(
 
     Skips evaluated runs, resumes interrupted ones, locks each run while it trains, goes on after a
     failure, and writes ``OUT/report-<subset>.md`` and ``OUT/results.csv`` from the run folders.
-    ``jobs`` runs at once, each on the next free device of ``devices`` (``"0"``, ``"1"`` ... or
+    ``jobs`` runs at once (local: 1; Slurm: all), each on the next free device of ``devices`` (``"0"``, ``"1"`` ... or
     ``"cpu"``); ``launcher`` is ``local`` or ``slurm`` (options in ``slurm``: partition, time, gpus,
     cpus_per_task, account, cluster). ``dry_run`` only reports each run's status. ``hooks``:
     ``callbacks``/``progress`` (in-process training), ``monitor`` (running runs, several at once),

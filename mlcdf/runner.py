@@ -148,7 +148,7 @@ def _read_lock(path: Path) -> dict[str, Any] | None:
         holder = read_json_object(path, "a run lock")
     except FileNotFoundError:
         return None
-    except (MlcdfError, OSError):  # not ours to judge: treat as held, it names itself in the message
+    except (MlcdfError, OSError, ValueError):  # unreadable: treat as held; the waiting message names the file
         return {"host": "?", "pid": -1, "started": "?"}
     return holder
 
@@ -469,7 +469,10 @@ class LocalLauncher:
         write_json(job_file, job.to_json())
         log_file = job_file.with_suffix(".log")
         with open(log_file, "w", encoding="utf-8") as output:
-            process = subprocess.Popen([sys.executable, "-m", "mlcdf.runner", str(job_file)], stdout=output, stderr=subprocess.STDOUT, env=env)
+            # Its own session: a Ctrl-C reaches the runs once, through stop(), and they end cleanly.
+            process = subprocess.Popen(
+                [sys.executable, "-m", "mlcdf.runner", str(job_file)], stdout=output, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
         self.processes[process] = (Running(job, device), job_file, log_file)
 
     def finished(self, wait: float) -> list[tuple[RunJob, str, str]]:
@@ -594,7 +597,7 @@ def run_plan(
 ) -> PlanResult:
     """Run ``plan`` into ``out`` (see the module docstring and :func:`mlcdf.plans.run_plan`).
 
-    ``jobs``: runs at once (local: 1 by default; Slurm: jobs queued at once, all by default). Without
+    ``jobs``: runs at once (local: one per device, or 1; Slurm: jobs queued at once, all by default). Without
     ``devices`` and with one job, runs train in this process (``callbacks`` and ``progress`` see them);
     otherwise each in its own process, on ``devices[i]`` (a GPU number or ``cpu``), and ``monitor``
     hears the running runs every ``poll_seconds``.
@@ -613,7 +616,7 @@ def run_plan(
     if launcher == "slurm":
         runs: Launcher = SlurmLauncher(out, jobs, slurm or {}, gpus_per_run)
     elif devices or (jobs or 1) > 1:
-        runs = LocalLauncher(out, jobs or 1, devices, gpus_per_run)
+        runs = LocalLauncher(out, jobs or max(1, len(devices or ()) // gpus_per_run), devices, gpus_per_run)
     else:
         runs = InProcessLauncher(log, callbacks, progress)
     with file_lock(out / SETUP_LOCK):
@@ -693,7 +696,7 @@ def _launch(
                 holder = live_holder(folder)
                 if holder is not None:
                     if entry.label not in waiting_told:
-                        log(f"{entry.label}: trained by {_describe(holder)}; waiting for it")
+                        log(f"{entry.label}: trained by {_describe(holder)} ({lock_path(folder)}); waiting for it")
                         waiting_told.add(entry.label)
                     continue
                 pending.remove(entry)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -15,9 +16,10 @@ import pytest
 from typer.testing import CliRunner
 
 from mlcdf.cli.main import app
-from mlcdf.errors import SchemaError
+from mlcdf.errors import MlcdfError, SchemaError
 from mlcdf.plans import Plan, load_plan, run_plan
-from mlcdf.runner import DONE, NEW, PLANNED, SKIPPED, TRAINED, lock_path, run_status, try_lock, unlock
+from mlcdf.runner import DONE, NEW, PLANNED, SKIPPED, TRAINED, Running, RunJob, execute, lock_path, run_status, try_lock, unlock
+from mlcdf.training import TrainConfig
 from toy import write_toy_prepared
 
 runner = CliRunner()
@@ -282,3 +284,45 @@ def test_two_launchers_on_one_out_train_each_run_once(tmp_path, prepared):
         if run.is_dir():
             assert len((run / "log.jsonl").read_text().splitlines()) == 1  # one epoch, trained once
     assert len(results(out)) == 4
+
+
+def test_the_slurm_launcher_names_what_is_missing(tmp_path, prepared, monkeypatch):
+    plan = load_plan(small_plan(tmp_path, prepared))
+    if shutil.which("srun") is None:  # this machine: no Slurm, and no silent fallback to local processes
+        with pytest.raises(MlcdfError, match="--launcher slurm: Could not detect \"srun\".*--slurm-cluster local"):
+            run_plan(plan, tmp_path / "out", launcher="slurm")
+    monkeypatch.setitem(sys.modules, "submitit", None)  # as if the extra were not installed
+    result = runner.invoke(app, ["reproduce", "--plan", str(plan.source), "--out", str(tmp_path / "out2"), "--launcher", "slurm"])
+    assert result.exit_code == 2 and "--launcher slurm needs submitit: pip install 'mlcdf[slurm]'" in result.output
+    assert not (tmp_path / "out2").exists()
+
+
+def test_the_live_display_reads_each_running_run_from_its_folder(tmp_path):
+    config = TrainConfig(prepared="p", model="resnet50", out=str(tmp_path / "r"), epochs=5)
+    running = Running(RunJob("s/r", config), device="1")
+    assert running.progress() == (0, 5, None)
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "log.jsonl").write_text('{"epoch": 0, "val_mAP": 0.5}\n{"epoch": 1, "val_mAP": 0.625}\n')
+    assert running.progress() == (2, 5, 0.625)
+
+
+def test_the_readmes_plan_example_is_a_valid_plan(tmp_path):
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Plans, several GPUs and Slurm") :]
+    example = section[section.index("```toml\n") + len("```toml\n") : section.index("```\n", section.index("```toml"))]
+    plan = load_plan(write_plan(tmp_path, example, name="sweep.toml"))
+    assert [run.name for run in plan.runs] == ["r50-bce", "r50-asl", "mlagcn-asl-word"] and plan.seeds == 3
+    assert plan.prepared == {"faces": tmp_path / "prepared/faces"} and plan.embeddings() == ["word"]
+
+
+@pytest.mark.slow
+def test_a_run_over_several_devices_trains_through_torchrun(tmp_path, prepared, monkeypatch):
+    # gloo on the CPU stands in for GPUs: the same torchrun launch, 2 processes.
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    config = TrainConfig(prepared=str(prepared), model="timm:test_resnet", out=str(tmp_path / "s" / "r"), epochs=1,
+                         batch_size=8, image_size=16, device="cpu", workers=0, patience=0)
+    assert execute(RunJob("s/r", config, gpus_per_run=2)) == TRAINED
+    assert json.loads((tmp_path / "s/r/config.json").read_text())["world_size"] == 2
+    assert run_status(tmp_path / "s/r") == DONE and not lock_path(tmp_path / "s/r").exists()
+    assert not list((tmp_path / "s").glob(".*.train.json"))  # its options file is gone

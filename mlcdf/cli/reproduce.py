@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 from mlcdf.cli._console import err, note, out, rich_progress, warn
@@ -63,7 +64,7 @@ def reproduce_command(
     word_embedding: Annotated[Optional[str], typer.Option("--word-embedding", help=f"Node features of the word graphs (paper: {PAPER_WORD_EMBEDDING}, GloVe 300-d; 'glove' is the embedded 50-d subset).")] = None,
     workers: Annotated[Optional[int], typer.Option("--workers", min=0, help="DataLoader worker processes.")] = None,
     keep_last: Annotated[bool, typer.Option("--keep-last", help="Keep checkpoints/last.pt (optimizer and EMA state, 4x the weights) of evaluated runs; by default only best.pt stays.")] = False,
-    jobs: Annotated[Optional[int], typer.Option("--jobs", min=1, help="Runs at once, each in its own process (local default 1, in this process; Slurm: jobs queued at once, default all).")] = None,
+    jobs: Annotated[Optional[int], typer.Option("--jobs", min=1, help="Runs at once, each in its own process (local: one per device of --devices, else 1 in this process; Slurm: jobs queued at once, default all).")] = None,
     devices: Annotated[Optional[str], typer.Option("--devices", help="Devices the runs take turns on, e.g. 0,1,2,3 or cpu,cpu; each run gets its own.")] = None,
     gpus_per_run: Annotated[int, typer.Option("--gpus-per-run", min=1, help="GPUs of one run (DDP through torchrun); --devices lists them all.")] = 1,
     launcher: Annotated[str, typer.Option("--launcher", help="local (this machine) or slurm (each run a Slurm job through submitit: pip install 'mlcdf[slurm]').")] = "local",
@@ -72,7 +73,7 @@ def reproduce_command(
     gpus: Annotated[Optional[int], typer.Option("--gpus", min=0, help="GPUs per Slurm job (default: --gpus-per-run).", rich_help_panel=_SLURM)] = None,
     cpus_per_task: Annotated[Optional[int], typer.Option("--cpus-per-task", min=1, help="CPUs per Slurm job.", rich_help_panel=_SLURM)] = None,
     account: Annotated[Optional[str], typer.Option("--account", help="Slurm account.", rich_help_panel=_SLURM)] = None,
-    cluster: Annotated[Optional[str], typer.Option("--slurm-cluster", help="submitit cluster: slurm (default when sbatch is present), or local (the jobs as local processes, for testing).", rich_help_panel=_SLURM)] = None,
+    cluster: Annotated[Optional[str], typer.Option("--slurm-cluster", help="submitit cluster: slurm (default), or local (the jobs as local processes, for testing).", rich_help_panel=_SLURM)] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and each run's status (from the run folders), and stop.")] = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -123,7 +124,7 @@ def reproduce_command(
     )
     if result.failed:
         for label, reason in result.failed.items():
-            err.print(f"[bold red]failed:[/] {label}: {reason}", highlight=False, soft_wrap=True)
+            err.print(f"[bold red]failed:[/] {escape(f'{label}: {reason}')}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=1)
 
 
