@@ -10,6 +10,7 @@ import sys
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
+import numpy as np
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -20,6 +21,7 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.table import Table
 
 from mlcdf.progress import ProgressFn
 
@@ -65,3 +67,17 @@ def warn(message: str) -> None:
 
 def note(message: str) -> None:
     err.print(message, highlight=False)
+
+
+def matrix_table(title: str, labels: tuple[str, ...], matrix: np.ndarray, fmt: str, bold: np.ndarray | None = None) -> Table:
+    """A C x C matrix with row/column label names; ``bold`` marks cells (the kept edges)."""
+    table = Table(title=title, title_justify="left")
+    table.add_column("i \\ j")
+    for label in labels:
+        table.add_column(label, justify="right")
+    for i, label in enumerate(labels):
+        cells = [format(value, fmt) for value in matrix[i]]
+        if bold is not None:
+            cells = [f"[bold green]{cell}[/]" if bold[i, j] else f"[dim]{cell}[/]" for j, cell in enumerate(cells)]
+        table.add_row(label, *cells)
+    return table

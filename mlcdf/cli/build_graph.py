@@ -10,7 +10,7 @@ import numpy as np
 import typer
 from rich.table import Table
 
-from mlcdf.cli._console import out, rich_progress, warn
+from mlcdf.cli._console import matrix_table, out, rich_progress, warn
 from mlcdf.cli._options import Device, DeviceOpt, JsonOpt, MaxPixelsOpt, PreparedOpt, QuietOpt, SeedOpt
 from mlcdf.graph.build import DEFAULT_BACKBONE, GraphConfig, GraphResult, build_graph
 from mlcdf.graph.embeddings import parse_embedding_source
@@ -147,20 +147,6 @@ def _given_on_command_line(ctx: typer.Context, name: str) -> bool:
     return source is not None and source.name == "COMMANDLINE"
 
 
-def _matrix_table(title: str, labels: tuple[str, ...], matrix: np.ndarray, fmt: str, bold: np.ndarray | None = None) -> Table:
-    """A C x C matrix with row/column label names; ``bold`` marks cells (the kept edges)."""
-    table = Table(title=title, title_justify="left")
-    table.add_column("i \\ j")
-    for label in labels:
-        table.add_column(label, justify="right")
-    for i, label in enumerate(labels):
-        cells = [format(value, fmt) for value in matrix[i]]
-        if bold is not None:
-            cells = [f"[bold green]{cell}[/]" if bold[i, j] else f"[dim]{cell}[/]" for j, cell in enumerate(cells)]
-        table.add_row(label, *cells)
-    return table
-
-
 def _embedding_detail(info: dict, label: str) -> str:
     entry = info["per_label"][label]
     if info["kind"] == "image":
@@ -201,12 +187,12 @@ def _print_summary(result: GraphResult) -> None:
             str(int(adjacency.edges[i].sum())),
         )
     out.print(nodes)
-    out.print(_matrix_table("Co-occurrence (train images with both i and j)", labels, graph.cooccurrence, "d"))
+    out.print(matrix_table("Co-occurrence (train images with both i and j)", labels, graph.cooccurrence, "d"))
     out.print(
-        _matrix_table(f"P(j | i); kept edges (>= t = {info['t']}) in green", labels, adjacency.conditional, ".3f", adjacency.edges)
+        matrix_table(f"P(j | i); kept edges (>= t = {info['t']}) in green", labels, adjacency.conditional, ".3f", adjacency.edges)
     )
-    out.print(_matrix_table(f"A (kept edges re-weighted with p = {info['p']}, plus identity)", labels, graph.A, ".3f"))
-    out.print(_matrix_table("A_hat = D^-1/2 A^T D^-1/2 (fed to the GCN)", labels, graph.A_hat, ".3f"))
+    out.print(matrix_table(f"A (kept edges re-weighted with p = {info['p']}, plus identity)", labels, graph.A, ".3f"))
+    out.print(matrix_table("A_hat = D^-1/2 A^T D^-1/2 (fed to the GCN)", labels, graph.A_hat, ".3f"))
     possible = len(labels) * (len(labels) - 1)
     out.print(f"edges surviving t = {info['t']}: {adjacency.num_edges} of {possible}", highlight=False)
     if result.zero_count_labels:

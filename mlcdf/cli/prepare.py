@@ -9,11 +9,12 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from mlcdf.cli._console import err, out, rich_progress, warn
+from mlcdf.cli._console import err, matrix_table, out, rich_progress, warn
 from mlcdf.cli._options import MaxPixelsOpt, QuietOpt, Subset, SubsetOpt
-from mlcdf.data.prepared import SPLITS
+from mlcdf.data.prepared import SPLITS, load_prepared
 from mlcdf.data.seqdeepfake import PrepareConfig, SubsetSummary, prepare
 from mlcdf.errors import MlcdfError
+from mlcdf.graph.cooccurrence import conditional_probabilities, count_cooccurrence
 
 
 class CheckImages(str, Enum):
@@ -86,6 +87,7 @@ def _print_summary(summary: SubsetSummary) -> None:
         name = "real (0 steps)" if steps == 0 else f"{steps} step{'s' * (steps > 1)}"
         table.add_row(name, *(f"{summary.splits[s].steps.get(steps, 0):,}" for s in splits))
     out.print(table)
+    _print_cooccurrence(summary)
     for split, split_summary in summary.splits.items():
         read = split_summary.rows + split_summary.dropped_missing + split_summary.dropped_unreadable
         if split_summary.official_rows is not None and read != split_summary.official_rows:
@@ -93,6 +95,16 @@ def _print_summary(summary: SubsetSummary) -> None:
                 f"{summary.subset}/{split}: {read:,} rows, the official release has "
                 f"{split_summary.official_rows:,} (a partial download, or not the official data)"
             )
+
+
+def _print_cooccurrence(summary: SubsetSummary) -> None:
+    """The observed P(j | i) on the training split: what a label graph built on it would see."""
+    if "train" not in summary.splits:
+        return
+    prepared = load_prepared(summary.out)
+    counts, cooccurrence = count_cooccurrence(prepared.read_split("train").targets)
+    conditional = conditional_probabilities(cooccurrence, counts)
+    out.print(matrix_table(f"{summary.subset} train: P(j | i)", prepared.labels, conditional, ".2f"))
 
 
 def register(app: typer.Typer) -> None:

@@ -12,6 +12,7 @@ from rich.table import Table
 from mlcdf.cli._console import note, out, rich_progress
 from mlcdf.cli._options import QuietOpt, SeedOpt, Subset, SubsetOpt
 from mlcdf.data.synth import SPLITS, SynthConfig, SynthResult, default_workers, generate
+from mlcdf.data.synth_cooccurrence import UNIFORM
 
 
 class ImageFormat(str, Enum):
@@ -48,6 +49,26 @@ def synth_command(
             help="Share of real (unmanipulated) images; default: the release's (1/28 components, 1/26 attributes).",
         ),
     ] = None,
+    cooccurrence: Annotated[
+        str,
+        typer.Option(
+            "--cooccurrence",
+            metavar="uniform|editing-habits|FILE.json",
+            help="Which manipulations come together: 'uniform' (the release: none preferred), 'editing-habits' "
+            "(a built-in profile of habitual combinations and unequal label frequencies) or a profile JSON file "
+            '{"recipes": [{"labels": [...], "weight": w}, ...], "real_fraction": f}.',
+        ),
+    ] = UNIFORM,
+    cooccurrence_strength: Annotated[
+        Optional[float],
+        typer.Option(
+            "--cooccurrence-strength",
+            min=0.0,
+            max=1.0,
+            help="RHO: the probability that a fake image takes its label set from a recipe of the profile "
+            "(else the uniform process). Default 1 with a profile.",
+        ),
+    ] = None,
     workers: Annotated[
         Optional[int], typer.Option("--workers", min=1, help="Processes drawing images; default: one per CPU core.")
     ] = None,
@@ -72,6 +93,8 @@ def synth_command(
     Example:
 
         mlcdf synth --out data/synth --subset all --train 2000 --val 200 --test 400 --size 128 --preview synth.png
+
+        mlcdf synth --out data/habits --cooccurrence editing-habits --cooccurrence-strength 0.9
     """
     config = SynthConfig(
         out=out_dir,
@@ -86,6 +109,8 @@ def synth_command(
         real_fraction=real_fraction,
         workers=workers or default_workers(),
         preview=preview,
+        cooccurrence=cooccurrence,
+        cooccurrence_strength=cooccurrence_strength,
     )
     _print_summary(generate(config, progress=rich_progress(quiet=quiet)))
 

@@ -19,7 +19,8 @@ each on the output of the previous one:
   attribute natively at the same rate as edited ones, so the presence of glasses (say) says nothing
   about the label: a detector has to find the edit.
 
-The traces scale with ``strength`` (1 is the default difficulty). Every image is drawn from its own random
+Which manipulations an image gets follows the release (uniform) or a co-occurrence profile
+(:mod:`mlcdf.data.synth_cooccurrence`). The traces scale with ``strength`` (1 is the default difficulty). Every image is drawn from its own random
 stream, derived from ``(seed, subset, split, index)``, so the output is byte-identical for a seed whatever
 the number of worker processes.
 """
@@ -45,6 +46,7 @@ from PIL import Image, ImageDraw, ImageFont
 from mlcdf import __version__
 from mlcdf.data import synth_faces as faces
 from mlcdf.data.prepared import SPLITS, SYNTH_JSON
+from mlcdf.data.synth_cooccurrence import UNIFORM, Cooccurrence, label_statistics, load_cooccurrence
 from mlcdf.errors import MlcdfError
 from mlcdf.io import (
     atomic_dir,
@@ -111,6 +113,9 @@ class SynthConfig:
         real_fraction: share of real images; ``None`` takes the release's share per subset.
         workers: processes drawing images (1 = in this process).
         preview: where to write a grid of examples, or ``None``.
+        cooccurrence: ``uniform`` (the release's process), ``editing-habits`` or a profile JSON file.
+        cooccurrence_strength: RHO, the probability that a fake image takes a recipe of the profile;
+            ``None`` is 1 for a profile (and 0 for ``uniform``).
     """
 
     out: Path
@@ -125,12 +130,24 @@ class SynthConfig:
     real_fraction: float | None = None
     workers: int = 1
     preview: Path | None = None
+    cooccurrence: str = UNIFORM
+    cooccurrence_strength: float | None = None
 
     def split_sizes(self) -> dict[str, int]:
         return {"train": self.train, "val": self.val, "test": self.test}
 
-    def real_fraction_of(self, subset: str) -> float:
-        return OFFICIAL_REAL_FRACTION[subset] if self.real_fraction is None else self.real_fraction
+    def cooccurrence_of(self, subset: str) -> Cooccurrence | None:
+        """The profile applied to ``subset`` (``None`` for ``uniform``); reads and checks a profile file."""
+        strength = 1.0 if self.cooccurrence_strength is None else self.cooccurrence_strength
+        return load_cooccurrence(self.cooccurrence, subset, strength)
+
+    def real_fraction_of(self, subset: str, cooccurrence: Cooccurrence | None = None) -> float:
+        """``real_fraction`` if given, else the profile's, else the release's share."""
+        if self.real_fraction is not None:
+            return self.real_fraction
+        if cooccurrence is not None and cooccurrence.real_fraction is not None:
+            return cooccurrence.real_fraction
+        return OFFICIAL_REAL_FRACTION[subset]
 
     def check(self) -> None:
         """Raise :class:`~mlcdf.errors.MlcdfError` naming the first invalid option."""
@@ -154,6 +171,16 @@ class SynthConfig:
             raise MlcdfError(f"--real-fraction {self.real_fraction}: expected 0 to 1")
         if self.workers < 1:
             raise MlcdfError(f"--workers {self.workers}: expected at least 1")
+        strength = self.cooccurrence_strength
+        if strength is not None and not 0.0 <= strength <= 1.0:
+            raise MlcdfError(f"--cooccurrence-strength {strength}: expected 0 to 1")
+        if self.cooccurrence == UNIFORM and strength:
+            raise MlcdfError(
+                f"--cooccurrence-strength {strength} needs a profile (--cooccurrence editing-habits or FILE.json); "
+                "uniform has none"
+            )
+        for subset in self.subsets:
+            self.cooccurrence_of(subset)  # a bad profile file is an error before anything is written
 
 
 @dataclass(frozen=True)
@@ -198,12 +225,20 @@ class Sample:
 
 
 def make_sample(
-    subset: str, split: str, index: int, *, seed: int, size: int, strength: float = 1.0, real_fraction: float | None = None
+    subset: str,
+    split: str,
+    index: int,
+    *,
+    seed: int,
+    size: int,
+    strength: float = 1.0,
+    real_fraction: float | None = None,
+    cooccurrence: Cooccurrence | None = None,
 ) -> Sample:
     """Draw image ``index`` of ``split`` of ``subset`` exactly as :func:`generate` writes it."""
     rng = _image_rng(subset, split, index, seed)
     real_fraction = OFFICIAL_REAL_FRACTION[subset] if real_fraction is None else real_fraction
-    steps = sample_steps(rng, real_fraction)
+    steps = sample_steps(rng, real_fraction, cooccurrence)
     names = [SUBSETS[subset][step - 1] for step in steps]
     visible = _draw_attributes(rng, subset)
     manipulate = _edit_attributes if subset == "facial_attributes" else _swap_components
@@ -211,18 +246,24 @@ def make_sample(
     return Sample(faces.to_uint8(pixels), pristine, tuple(steps) + (0,) * (5 - len(steps)), face)
 
 
-def sample_steps(rng: np.random.Generator, real_fraction: float) -> list[int]:
-    """A real image (no step) with probability ``real_fraction``; else 1 to 5 distinct steps, lengths
-    equally likely, in random order (as in the release)."""
+def sample_steps(rng: np.random.Generator, real_fraction: float, cooccurrence: Cooccurrence | None = None) -> list[int]:
+    """A real image (no step) with probability ``real_fraction``; else a recipe of ``cooccurrence``
+    (with its strength's probability) or 1 to 5 distinct steps, lengths equally likely, in random order
+    (as in the release)."""
     if rng.uniform() < real_fraction:
         return []
+    recipe = cooccurrence.draw(rng) if cooccurrence is not None else None
+    if recipe is not None:
+        return recipe
     length = int(rng.integers(1, 6))
     return [int(step) + 1 for step in rng.permutation(5)[:length]]
 
 
-def image_steps(subset: str, split: str, index: int, *, seed: int, real_fraction: float) -> list[int]:
+def image_steps(
+    subset: str, split: str, index: int, *, seed: int, real_fraction: float, cooccurrence: Cooccurrence | None = None
+) -> list[int]:
     """The manipulation ids of an image, without drawing it (they are its stream's first draws)."""
-    return sample_steps(_image_rng(subset, split, index, seed), real_fraction)
+    return sample_steps(_image_rng(subset, split, index, seed), real_fraction, cooccurrence)
 
 
 def _image_rng(subset: str, split: str, index: int, seed: int) -> np.random.Generator:
@@ -533,6 +574,7 @@ class _ImageJob:
     real_fraction: float
     image_format: str
     subset_dir: str  # where ``<subset>/`` is being built
+    cooccurrence: Cooccurrence | None
 
     def run(self) -> tuple[str, tuple[int, ...]]:
         """Write the image; return its ``file_path`` (relative to ROOT) and label ids."""
@@ -544,6 +586,7 @@ class _ImageJob:
             size=self.size,
             strength=self.strength,
             real_fraction=self.real_fraction,
+            cooccurrence=self.cooccurrence,
         )
         folder = ids_to_sequence(sample.ids, SUBSETS[self.subset]) or REAL_FOLDER
         relative = f"images/{self.split}/{folder}/{self.index:06d}.{self.image_format}"
@@ -619,6 +662,8 @@ def generate(config: SynthConfig, progress: ProgressFn = silent) -> SynthResult:
     reals: dict[str, dict[str, int]] = {}
     with _mapper(config.workers) as run_all:
         for subset in config.subsets:
+            cooccurrence = config.cooccurrence_of(subset)
+            all_ids: list[tuple[int, ...]] = []
             with atomic_dir(root / subset, **_SYNTH_OUTPUT) as building:
                 images[subset], reals[subset] = {}, {}
                 for split, count in config.split_sizes().items():
@@ -630,9 +675,10 @@ def generate(config: SynthConfig, progress: ProgressFn = silent) -> SynthResult:
                             config.seed,
                             config.size,
                             config.strength,
-                            config.real_fraction_of(subset),
+                            config.real_fraction_of(subset, cooccurrence),
                             config.image_format,
                             str(building),
+                            cooccurrence,
                         )
                         for index in range(count)
                     ]
@@ -640,7 +686,12 @@ def generate(config: SynthConfig, progress: ProgressFn = silent) -> SynthResult:
                     _write_annotations(building / "annotations" / f"{split}.csv", rows)
                     images[subset][split] = count
                     reals[subset][split] = sum(1 for _, ids in rows if not steps_of(ids))
-                write_json(building / SYNTH_JSON, _provenance(config, subset, images[subset], reals[subset]))
+                    all_ids += [ids for _, ids in rows]
+                info = _provenance(config, subset, images[subset], reals[subset], cooccurrence)
+                info["cooccurrence"]["label_statistics"] = label_statistics(
+                    all_ids, SUBSETS[subset], cooccurrence.recipes if cooccurrence else ()
+                )
+                write_json(building / SYNTH_JSON, info)
     _write_readme(root)
     if config.preview is not None:
         write_preview(config.preview, config)
@@ -655,7 +706,9 @@ def _write_annotations(path: Path, rows: list[tuple[str, tuple[int, ...]]]) -> N
             writer.writerow([file_path, format_label_ids(ids)])
 
 
-def _provenance(config: SynthConfig, subset: str, images: dict[str, int], reals: dict[str, int]) -> dict:
+def _provenance(
+    config: SynthConfig, subset: str, images: dict[str, int], reals: dict[str, int], cooccurrence: Cooccurrence | None
+) -> dict:
     return {
         "generator": "mlcdf synth",
         "mlcdf_version": __version__,
@@ -666,9 +719,10 @@ def _provenance(config: SynthConfig, subset: str, images: dict[str, int], reals:
         "size": config.size,
         "format": config.image_format,
         "strength": config.strength,
-        "real_fraction": config.real_fraction_of(subset),
+        "real_fraction": config.real_fraction_of(subset, cooccurrence),
         "images": images,
         "real_images": reals,
+        "cooccurrence": cooccurrence.describe() if cooccurrence else {"profile": UNIFORM, "strength": 0.0, "recipes": []},
     }
 
 
@@ -690,6 +744,14 @@ How each subset was made (also in <subset>/synth.json):
 """
 
 
+def _cooccurrence_text(info: dict) -> str:
+    """``uniform`` or ``editing-habits at 0.9``; synth.json written before profiles existed is uniform."""
+    cooccurrence = info.get("cooccurrence", {"profile": UNIFORM})
+    if cooccurrence["profile"] == UNIFORM:
+        return UNIFORM
+    return f"{cooccurrence['profile']} at strength {cooccurrence['strength']}"
+
+
 def _is_own_readme(path: Path) -> bool:
     try:
         with open(path, encoding="utf-8") as handle:
@@ -709,7 +771,8 @@ def _write_readme(root: Path) -> None:
         counts = " / ".join(f"{split} {count}" for split, count in info["images"].items())
         lines.append(
             f"  {subset}: {counts} images of {info['size']}x{info['size']} {info['format']}, seed {info['seed']}, "
-            f"strength {info['strength']}, real fraction {info['real_fraction']:.4f}; "
+            f"strength {info['strength']}, real fraction {info['real_fraction']:.4f}, "
+            f"co-occurrence {_cooccurrence_text(info)}; "
             f"mlcdf {info['mlcdf_version']}, synth version {info['synth_version']}\n"
         )
     with atomic_open(root / _README) as handle:
@@ -729,7 +792,8 @@ def write_preview(path: str | Path, config: SynthConfig) -> Path:
     split = next(name for name, count in config.split_sizes().items() if count > 0)
     cells = []
     for subset in config.subsets:
-        for index in _preview_indices(config, subset, split):
+        cooccurrence = config.cooccurrence_of(subset)
+        for index in _preview_indices(config, subset, split, cooccurrence):
             sample = make_sample(
                 subset,
                 split,
@@ -737,7 +801,8 @@ def write_preview(path: str | Path, config: SynthConfig) -> Path:
                 seed=config.seed,
                 size=config.size,
                 strength=config.strength,
-                real_fraction=config.real_fraction_of(subset),
+                real_fraction=config.real_fraction_of(subset, cooccurrence),
+                cooccurrence=cooccurrence,
             )
             label = ids_to_sequence(sample.ids, SUBSETS[subset]) or REAL_FOLDER
             cells.append((f"{subset} {split} {index:06d}: {label}", sample))
@@ -768,11 +833,14 @@ def write_preview(path: str | Path, config: SynthConfig) -> Path:
     return path
 
 
-def _preview_indices(config: SynthConfig, subset: str, split: str, scan: int = 500) -> list[int]:
+def _preview_indices(
+    config: SynthConfig, subset: str, split: str, cooccurrence: Cooccurrence | None, scan: int = 500
+) -> list[int]:
     """Image indices for the preview, chosen from the sequences alone (no image is drawn to choose)."""
     count = min(scan, config.split_sizes()[split])
+    real_fraction = config.real_fraction_of(subset, cooccurrence)
     steps = [
-        image_steps(subset, split, index, seed=config.seed, real_fraction=config.real_fraction_of(subset))
+        image_steps(subset, split, index, seed=config.seed, real_fraction=real_fraction, cooccurrence=cooccurrence)
         for index in range(count)
     ]
     chosen = [steps.index([label]) for label in range(1, 6) if [label] in steps]

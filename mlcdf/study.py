@@ -1,0 +1,449 @@
+"""The co-occurrence study: do graph models gain over a direct model when manipulations co-occur?
+
+The paper (Singh et al., MMSP 2023) found that ML-GCN, IML-GCN and ML-AGCN, which model label
+co-occurrence, lose to plain CNNs on Seq-DeepFake, and explained it by the data: the manipulations were
+drawn uniformly, so their co-occurrence carries no information. :func:`run_study` tests that
+explanation. For each co-occurrence strength RHO it writes a synthetic dataset whose fakes follow a
+profile's recipes with probability RHO (:mod:`mlcdf.data.synth_cooccurrence`), prepares it, and runs one
+plan (:mod:`mlcdf.plans`): a direct model and graph models with the same backbone, loss and recipe,
+each with several training seeds, on every dataset; the runner builds each dataset's word graph, skips
+evaluated runs and resumes interrupted ones, on one device, several, or Slurm. Everything lands under
+one folder::
+
+    OUT/data/rho<RHO>/<subset>/        mlcdf synth (same seed for every RHO: only the label process differs)
+    OUT/prepared/rho<RHO>/<subset>/    mlcdf prepare
+    OUT/graphs/rho<RHO>-word.npz       mlcdf build-graph (by the runner)
+    OUT/runs/rho<RHO>/<model>-s<k>/    mlcdf train + mlcdf evaluate (by the runner; k the training seed)
+    OUT/study.json                     the study's settings; a rerun with other settings is refused
+    OUT/study.csv                      one row per evaluated run: strength, model, seed, the paper's metrics
+    OUT/study.md                       mean ± std per strength and model; graph - direct mAP per strength
+    OUT/study.png                      mAP and CF1 against RHO, one line per model, ± std bands
+
+The training seeds vary the initialisation, the batches and the augmentation; the dataset of a strength
+is the same for every seed, so the spread is that of training, not of data.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import math
+import statistics
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mlcdf.data.prepared import META_FILE, SYNTH_JSON, load_prepared
+from mlcdf.data.seqdeepfake import PrepareConfig, prepare
+from mlcdf.data.synth import SynthConfig, generate
+from mlcdf.data.synth_cooccurrence import EDITING_HABITS
+from mlcdf.errors import MlcdfError
+from mlcdf.evaluate import PAPER_METRICS
+from mlcdf.graph.embeddings import PAPER_WORD_EMBEDDING
+from mlcdf.io import atomic_open, atomic_path, check_file_replaceable, png_written_by, read_json_object, write_json
+from mlcdf.labels import SUBSETS
+from mlcdf.models import is_model
+from mlcdf.plans import Plan, graph_path, run_dir, run_plan
+from mlcdf.progress import ProgressFn, silent
+from mlcdf.report import load_result
+from mlcdf.runner import PlanResult, is_evaluated
+
+COMMAND = "mlcdf study cooccurrence"
+STUDY_JSON, STUDY_CSV, STUDY_MD, STUDY_PNG = "study.json", "study.csv", "study.md", "study.png"
+#: The direct model's name in the tables (its run folder is ``direct-s<k>``).
+DIRECT = "direct"
+#: Graph models compared with the direct one; each takes the study's backbone.
+GRAPH_MODELS = ("ml_gcn", "ml_agcn")
+CSV_COLUMNS = ("strength", "model", "seed", "backbone", *PAPER_METRICS)
+_CSV_HEADER = ",".join(CSV_COLUMNS)
+_MD_TITLE = "# Co-occurrence study"
+#: Settings that make a different study: a rerun into the same OUT must keep them (strengths and seeds
+#: may grow, adding runs).
+_FIXED_SETTINGS = (
+    "profile", "subset", "backbone", "models", "train", "val", "test", "data_size", "trace_strength", "data_seed",
+    "epochs", "batch_size", "image_size", "lr", "pretrained", "patience", "word_embedding",
+)
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """What :func:`run_study` runs; :data:`PRESETS` hold the CPU default and the paper-sized GPU variant.
+
+    Attributes:
+        out: the study folder.
+        strengths: the RHO values, each in [0, 1].
+        seeds: training runs per model and strength (seeds 0..N-1).
+        profile: the co-occurrence profile (``editing-habits`` or a profile JSON file).
+        subset: the synthetic subset (its labels).
+        backbone: the timm backbone of every model (the direct model is ``timm:<backbone>``, or the
+            registry's model of that name, e.g. ``resnet101``).
+        models: ``direct`` and graph models of :data:`GRAPH_MODELS`.
+        train, val, test: images per split of each dataset.
+        data_size: side of the synthetic images; trace_strength: how visible the manipulations are.
+        data_seed: the seed of every dataset.
+        epochs, batch_size, image_size, lr, pretrained, patience: training, the same for every model
+            (the ASL recipe and loss for all, so that only the head differs).
+        word_embedding: node features of the graphs.
+        device: ``auto``, ``cpu`` or ``cuda`` (in-process runs; ``devices`` of :func:`run_study` otherwise).
+        workers: DataLoader workers (0: in the training process, best on a small CPU; ``None``: the
+            trainer's default).
+    """
+
+    out: Path
+    strengths: tuple[float, ...] = (0.0, 0.5, 0.9)
+    seeds: int = 3
+    profile: str = EDITING_HABITS
+    subset: str = "facial_components"
+    backbone: str = "resnet18"
+    models: tuple[str, ...] = (DIRECT, *GRAPH_MODELS)
+    train: int = 400
+    val: int = 100
+    test: int = 200
+    data_size: int = 48
+    trace_strength: float = 2.0
+    data_seed: int = 0
+    epochs: int = 3
+    batch_size: int = 32
+    image_size: int = 48
+    lr: float | None = 1e-3
+    pretrained: bool = False
+    patience: int = 0
+    word_embedding: str = "glove"
+    device: str = "auto"
+    workers: int | None = 0
+
+    def check(self) -> None:
+        if not self.strengths:
+            raise MlcdfError("--strengths is empty; give e.g. 0,0.5,0.9")
+        for strength in self.strengths:
+            if not 0.0 <= strength <= 1.0:
+                raise MlcdfError(f"--strengths: {strength} is not a co-occurrence strength from 0 to 1")
+        if len(set(map(strength_tag, self.strengths))) != len(self.strengths):
+            raise MlcdfError(f"--strengths {','.join(map(str, self.strengths))}: a strength is given twice")
+        if self.seeds < 1:
+            raise MlcdfError(f"--seeds {self.seeds}: expected at least 1")
+        if self.subset not in SUBSETS:
+            raise MlcdfError(f"--subset {self.subset}: expected one of {', '.join(SUBSETS)}")
+        unknown = [model for model in self.models if model not in (DIRECT, *GRAPH_MODELS)]
+        if unknown or DIRECT not in self.models or len(self.models) < 2:
+            raise MlcdfError(f"--models {','.join(self.models)}: expected direct and one or more of {', '.join(GRAPH_MODELS)}")
+        if not is_model(self.direct_model):
+            raise MlcdfError(f"--backbone {self.backbone}: not a timm model (see 'mlcdf models')")
+
+    @property
+    def direct_model(self) -> str:
+        return self.backbone if is_model(self.backbone) and ":" not in self.backbone else f"timm:{self.backbone}"
+
+    def settings(self) -> dict[str, Any]:
+        """The settings as ``study.json`` records them."""
+        values = dataclasses.asdict(self)
+        values.update(out=str(self.out), strengths=list(self.strengths), models=list(self.models))
+        return values
+
+    def data_root(self, strength: float) -> Path:
+        return Path(self.out) / "data" / strength_tag(strength)
+
+    def prepared_dir(self, strength: float) -> Path:
+        return Path(self.out) / "prepared" / strength_tag(strength) / self.subset
+
+    def synth_config(self, strength: float) -> SynthConfig:
+        return SynthConfig(
+            out=self.data_root(strength), subsets=(self.subset,), train=self.train, val=self.val, test=self.test,
+            size=self.data_size, seed=self.data_seed, strength=self.trace_strength, workers=1,
+            cooccurrence=self.profile, cooccurrence_strength=strength,
+        )
+
+    def plan(self) -> Plan:
+        """The study as a plan: every model on the prepared dataset of every strength, ``seeds`` times."""
+        shared = dict(
+            loss="asl", recipe="asl", epochs=self.epochs, batch_size=self.batch_size, image_size=self.image_size,
+            pretrained=self.pretrained, patience=self.patience, device=self.device,
+        )
+        shared.update({name: getattr(self, name) for name in ("lr", "workers") if getattr(self, name) is not None})
+        # One configuration per model and seed, named <model>-s<k> whatever the number of seeds, so that
+        # a study can grow from 1 seed to 3 without training seed 0 again under another folder name.
+        runs = [
+            {"name": run_name(model, seed), "seed": seed, **(
+                {"model": self.direct_model} if model == DIRECT
+                else {"model": model, "backbone": self.backbone, "embedding": "word"}
+            )}
+            for model in self.models
+            for seed in range(self.seeds)
+        ]
+        defaults = {
+            "prepared": {strength_tag(s): str(self.prepared_dir(s)) for s in self.strengths},
+            "word_embedding": self.word_embedding, **shared,
+        }
+        return Plan.from_dict({"defaults": defaults, "runs": runs}, source=COMMAND)
+
+
+#: ``cpu``: the default, about 25 minutes on a 2-core CPU. ``gpu``: the paper's sizes (ResNet-101, the
+#: backbone of ML-GCN, ImageNet-pretrained, 224 px, up to 40 epochs with early stopping, GloVe 300-d).
+PRESETS: dict[str, dict[str, Any]] = {
+    "cpu": {},
+    "gpu": dict(
+        backbone="resnet101", train=4000, val=500, test=1000, data_size=256, trace_strength=1.0, epochs=40,
+        batch_size=128, image_size=224, lr=None, pretrained=True, patience=10, word_embedding=PAPER_WORD_EMBEDDING,
+        workers=None,
+    ),
+}
+
+
+def run_name(model: str, seed: int) -> str:
+    """``ml_gcn-s2``: the run folder of a model and a training seed."""
+    return f"{model}-s{seed}"
+
+
+def strength_tag(strength: float) -> str:
+    """``rho0.5``: the name of a strength's dataset, graph and run folders."""
+    return f"rho{strength:g}"
+
+
+# --------------------------------------------------------------------------------------------- running
+
+
+def run_study(
+    config: StudyConfig,
+    *,
+    jobs: int | None = None,
+    devices: Sequence[str] | None = None,
+    launcher: str = "local",
+    slurm: Mapping[str, Any] | None = None,
+    dry_run: bool = False,
+    log: Callable[[str], None] = lambda text: None,
+    progress: ProgressFn = silent,
+    **hooks: Any,
+) -> tuple[PlanResult, list[StudyRow]]:
+    """Make the datasets, run the plan (see :func:`mlcdf.plans.run_plan` for ``jobs``, ``devices``,
+    ``launcher``, ``slurm`` and ``hooks``), then write ``study.csv``, ``study.md`` and ``study.png`` from
+    the evaluated runs. ``dry_run`` only reports each run's status.
+
+    Raises:
+        MlcdfError: bad settings, OUT holding a study with other settings, or an output table that the
+            study did not write.
+    """
+    config.check()
+    out = Path(config.out)
+    _check_same_study(config)
+    for name in (STUDY_CSV, STUDY_MD):
+        check_file_replaceable(out / name, command=COMMAND, is_own=_is_study_table)
+    check_file_replaceable(out / STUDY_PNG, command=COMMAND, is_own=png_written_by(COMMAND))
+    if dry_run:
+        return run_plan(config.plan(), out, jobs=jobs, devices=devices, launcher=launcher, slurm=slurm, dry_run=True), []
+    write_json(out / STUDY_JSON, config.settings())
+    for strength in config.strengths:
+        _make_dataset(config, strength, log, progress)
+    result = run_plan(config.plan(), out, jobs=jobs, devices=devices, launcher=launcher, slurm=slurm, log=log,
+                      progress=progress, **hooks)
+    rows = collect_rows(config)
+    write_study(out, rows, config)
+    log(f"{len(rows)} evaluated runs; {out / STUDY_CSV}, {out / STUDY_MD}, {out / STUDY_PNG}")
+    return result, rows
+
+
+def _check_same_study(config: StudyConfig) -> None:
+    path = Path(config.out) / STUDY_JSON
+    if not path.is_file():
+        return
+    previous = read_json_object(path, "the settings of a co-occurrence study")
+    current = config.settings()
+    changed = [key for key in _FIXED_SETTINGS if previous.get(key) != current[key]]
+    if changed:
+        details = ", ".join(f"{key} {previous.get(key)!r} -> {current[key]!r}" for key in changed)
+        raise MlcdfError(f"{path}: this folder holds a study with other settings ({details}); choose another --out")
+
+
+def _make_dataset(config: StudyConfig, strength: float, log: Callable[[str], None], progress: ProgressFn) -> None:
+    """Write and prepare the dataset of ``strength``, unless a matching one is there."""
+    synth = config.synth_config(strength)
+    info_path = synth.out / config.subset / SYNTH_JSON
+    if info_path.is_file() and (config.prepared_dir(strength) / META_FILE).is_file():
+        return  # the settings are pinned by study.json, and a folder is complete once it has its file
+    log(f"{strength_tag(strength)}: writing the synthetic dataset ({config.profile} at strength {strength:g})")
+    generate(synth, progress=progress)
+    prepare(PrepareConfig(root=synth.out, out=config.prepared_dir(strength).parent, subsets=(config.subset,)), progress=progress)
+
+
+# --------------------------------------------------------------------------------------------- analysis
+
+
+@dataclass(frozen=True)
+class StudyRow:
+    """One evaluated run: its strength, model (``direct`` or a graph model), seed and test metrics (%)."""
+
+    strength: float
+    model: str
+    seed: int
+    values: dict[str, float | None]
+
+
+def collect_rows(config: StudyConfig) -> list[StudyRow]:
+    """The evaluated runs of the study under OUT, read from their run folders."""
+    tags = {strength_tag(s): s for s in config.strengths}
+    models = {run_name(model, seed): (model, seed) for model in config.models for seed in range(config.seeds)}
+    rows = []
+    for entry in config.plan().entries():
+        folder = run_dir(Path(config.out), entry)
+        if is_evaluated(folder):
+            model, seed = models[entry.run.name]
+            rows.append(StudyRow(tags[entry.subset], model, seed, dict(load_result(folder).values)))
+    return rows
+
+
+@dataclass(frozen=True)
+class Spread:
+    """Mean and sample standard deviation (``nan`` for one value) of ``n`` values."""
+
+    mean: float
+    std: float
+    n: int
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> "Spread":
+        return cls(statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else math.nan, len(values))
+
+    def text(self, digits: int = 1) -> str:
+        std = "–" if math.isnan(self.std) else f"{self.std:.{digits}f}"
+        return f"{self.mean:.{digits}f} ± {std}"
+
+
+def summarise(rows: Sequence[StudyRow], metric: str) -> dict[tuple[float, str], Spread]:
+    """``metric`` over seeds per (strength, model)."""
+    groups: dict[tuple[float, str], list[float]] = {}
+    for row in rows:
+        if row.values.get(metric) is not None:
+            groups.setdefault((row.strength, row.model), []).append(float(row.values[metric]))
+    return {key: Spread.of(values) for key, values in sorted(groups.items())}
+
+
+def graph_minus_direct(rows: Sequence[StudyRow], metric: str = "mAP") -> dict[tuple[float, str], Spread]:
+    """Per strength and graph model: ``metric`` of the graph model minus that of the direct model
+    trained with the same seed, over the seeds both have."""
+    by_key = {(row.strength, row.model, row.seed): row.values.get(metric) for row in rows}
+    differences: dict[tuple[float, str], list[float]] = {}
+    for (strength, model, seed), value in sorted(by_key.items()):
+        direct = by_key.get((strength, DIRECT, seed))
+        if model != DIRECT and value is not None and direct is not None:
+            differences.setdefault((strength, model), []).append(float(value) - float(direct))
+    return {key: Spread.of(values) for key, values in differences.items()}
+
+
+def write_study(out: Path, rows: Sequence[StudyRow], config: StudyConfig) -> None:
+    """``study.csv``, ``study.md`` and ``study.png`` from ``rows``."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for row in sorted(rows, key=lambda r: (r.strength, _model_order(config, r.model), r.seed)):
+        values = ["" if row.values.get(m) is None else f"{row.values[m]:.6f}" for m in PAPER_METRICS]
+        writer.writerow([f"{row.strength:g}", row.model, row.seed, config.backbone, *values])
+    with atomic_open(out / STUDY_CSV) as handle:
+        handle.write(buffer.getvalue())
+    with atomic_open(out / STUDY_MD) as handle:
+        handle.write(study_markdown(rows, config))
+    if rows:
+        _write_figure(out / STUDY_PNG, rows, config)
+
+
+def _model_order(config: StudyConfig, model: str) -> int:
+    return config.models.index(model) if model in config.models else len(config.models)
+
+
+def study_markdown(rows: Sequence[StudyRow], config: StudyConfig) -> str:
+    strengths = sorted({row.strength for row in rows})
+    models = sorted({row.model for row in rows}, key=lambda model: _model_order(config, model))
+    lines = [
+        _MD_TITLE,
+        "",
+        f"Profile `{config.profile}` on `{config.subset}`, strengths {', '.join(f'{s:g}' for s in strengths)}; "
+        f"backbone `{config.backbone}` for every model (direct = `{config.direct_model}`), ASL loss and recipe, "
+        f"{config.epochs} epochs at {config.image_size} px, {config.train}/{config.val}/{config.test} images of "
+        f"{config.data_size} px per dataset. Test metrics in %, mean ± sample std over training seeds (n each).",
+        "",
+        "| strength | model | n | " + " | ".join(PAPER_METRICS) + " |",
+        "| --- | --- | ---: | " + " | ".join("---:" for _ in PAPER_METRICS) + " |",
+    ]
+    tables = {metric: summarise(rows, metric) for metric in PAPER_METRICS}
+    for strength in strengths:
+        for model in models:
+            cells = [tables[m].get((strength, model)) for m in PAPER_METRICS]
+            n = max((cell.n for cell in cells if cell is not None), default=0)
+            if n:
+                lines.append(f"| {strength:g} | {model} | {n} | " + " | ".join(c.text() if c else "–" for c in cells) + " |")
+    lines += ["", *_data_lines(config, strengths)]
+    lines += ["", "Graph − direct mAP (points; per seed, the graph model minus the direct model of the same seed):", ""]
+    lines += ["| strength | model | n | Δ mAP |", "| --- | --- | ---: | ---: |"]
+    for (strength, model), spread in sorted(graph_minus_direct(rows).items(), key=lambda i: (i[0][0], _model_order(config, i[0][1]))):
+        lines.append(f"| {strength:g} | {model} | {spread.n} | {spread.mean:+.1f} ± {'–' if math.isnan(spread.std) else f'{spread.std:.1f}'} |")
+    return "\n".join(lines) + "\n"
+
+
+def chance_map(config: StudyConfig, strength: float) -> float:
+    """The test mAP (%) of a scorer that knows nothing: each label's share of the test images, averaged."""
+    targets = load_prepared(config.prepared_dir(strength)).read_split("test").targets
+    return 100 * float(targets.mean(axis=0).mean())
+
+
+def _data_lines(config: StudyConfig, strengths: Sequence[float]) -> list[str]:
+    """What co-occurrence each dataset has: the share of fakes whose label set is a recipe (all splits)
+    and the edges its label graph keeps (P(j | i) >= t on the training split); and the test mAP of a
+    scorer that knows nothing (each label's share of the test images, averaged), which moves with the
+    label frequencies."""
+    lines = [
+        "The datasets (chance mAP: the test mAP of a constant score):",
+        "",
+        "| strength | fakes with a recipe's label set | edges kept by the graph | chance mAP |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    labels = SUBSETS[config.subset]
+    for strength in strengths:
+        tag = strength_tag(strength)
+        synth_json = config.data_root(strength) / config.subset / SYNTH_JSON
+        graph_json = graph_path(Path(config.out), tag, "word").with_suffix(".json")
+        if not synth_json.is_file() or not graph_json.is_file():
+            continue
+        share = read_json_object(synth_json)["cooccurrence"]["label_statistics"]["fakes_from_a_recipe_set"]
+        graph = read_json_object(graph_json)
+        possible = len(labels) * (len(labels) - 1)
+        chance = chance_map(config, strength)
+        lines.append(f"| {strength:g} | {100 * share:.0f}% | {graph['num_edges']} of {possible} (t = {graph['t']}) | {chance:.1f} |")
+    return lines
+
+
+def _write_figure(path: Path, rows: Sequence[StudyRow], config: StudyConfig) -> None:
+    # Imported here: matplotlib costs about a second, and only this step draws.
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(9, 3.6), layout="constrained")
+    models = sorted({row.model for row in rows}, key=lambda model: _model_order(config, model))
+    for axes, metric in zip(figure.subplots(1, 2), ("mAP", "CF1")):
+        table = summarise(rows, metric)
+        for model in models:
+            points = sorted((strength, spread) for (strength, name), spread in table.items() if name == model)
+            xs = [strength for strength, _ in points]
+            means = [spread.mean for _, spread in points]
+            stds = [0.0 if math.isnan(spread.std) else spread.std for _, spread in points]
+            label = f"direct ({config.direct_model})" if model == DIRECT else model
+            (line,) = axes.plot(xs, means, marker="o", label=label)
+            axes.fill_between(xs, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
+                              color=line.get_color(), alpha=0.18, linewidth=0)
+        if metric == "mAP":  # the label frequencies change with RHO, and chance with them
+            strengths = sorted({row.strength for row in rows})
+            axes.plot(strengths, [chance_map(config, s) for s in strengths], color="grey", linestyle="--", label="chance")
+        axes.set_xlabel("co-occurrence strength RHO")
+        axes.set_ylabel(f"test {metric} (%)")
+        axes.grid(alpha=0.3)
+    figure.axes[0].legend(fontsize=8)
+    figure.suptitle(f"{config.profile} on {config.subset}, backbone {config.backbone}: mean ± std over seeds", fontsize=9)
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, format="png", dpi=120, metadata={"Software": COMMAND})
+
+
+def _is_study_table(path: Path) -> bool:
+    """``study.csv`` (its header) or ``study.md`` (its title), as :func:`write_study` writes them."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.readline(1 << 16).rstrip("\n") in (_CSV_HEADER, _MD_TITLE)
+    except (OSError, UnicodeDecodeError):
+        return False
