@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from mlcdf.cli._console import out, rich_progress, warn
-from mlcdf.cli._options import Device, DeviceOpt, JsonOpt, MaxPixelsOpt, PreparedOpt, QuietOpt, SeedOpt
+from mlcdf.cli._options import Device, given_on_command_line, DeviceOpt, JsonOpt, MaxPixelsOpt, PreparedOpt, QuietOpt, SeedOpt
 from mlcdf.graph.build import DEFAULT_BACKBONE, GraphConfig, GraphResult, build_graph
 from mlcdf.graph.embeddings import parse_embedding_source
 from mlcdf.io import check_output_apart
@@ -109,7 +109,7 @@ def build_graph_command(
         raise typer.BadParameter(str(error), param_hint="--embedding") from None
     check_output_apart(out_path, ("--prepared", prepared), ("--from-run", from_run))
     if source.is_word:
-        given = [name for name in _IMAGE_ONLY if _given_on_command_line(ctx, name)]
+        given = [name for name in _IMAGE_ONLY if given_on_command_line(ctx, name)]
         if given:
             flags = ", ".join("--" + name.replace("_", "-") for name in given)
             raise typer.BadParameter(f"{flags} only apply to --embedding image", param_hint="--embedding")
@@ -139,12 +139,6 @@ def build_graph_command(
         out.print_json(json.dumps({"npz": str(result.path), "json": str(result.json_path), **result.graph.info}))
     else:
         _print_summary(result)
-
-
-def _given_on_command_line(ctx: typer.Context, name: str) -> bool:
-    # Compared by name: recent Typer vendors its own copy of click, whose ParameterSource is not click's.
-    source = ctx.get_parameter_source(name)
-    return source is not None and source.name == "COMMANDLINE"
 
 
 def _matrix_table(title: str, labels: tuple[str, ...], matrix: np.ndarray, fmt: str, bold: np.ndarray | None = None) -> Table:

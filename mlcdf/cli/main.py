@@ -6,6 +6,7 @@ import os
 
 import click
 import typer
+from rich.markup import escape
 from typer.core import TyperGroup
 
 from mlcdf import __version__
@@ -32,7 +33,8 @@ class _MlcdfGroup(TyperGroup):
             message = _user_error_message(error)
             if message is None or os.environ.get(DEBUG_ENV):
                 raise
-            err.print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True)
+            # Escaped: a message is plain text, and "pip install 'mlcdf[csv]'" must not lose "[csv]" as markup.
+            err.print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
             raise typer.Exit(code=2) from None
 
 
