@@ -8,12 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from typer.testing import CliRunner
 
 from conftest import write_image
 from mlcdf.cli.main import app
 from mlcdf.data.own_csv import stratified_split
 from mlcdf.data.prepared import load_prepared
+from mlcdf.errors import MlcdfError
 
 runner = CliRunner()
 
@@ -242,3 +244,100 @@ def test_missing_stratification_package_is_one_line(monkeypatch, tmp_path):
     result = prepare(csv_path, tmp_path / "img", tmp_path / "out", "--split-ratios", "0.8,0.1,0.1")
     assert result.exit_code == 2 and "pip install 'mlcdf[csv]'" in result.output.replace("\n", "")
     assert not (tmp_path / "out").exists()
+
+
+def write_word_vectors(path: Path, labels: tuple[str, ...], dim: int = 6) -> Path:
+    """A GloVe-format file holding every lower-cased word of the label names, and nothing else."""
+    from mlcdf.graph.embeddings import name_words
+
+    words = sorted({word.lower() for label in labels for word in name_words(label)})
+    rng = np.random.default_rng(0)
+    path.write_text("".join(f"{w} {' '.join(f'{v:.4f}' for v in rng.normal(size=dim))}\n" for w in words), encoding="utf-8")
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("dataset", ["twelve", "celeba"])
+def test_own_dataset_through_every_stage(tmp_path, dataset):
+    if dataset == "twelve":
+        csv_path, root, extra = twelve_label_dataset(tmp_path), tmp_path / "images", ()
+        name, labels = "twelve", tuple(sorted(TWELVE))
+    else:
+        csv_path, _ = celeba_dataset(tmp_path, count=40)
+        root, extra = tmp_path / "img_align_celeba", ("--path-column", "image_id", "--split-ratios", "0.6,0.2,0.2")
+        name, labels = "list_attr_celeba", tuple(CELEBA)
+    wide = {"env": {"COLUMNS": "300"}}
+    assert prepare(csv_path, root, tmp_path / "prepared", *extra).exit_code == 0
+    prepared = tmp_path / "prepared" / name
+
+    # build-graph: the words of names like 5_o_Clock_Shadow or lipColor, from the user's vector file
+    vectors = write_word_vectors(tmp_path / "vectors.txt", labels)
+    graph = tmp_path / "graph.npz"
+    result = runner.invoke(app, ["build-graph", "--prepared", str(prepared), "--embedding", f"glove:{vectors}", "--out", str(graph)], **wide)
+    assert result.exit_code == 0, result.output
+    info = json.loads(graph.with_suffix(".json").read_text())
+    words = {label: entry["words_found"] for label, entry in info["embedding"]["per_label"].items()}
+    if dataset == "twelve":
+        assert words["5_o_Clock_Shadow"] == ["5", "o", "clock", "shadow"] and words["lipColor"] == ["lip", "color"]
+        assert "A_hat = " in result.output  # 12 labels: the matrices are printed
+    else:
+        assert words["Arched_Eyebrows"] == ["arched", "eyebrows"] and "matrices (cooccurrence, A, A_hat) are in graph.npz" in result.output
+    with np.load(graph) as arrays:
+        assert arrays["embeddings"].shape == (len(labels), 6) and arrays["A_hat"].shape == (len(labels),) * 2
+
+    # train a graph model on it, evaluate, predict, explain, export
+    run = tmp_path / "run"
+    result = runner.invoke(
+        app,
+        ["train", "--prepared", str(prepared), "--model", "ml_gcn", "--backbone", "test_resnet", "--graph", str(graph),
+         "--out", str(run), "--epochs", "1", "--batch-size", "8", "--image-size", "16", "--device", "cpu", "--workers", "0"],
+    )
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["evaluate", "--run", str(run), "--split", "test", "--device", "cpu"], **wide)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((run / "eval" / "test" / "metrics.json").read_text())
+    assert list(metrics["per_label"]) == list(labels)
+    with open(run / "eval" / "test" / "predictions.csv", newline="") as handle:
+        header = next(csv.reader(handle))
+    assert header == ["file_path", *(column for label in labels for column in (f"target_{label}", f"score_{label}"))]
+    with Image.open(run / "eval" / "test" / "ap_per_label.png") as bars, Image.open(run / "eval" / "test" / "pr_curves.png") as curves:
+        # 40 labels: one horizontal bar per row, and the legend beside the curves in two columns
+        assert (bars.height > bars.width) == (dataset == "celeba")
+        assert curves.width > (1300 if dataset == "celeba" else 1000)
+    result = runner.invoke(app, ["report", str(run), "--paper"], **wide)
+    assert result.exit_code == 0, result.output
+    assert "paper" not in result.output.split("\n", 2)[-1] and name in result.output  # no published rows to compare
+
+    images = sorted(root.rglob("*.png")) + sorted(root.rglob("*.jpg"))
+    out_csv = tmp_path / "predictions.csv"
+    result = runner.invoke(app, ["predict", str(run), str(images[0]), "--out", str(out_csv), "--device", "cpu"], **wide)
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(open(out_csv)))
+    assert len(rows) == 1 and [k for k in rows[0] if k.startswith("score_")] == [f"score_{label}" for label in labels]
+    if dataset == "celeba":  # 40 labels: the screen shows predicted labels with scores, not 40 columns
+        assert "every label's score is in --out FILE" in result.output and "Young" not in result.output.split("fake")[0]
+    result = runner.invoke(app, ["explain", str(run), str(images[0]), "--out", str(tmp_path / "x"), "--label", labels[0], "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "x" / f"{images[0].stem}_{labels[0]}.png").is_file()
+    if dataset == "celeba":
+        result = runner.invoke(app, ["export", str(run), "--onnx", str(tmp_path / "m.onnx")])
+        assert result.exit_code == 0, result.output
+        assert json.loads((tmp_path / "m.json").read_text())["labels"] == list(labels)
+
+
+def test_name_words_and_unknown_names_listed(tmp_path):
+    from mlcdf.graph.embeddings import EmbeddingSource, name_words, read_word_vectors_file, word_embeddings
+
+    assert name_words("5_o_Clock_Shadow") == ["5", "o", "Clock", "Shadow"]
+    assert name_words("lipColor") == ["lip", "Color"] and name_words("HTTPServer") == ["HTTP", "Server"]
+    assert name_words("Arched_Eyebrows") == ["Arched", "Eyebrows"] and name_words("eye2shape") == ["eye", "2", "shape"]
+    vectors = write_word_vectors(tmp_path / "v.txt", ("lipColor", "nose"))
+    assert sorted(read_word_vectors_file(vectors).key_to_index) == ["color", "lip", "nose"]
+    embeddings = word_embeddings(("lipColor", "nose"), EmbeddingSource("glove", str(vectors)))
+    assert embeddings.info["per_label"]["lipColor"]["words_found"] == ["lip", "color"]
+    with pytest.raises(MlcdfError) as error:
+        word_embeddings(("lipColor", "Goatee", "nose", "Wearing_Hat"), EmbeddingSource("glove", str(vectors)))
+    message = str(error.value)
+    assert "2 label(s) with no word" in message and "'Goatee'" in message and "'Wearing_Hat'" in message
+    assert "--label-phrases" in message and "glove:PATH" in message and "gensim:NAME" in message and "\n" not in message

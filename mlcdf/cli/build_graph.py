@@ -16,6 +16,10 @@ from mlcdf.graph.build import DEFAULT_BACKBONE, GraphConfig, GraphResult, build_
 from mlcdf.graph.embeddings import parse_embedding_source
 from mlcdf.io import check_output_apart
 
+#: Up to this many labels the C x C matrices are printed; beyond, they no longer fit a terminal and the
+#: summary points to the .npz instead.
+MAX_LABELS_PRINTED_AS_MATRIX = 12
+
 #: Options that only mean something for --embedding image (named as the function's parameters).
 _IMAGE_ONLY = (
     "backbone", "weights", "pretrained", "from_run", "dim", "image_size", "batch_size", "workers", "cache", "device", "seed"
@@ -195,12 +199,19 @@ def _print_summary(result: GraphResult) -> None:
             str(int(adjacency.edges[i].sum())),
         )
     out.print(nodes)
-    out.print(_matrix_table("Co-occurrence (train images with both i and j)", labels, graph.cooccurrence, "d"))
-    out.print(
-        _matrix_table(f"P(j | i); kept edges (>= t = {info['t']}) in green", labels, adjacency.conditional, ".3f", adjacency.edges)
-    )
-    out.print(_matrix_table(f"A (kept edges re-weighted with p = {info['p']}, plus identity)", labels, graph.A, ".3f"))
-    out.print(_matrix_table("A_hat = D^-1/2 A^T D^-1/2 (fed to the GCN)", labels, graph.A_hat, ".3f"))
+    if len(labels) <= MAX_LABELS_PRINTED_AS_MATRIX:
+        out.print(_matrix_table("Co-occurrence (train images with both i and j)", labels, graph.cooccurrence, "d"))
+        out.print(
+            _matrix_table(f"P(j | i); kept edges (>= t = {info['t']}) in green", labels, adjacency.conditional, ".3f", adjacency.edges)
+        )
+        out.print(_matrix_table(f"A (kept edges re-weighted with p = {info['p']}, plus identity)", labels, graph.A, ".3f"))
+        out.print(_matrix_table("A_hat = D^-1/2 A^T D^-1/2 (fed to the GCN)", labels, graph.A_hat, ".3f"))
+    else:
+        out.print(
+            f"{len(labels)} labels: the {len(labels)} x {len(labels)} matrices (cooccurrence, A, A_hat) are in "
+            f"{result.path.name}, not printed (numpy.load reads them)",
+            highlight=False,
+        )
     possible = len(labels) * (len(labels) - 1)
     out.print(f"edges surviving t = {info['t']}: {adjacency.num_edges} of {possible}", highlight=False)
     if result.zero_count_labels:
