@@ -317,9 +317,13 @@ def test_own_dataset_through_every_stage(tmp_path, dataset):
     assert len(rows) == 1 and [k for k in rows[0] if k.startswith("score_")] == [f"score_{label}" for label in labels]
     if dataset == "celeba":  # 40 labels: the screen shows predicted labels with scores, not 40 columns
         assert "every label's score is in --out FILE" in result.output and "Young" not in result.output.split("fake")[0]
-    result = runner.invoke(app, ["explain", str(run), str(images[0]), "--out", str(tmp_path / "x"), "--label", labels[0], "--device", "cpu"])
+    result = runner.invoke(app, ["explain", str(run), str(images[0]), "--out", str(tmp_path / "x"), "--device", "cpu"])
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "x" / f"{images[0].stem}_{labels[0]}.png").is_file()
+    with Image.open(tmp_path / "x" / f"{images[0].stem}_{labels[0]}.png") as panel:
+        width, height = panel.size
+    with Image.open(tmp_path / "x" / f"{images[0].stem}_all.png") as grid:
+        # every label's overlay, in a near-square grid: 4 x 3 for 12 labels, 7 x 6 for 40
+        assert grid.size == ((4 * width, 3 * height) if dataset == "twelve" else (7 * width, 6 * height))
     if dataset == "celeba":
         result = runner.invoke(app, ["export", str(run), "--onnx", str(tmp_path / "m.onnx")])
         assert result.exit_code == 0, result.output
