@@ -234,6 +234,33 @@ def test_option_of_the_other_format_is_refused(tmp_path):
     assert result.exit_code == 2 and "must sum to 1" in result.output.replace("\n", "")
 
 
+def test_seqdeepfake_subset_name_needs_its_vocabulary(tmp_path):
+    _write_three_images(tmp_path / "img")
+    rows = [["a.png", "nose", "train"], ["b.png", "lip|eye", "train"]]
+    csv_path = write_csv(tmp_path / "s.csv", ["file_path", "labels", "split"], rows)
+    result = prepare(csv_path, tmp_path / "img", tmp_path / "out", "--name", "facial_components")
+    assert result.exit_code == 2 and "is the Seq-DeepFake subset whose labels are nose, eye" in result.output
+    assert not (tmp_path / "out").exists()
+    labels = "nose,eye,eyebrow,lip,hair"
+    result = prepare(csv_path, tmp_path / "img", tmp_path / "out", "--name", "facial_components", "--labels", labels)
+    assert result.exit_code == 0, result.output
+    assert load_prepared(tmp_path / "out" / "facial_components").labels == tuple(labels.split(","))
+
+
+@pytest.mark.parametrize("num_labels", [2, 101])
+def test_graph_models_take_any_number_of_labels(num_labels):
+    import torch
+
+    from mlcdf.models import GraphTensors, create_model, list_models, model_info
+
+    for name in [name for name in list_models() if model_info(name).requires_graph]:
+        graph = GraphTensors(torch.rand(num_labels, num_labels), torch.rand(num_labels, 7))
+        model = create_model(name, num_labels, graph=graph, backbone="test_resnet")
+        logits = model(torch.rand(2, 3, 32, 32))
+        assert logits.shape == (2, num_labels), name
+        logits.sum().backward()
+
+
 def test_missing_stratification_package_is_one_line(monkeypatch, tmp_path):
     import sys
 

@@ -39,7 +39,7 @@ from mlcdf.data.prepared import (
 )
 from mlcdf.errors import MissingArtifactError, MlcdfError, SchemaError
 from mlcdf.io import check_output_apart, check_replaceable, read_csv_rows
-from mlcdf.labels import SEQUENCE_SEPARATOR
+from mlcdf.labels import SEQUENCE_SEPARATOR, SUBSETS
 from mlcdf.progress import ProgressFn, silent
 
 FORMAT = "csv"
@@ -343,6 +343,12 @@ def prepare_csv(config: CsvPrepareConfig, progress: ProgressFn = silent) -> CsvS
     vocabulary = header.vocabulary or tuple(sorted({name for names in rows.names for name in names}))
     if not vocabulary:
         raise SchemaError(csv_path, "no label is present in any row, so there is no vocabulary; give it with --labels")
+    if config.dataset_name in SUBSETS and vocabulary != SUBSETS[config.dataset_name]:
+        # The name is how report recognises a Seq-DeepFake subset and puts the paper's rows beside it.
+        raise MlcdfError(
+            f"--name {config.dataset_name} is the Seq-DeepFake subset whose labels are "
+            f"{', '.join(SUBSETS[config.dataset_name])}, not {', '.join(vocabulary)}; choose another --name"
+        )
     root = config.root.resolve()
     annotated = AnnotatedSplit(csv_path, _table(rows, vocabulary), rows.lines)
     checked = check_images(
