@@ -83,6 +83,8 @@ def test_form_b_with_split_column(tmp_path):
     assert "labels (the names found, sorted): " + ", ".join(sorted(TWELVE)) in result.output.replace("\n", "")
     assert prepared.splits == {"train": 12, "val": 6, "test": 6}
     assert prepared.meta["format"] == "csv" and prepared.root == (tmp_path / "images").resolve()
+    with pytest.raises(MlcdfError, match="point at PREPARED/<subset>, not PREPARED"):
+        load_prepared(tmp_path / "prepared")  # the parent of a dataset of any name
     rows = list(csv.reader(open(csv_path)))[1:]
     test = prepared.read_split("test")
     for (file_path, names, split), got_path, sequence, target in zip(rows[18:], test.file_paths, test.sequences, test.targets):
