@@ -210,6 +210,14 @@ def test_bad_csv_exit_2_names_file_and_line_writes_nothing(tmp_path, header, row
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("labels, message", [("x,x", "--labels names a label twice"), ("x,,y", "--labels: an empty label name"), ("x-y", "--labels: label name 'x-y' holds '-'")])
+def test_bad_labels_option(tmp_path, labels, message):
+    _write_three_images(tmp_path / "img")
+    csv_path = write_csv(tmp_path / "s.csv", ["file_path", "labels", "split"], [["a.png", "x", "train"]])
+    result = prepare(csv_path, tmp_path / "img", tmp_path / "out", "--labels", labels)
+    assert result.exit_code == 2 and message in result.output and not (tmp_path / "out").exists()
+
+
 def test_skip_missing_and_decode(tmp_path):
     _write_three_images(tmp_path / "img")
     (tmp_path / "img" / "c.png").write_bytes(b"not a png")

@@ -141,15 +141,22 @@ def parse_split_ratios(text: str) -> tuple[float, float, float]:
     return ratios  # type: ignore[return-value]
 
 
-def _check_label_name(path: Path, line: int, name: str) -> None:
-    """A label name becomes a column and a step of sequences: it cannot be empty or hold their separators."""
+def label_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a label (it becomes a column and a step of sequences), or ``None``."""
     if not name:
-        raise SchemaError(path, "an empty label name", line=line)
+        return "an empty label name"
     for separator, role in ((SEQUENCE_SEPARATOR, "steps of a sequence"), (NAMES_SEPARATOR, "names in a labels cell")):
         if separator in name:
-            raise SchemaError(path, f"label name {name!r} holds {separator!r}, which separates the {role}", line=line)
+            return f"label name {name!r} holds {separator!r}, which separates the {role}"
     if name in (DEFAULT_PATH_COLUMN, SEQUENCE_COLUMN):
-        raise SchemaError(path, f"label name {name!r} is a column of the prepared files; rename it", line=line)
+        return f"label name {name!r} is a column of the prepared files; rename it"
+    return None
+
+
+def _check_label_name(path: Path, line: int, name: str) -> None:
+    problem = label_name_problem(name)
+    if problem is not None:
+        raise SchemaError(path, problem, line=line)
 
 
 def _read_header(path: Path, header: list[str], config: CsvPrepareConfig) -> _Header:
@@ -183,8 +190,9 @@ def _read_header(path: Path, header: list[str], config: CsvPrepareConfig) -> _He
     if config.labels is not None:
         if len(set(config.labels)) != len(config.labels):
             raise MlcdfError(f"--labels names a label twice: {','.join(config.labels)}")
-        for name in config.labels:
-            _check_label_name(path, 1, name)
+        problems = [label_name_problem(name) for name in config.labels]
+        if any(problems):
+            raise MlcdfError(f"--labels: {next(problem for problem in problems if problem)}")
     if LABELS_COLUMN in columns:
         return _Header(path_index, split_index, sequence_index, columns.index(LABELS_COLUMN), (), config.labels)
     if config.labels is not None:
@@ -230,6 +238,34 @@ def _names_in_cell(path: Path, line: int, cell: str) -> list[str]:
     return names
 
 
+def _present_labels(path: Path, line: int, header: _Header, columns: list[str], record: list[str]) -> list[str]:
+    """The labels a row says are present, checked against the vocabulary where it is known."""
+    if header.labels_cell is None:
+        return [columns[i] for i in header.label_columns if _positive(path, line, columns[i], record[i])]
+    names = _names_in_cell(path, line, record[header.labels_cell])
+    if header.vocabulary is None:
+        for name in names:
+            _check_label_name(path, line, name)
+        return names
+    unknown = [name for name in names if name not in header.vocabulary]
+    if unknown:
+        raise SchemaError(
+            path, f"unknown label(s) {', '.join(map(repr, unknown))}; --labels has {', '.join(header.vocabulary)}", line=line
+        )
+    return names
+
+
+def _given_sequence(path: Path, line: int, header: _Header, record: list[str], names: list[str]) -> list[str]:
+    """The steps of a row's ``sequence`` cell (each present label once), or ``[]`` without the column."""
+    if header.sequence is None:
+        return []
+    cell = record[header.sequence].strip()
+    steps = [step.strip() for step in cell.split(SEQUENCE_SEPARATOR)] if cell else []
+    if sorted(steps) != sorted(names) or len(set(steps)) != len(steps):
+        raise SchemaError(path, f"sequence {cell!r} does not name each present label once ({', '.join(names) or 'none'})", line=line)
+    return steps
+
+
 def _read_rows(path: Path, config: CsvPrepareConfig) -> tuple[_Header, _Rows]:
     records = read_csv_rows(path, encoding="utf-8-sig")
     _, header_record = next(records, (1, None))
@@ -250,27 +286,8 @@ def _read_rows(path: Path, config: CsvPrepareConfig) -> tuple[_Header, _Rows]:
         check_image_path(path, line, file_path)
         if file_path in first_line_of:
             raise SchemaError(path, f"{config.path_column} {file_path!r} repeats line {first_line_of[file_path]}", line=line)
-        if header.labels_cell is not None:
-            names = _names_in_cell(path, line, record[header.labels_cell])
-            if header.vocabulary is not None:
-                unknown = [name for name in names if name not in header.vocabulary]
-                if unknown:
-                    raise SchemaError(path, f"unknown label(s) {', '.join(map(repr, unknown))}; --labels has {', '.join(header.vocabulary)}", line=line)
-            else:
-                for name in names:
-                    _check_label_name(path, line, name)
-        else:
-            names = [columns[i] for i in header.label_columns if _positive(path, line, columns[i], record[i])]
-        steps: list[str] = []
-        if header.sequence is not None and record[header.sequence].strip():
-            steps = [step.strip() for step in record[header.sequence].split(SEQUENCE_SEPARATOR)]
-            if sorted(steps) != sorted(names) or len(set(steps)) != len(steps):
-                raise SchemaError(
-                    path, f"sequence {record[header.sequence]!r} does not name each present label once ({', '.join(names) or 'none'})",
-                    line=line,
-                )
-        elif header.sequence is not None and names:
-            raise SchemaError(path, f"empty sequence, but the labels {', '.join(names)} are present", line=line)
+        names = _present_labels(path, line, header, columns, record)
+        steps = _given_sequence(path, line, header, record, names)
         split = ""
         if header.split is not None:
             split = record[header.split].strip()
