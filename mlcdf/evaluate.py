@@ -63,6 +63,8 @@ METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.md"
 PR_CURVES_FILE = "pr_curves.png"
 AP_BARS_FILE = "ap_per_label.png"
+#: Beyond this many labels the plots change layout (legend beside the curves, horizontal AP bars).
+MAX_LABELS_IN_PLOT = 10
 #: An evaluation folder is replaced only when it holds a previous evaluation (its metrics.json).
 _EVALUATION_OUTPUT = {"command": "mlcdf evaluate", "is_own": holds_file(METRICS_FILE)}
 
@@ -428,9 +430,14 @@ def render_report(metrics: dict) -> str:
 def _plot_precision_recall(path: Path, predictions: Predictions, metrics: dict) -> None:
     # Imported here: matplotlib costs about a second, and only this stage draws. A bare Figure (no
     # pyplot) renders with Agg and touches no global backend state, so it works without a display.
+    from matplotlib import colormaps
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(6, 5), layout="constrained")
+    many = len(predictions.labels) > MAX_LABELS_IN_PLOT
+    # Many labels: the legend goes beside the axes in columns of 20 entries, and the figure widens for it.
+    legend_columns = math.ceil(len(predictions.labels) / 20)
+    figure = Figure(figsize=(6 + 2.6 * legend_columns if many else 6, 5), layout="constrained")
+    tab20 = colormaps["tab20"]
     axes = figure.add_subplot()
     for j, label in enumerate(predictions.labels):
         column = np.asarray(predictions.targets)[:, j]
@@ -438,12 +445,17 @@ def _plot_precision_recall(path: Path, predictions: Predictions, metrics: dict) 
         if ap is None:
             continue
         precision, recall, _ = precision_recall_curve(column, predictions.scores[:, j])
-        axes.step(recall, precision, where="post", label=f"{label} (AP {ap:.1f})")
+        # Many labels: 20 colours, then the same colours dashed and dotted, so that no two curves look alike.
+        style = {} if not many else {"color": tab20(j % 20), "linestyle": ("-", "--", ":")[j // 20 % 3]}
+        axes.step(recall, precision, where="post", label=f"{label} (AP {ap:.1f})", **style)
     axes.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02))
     axes.set_title(f"Precision-recall per label (mAP {format_percent(metrics['mAP'], 1)})")
     axes.grid(alpha=0.3)
     if axes.get_legend_handles_labels()[0]:
-        axes.legend(loc="lower left")
+        if many:
+            axes.legend(loc="upper left", bbox_to_anchor=(1.02, 1), ncols=legend_columns, fontsize="small")
+        else:
+            axes.legend(loc="lower left")
     figure.savefig(path, dpi=120)
 
 
@@ -452,13 +464,28 @@ def _plot_average_precision(path: Path, metrics: dict) -> None:
 
     labels = metrics["labels"]
     values = [metrics["per_label"][label]["AP"] for label in labels]
+    heights = [0 if value is None else value for value in values]
+    title = f"Average precision per label (dashed: mAP {format_percent(metrics['mAP'], 1)})"
+    if len(labels) > MAX_LABELS_IN_PLOT:
+        # Many labels: horizontal bars, one row per label top to bottom, so long names stay readable.
+        figure = Figure(figsize=(7, 0.28 * len(labels) + 1.5), layout="constrained")
+        axes = figure.add_subplot()
+        bars = axes.barh(labels, heights, color="tab:blue")
+        axes.invert_yaxis()
+        axes.bar_label(bars, labels=[format_percent(value, 1) for value in values], padding=2, fontsize="small")
+        if metrics["mAP"] is not None:
+            axes.axvline(metrics["mAP"], color="tab:red", linestyle="--")
+        axes.tick_params(axis="y", labelsize="small")
+        axes.set(xlabel="AP (%)", xlim=(0, 112), title=title)
+        figure.savefig(path, dpi=120)
+        return
     figure = Figure(figsize=(max(4, 1.0 * len(labels) + 2), 4), layout="constrained")
     axes = figure.add_subplot()
-    bars = axes.bar(labels, [0 if value is None else value for value in values], color="tab:blue")
+    bars = axes.bar(labels, heights, color="tab:blue")
     axes.bar_label(bars, labels=[format_percent(value, 1) for value in values], padding=2)
     if metrics["mAP"] is not None:
         axes.axhline(metrics["mAP"], color="tab:red", linestyle="--")
-    axes.set(ylabel="AP (%)", ylim=(0, 108), title=f"Average precision per label (dashed: mAP {format_percent(metrics['mAP'], 1)})")
+    axes.set(ylabel="AP (%)", ylim=(0, 108), title=title)
     figure.savefig(path, dpi=120)
 
 

@@ -10,6 +10,7 @@ classifier).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,8 @@ _EXPLAIN_COMMAND = "mlcdf explain"
 
 #: Overlays of larger images are drawn at this longest side, so a huge photo costs no huge canvases.
 OVERLAY_MAX_SIDE = 1024
+#: Up to this many labels ``<stem>_all.png`` is one row of overlays; beyond, a near-square grid.
+MAX_STRIP_PANELS = 6
 
 
 def grad_cam(model: torch.nn.Module, x: torch.Tensor, label_indices: list[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -125,8 +128,13 @@ def explain_image(
         panels.append(panel)
         results.append(Explanation(name, float(probabilities[index]), path))
     if strip_path is not None:
-        strip = Image.new("RGB", (sum(p.width for p in panels), panels[0].height), "white")
+        # One row up to MAX_STRIP_PANELS labels; beyond, a near-square grid, so that 40 labels do not make
+        # an image 40 overlays wide.
+        columns = len(panels) if len(panels) <= MAX_STRIP_PANELS else math.ceil(math.sqrt(len(panels)))
+        rows = math.ceil(len(panels) / columns)
+        width, height = panels[0].size
+        strip = Image.new("RGB", (columns * width, rows * height), "white")
         for offset, panel in enumerate(panels):
-            strip.paste(panel, (offset * panels[0].width, 0))
+            strip.paste(panel, (offset % columns * width, offset // columns * height))
         save_png(strip, strip_path, command=_EXPLAIN_COMMAND)
     return results

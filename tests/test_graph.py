@@ -213,7 +213,7 @@ def test_unreadable_or_missing_word_vector_file(tmp_path: Path):
 
 def test_label_without_known_word_is_an_error_naming_it(tmp_path: Path):
     path = write_glove(tmp_path / "tiny.txt", {"nose": [1, 0]})
-    with pytest.raises(MlcdfError, match="label 'eye'.*--label-phrases"):
+    with pytest.raises(MlcdfError, match=r"1 label\(s\) with no word.*'eye'.*--label-phrases"):
         word_embeddings(("nose", "eye"), EmbeddingSource("glove", str(path)))
 
 
@@ -451,7 +451,7 @@ def test_cli_json_output(tmp_path: Path):
     [
         (["--embedding", "word2vec"], "unknown embedding source"),
         (["--backbone", "resnet50"], "--backbone only apply to --embedding image"),
-        (["--label-phrases", "{phrases}"], "label 'c'"),
+        (["--label-phrases", "{phrases}"], "with no word in the vocabulary of"),
         (["--out", "{tmp}/g.txt"], "must end in .npz"),
         (["--prepared", "{tmp}/nowhere"], "meta.json: not found"),
     ],

@@ -56,6 +56,13 @@ CheckpointOpt = Annotated[
 RunArg = Annotated[Path, typer.Argument(help="A run folder written by 'mlcdf train'.", file_okay=False)]
 
 
+def given_on_command_line(ctx: typer.Context, name: str) -> bool:
+    """Whether the option with parameter ``name`` was typed by the user (not a default or an env var)."""
+    # Compared by name: recent Typer vendors its own copy of click, whose ParameterSource is not click's.
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name == "COMMANDLINE"
+
+
 def _put_max_pixels_in_force(ctx: typer.Context, value: Optional[int]) -> Optional[int]:
     """Set the pixel limit for this command, its threads and its worker processes (which inherit the
     environment), until the command ends: the decoders read it there, so no command passes it along."""

@@ -6,15 +6,18 @@ import json
 from pathlib import Path
 from typing import Annotated, Optional
 
-import numpy as np
 import typer
 from rich.table import Table
 
 from mlcdf.cli._console import matrix_table, out, rich_progress, warn
-from mlcdf.cli._options import Device, DeviceOpt, JsonOpt, MaxPixelsOpt, PreparedOpt, QuietOpt, SeedOpt
+from mlcdf.cli._options import Device, DeviceOpt, JsonOpt, MaxPixelsOpt, PreparedOpt, QuietOpt, SeedOpt, given_on_command_line
 from mlcdf.graph.build import DEFAULT_BACKBONE, GraphConfig, GraphResult, build_graph
 from mlcdf.graph.embeddings import parse_embedding_source
 from mlcdf.io import check_output_apart
+
+#: Up to this many labels the C x C matrices are printed; beyond, they no longer fit a terminal and the
+#: summary points to the .npz instead.
+MAX_LABELS_PRINTED_AS_MATRIX = 12
 
 #: Options that only mean something for --embedding image (named as the function's parameters).
 _IMAGE_ONLY = (
@@ -109,7 +112,7 @@ def build_graph_command(
         raise typer.BadParameter(str(error), param_hint="--embedding") from None
     check_output_apart(out_path, ("--prepared", prepared), ("--from-run", from_run))
     if source.is_word:
-        given = [name for name in _IMAGE_ONLY if _given_on_command_line(ctx, name)]
+        given = [name for name in _IMAGE_ONLY if given_on_command_line(ctx, name)]
         if given:
             flags = ", ".join("--" + name.replace("_", "-") for name in given)
             raise typer.BadParameter(f"{flags} only apply to --embedding image", param_hint="--embedding")
@@ -141,10 +144,6 @@ def build_graph_command(
         _print_summary(result)
 
 
-def _given_on_command_line(ctx: typer.Context, name: str) -> bool:
-    # Compared by name: recent Typer vendors its own copy of click, whose ParameterSource is not click's.
-    source = ctx.get_parameter_source(name)
-    return source is not None and source.name == "COMMANDLINE"
 
 
 def _embedding_detail(info: dict, label: str) -> str:
@@ -187,12 +186,19 @@ def _print_summary(result: GraphResult) -> None:
             str(int(adjacency.edges[i].sum())),
         )
     out.print(nodes)
-    out.print(matrix_table("Co-occurrence (train images with both i and j)", labels, graph.cooccurrence, "d"))
-    out.print(
-        matrix_table(f"P(j | i); kept edges (>= t = {info['t']}) in green", labels, adjacency.conditional, ".3f", adjacency.edges)
-    )
-    out.print(matrix_table(f"A (kept edges re-weighted with p = {info['p']}, plus identity)", labels, graph.A, ".3f"))
-    out.print(matrix_table("A_hat = D^-1/2 A^T D^-1/2 (fed to the GCN)", labels, graph.A_hat, ".3f"))
+    if len(labels) <= MAX_LABELS_PRINTED_AS_MATRIX:
+        out.print(matrix_table("Co-occurrence (train images with both i and j)", labels, graph.cooccurrence, "d"))
+        out.print(
+            matrix_table(f"P(j | i); kept edges (>= t = {info['t']}) in green", labels, adjacency.conditional, ".3f", adjacency.edges)
+        )
+        out.print(matrix_table(f"A (kept edges re-weighted with p = {info['p']}, plus identity)", labels, graph.A, ".3f"))
+        out.print(matrix_table("A_hat = D^-1/2 A^T D^-1/2 (fed to the GCN)", labels, graph.A_hat, ".3f"))
+    else:
+        out.print(
+            f"{len(labels)} labels: the {len(labels)} x {len(labels)} matrices (cooccurrence, A, A_hat) are in "
+            f"{result.path.name}, not printed (numpy.load reads them)",
+            highlight=False,
+        )
     possible = len(labels) * (len(labels) - 1)
     out.print(f"edges surviving t = {info['t']}: {adjacency.num_edges} of {possible}", highlight=False)
     if result.zero_count_labels:

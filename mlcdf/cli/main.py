@@ -33,7 +33,7 @@ class _MlcdfGroup(TyperGroup):
             message = _user_error_message(error)
             if message is None or os.environ.get(DEBUG_ENV):
                 raise
-            # Escaped: a message may hold brackets (pip install 'mlcdf[tensorboard]') that rich would read as markup.
+            # Escaped: a message is plain text; "pip install 'mlcdf[csv]'" must not lose "[csv]" as rich markup.
             err.print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
             raise typer.Exit(code=2) from None
 

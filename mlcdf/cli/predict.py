@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 
 #: Rows shown on screen; the output file always has every image.
 SHOWN_ROWS = 30
+#: Beyond this many labels the table shows the predicted labels with their scores, not a column per label.
+MAX_LABEL_COLUMNS = 10
 
 
 def predict_command(
@@ -76,16 +78,26 @@ def path_text(path: Path) -> str:
 
 
 def _print_predictions(result: ImagePredictions) -> None:
+    # With many labels a column per label no longer fits: the predicted labels carry their scores instead.
+    per_label_columns = len(result.labels) <= MAX_LABEL_COLUMNS
     table = Table(title=f"{len(result.paths)} image(s), threshold {result.threshold}", title_justify="left")
     table.add_column("image", overflow="fold")
-    for label in result.labels:
+    for label in result.labels if per_label_columns else ():
         table.add_column(label, justify="right")
     table.add_column("fake", justify="right")
     table.add_column("predicted")
     for path, row, fake, chosen in list(zip(result.paths, result.scores, result.fake_scores, result.predicted_sets()))[:SHOWN_ROWS]:
-        cells = [f"[bold]{p:.2f}[/bold]" if p >= result.threshold else f"{p:.2f}" for p in row]
-        table.add_row(path_text(path), *cells, f"{fake:.2f}", ", ".join(chosen) or "real")
+        if per_label_columns:
+            cells = [f"[bold]{p:.2f}[/bold]" if p >= result.threshold else f"{p:.2f}" for p in row]
+            predicted = ", ".join(chosen) or "real"
+        else:
+            cells = []
+            score = dict(zip(result.labels, row))
+            predicted = ", ".join(f"{label} {score[label]:.2f}" for label in chosen) or "real"
+        table.add_row(path_text(path), *cells, f"{fake:.2f}", predicted, end_section=not per_label_columns)
     out.print(table)
+    if not per_label_columns:
+        err.print(f"{len(result.labels)} labels: every label's score is in --out FILE")
     if len(result.paths) > SHOWN_ROWS:
         err.print(f"... {len(result.paths) - SHOWN_ROWS} more (use --out to write them all)")
 

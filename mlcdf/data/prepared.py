@@ -9,15 +9,19 @@ column per label, named as the vocabulary and in vocabulary order. Every later s
 from __future__ import annotations
 
 import csv
+import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from mlcdf.data.images import verify_image
 from mlcdf.errors import MissingArtifactError, SchemaError
-from mlcdf.io import atomic_open, read_csv_rows, read_json_object, recover_dir
-from mlcdf.labels import SEQUENCE_SEPARATOR, SUBSETS
+from mlcdf.io import atomic_dir, atomic_open, read_csv_rows, read_json_object, recover_dir, write_json
+from mlcdf.labels import SEQUENCE_SEPARATOR
+from mlcdf.progress import ProgressFn, silent
 
 SPLITS = ("train", "val", "test")
 META_FILE = "meta.json"
@@ -26,6 +30,8 @@ META_FILE = "meta.json"
 SYNTH_JSON = "synth.json"
 #: Keys every ``meta.json`` has; a folder whose ``meta.json`` has them is a prepared subset.
 META_KEYS = ("subset", "labels", "root", "splits")
+#: What ``--check-images`` accepts, for every reader.
+CHECK_IMAGES = ("none", "exists", "decode")
 
 
 def check_image_path(csv_path: Path, line: int, file_path: str) -> None:
@@ -154,6 +160,81 @@ def read_split_csv(path: str | Path, labels: tuple[str, ...]) -> SplitTable:
     return SplitTable(file_paths, sequences, targets)
 
 
+@dataclass(frozen=True)
+class AnnotatedSplit:
+    """Rows a reader validated: the prepared table plus the CSV line of every row (for messages)."""
+
+    csv_path: Path
+    table: SplitTable
+    lines: list[int]
+
+
+@dataclass(frozen=True)
+class CheckedImages:
+    """The rows whose image passed ``--check-images``, and how many were dropped (with ``--skip-missing``).
+
+    Attributes:
+        table: the rows kept.
+        kept: their indices in the table checked.
+        missing, unreadable: rows dropped because the image is absent, or does not decode.
+    """
+
+    table: SplitTable
+    kept: np.ndarray
+    missing: int = 0
+    unreadable: int = 0
+
+
+def check_images(
+    annotated: AnnotatedSplit,
+    root: Path,
+    *,
+    mode: str,
+    skip_missing: bool,
+    workers: int,
+    progress: ProgressFn = silent,
+    name: str = "",
+) -> CheckedImages:
+    """Check the image of every row of ``annotated`` under ``root``: ``exists``, ``decode`` or ``none``.
+
+    Raises:
+        SchemaError: an image is missing or unreadable and ``skip_missing`` is off, naming the CSV line of
+            the first such row.
+    """
+    table = annotated.table
+    everything = np.arange(len(table), dtype=np.int64)
+    if mode == "none" or len(table) == 0:
+        return CheckedImages(table, everything)
+    paths = [os.path.join(root, file_path) for file_path in table.file_paths]
+    missing = [i for i, path in enumerate(paths) if not os.path.isfile(path)]
+    unreadable: list[tuple[int, str]] = []
+    if mode == "decode":
+        missing_set = set(missing)
+        todo = [i for i in range(len(paths)) if i not in missing_set]
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            reasons = pool.map(lambda i: verify_image(paths[i]), todo, chunksize=64)
+            for i, reason in zip(todo, progress(reasons, f"Decoding {name}", total=len(todo))):
+                if reason is not None:
+                    unreadable.append((i, reason))
+    if (missing or unreadable) and not skip_missing:
+        first_missing = missing[0] if missing else None
+        first_bad = unreadable[0] if unreadable else None
+        if first_missing is not None and (first_bad is None or first_missing < first_bad[0]):
+            index, problem = first_missing, f"image {table.file_paths[first_missing]} is missing"
+        else:
+            index, problem = first_bad[0], f"image {table.file_paths[first_bad[0]]} is unreadable ({first_bad[1]})"
+        others = len(missing) + len(unreadable) - 1
+        more = f" (and {others} more)" if others else ""
+        raise SchemaError(
+            annotated.csv_path, f"{problem}{more}; use --skip-missing to drop such rows", line=annotated.lines[index]
+        )
+    drop = set(missing) | {i for i, _ in unreadable}
+    if not drop:
+        return CheckedImages(table, everything)
+    kept = np.array([i for i in range(len(table)) if i not in drop], dtype=np.int64)
+    return CheckedImages(table.subset(kept), kept, len(missing), len(unreadable))
+
+
 def is_prepared_folder(path: str | Path) -> bool:
     """Whether ``path`` holds a prepared subset (a ``meta.json`` object with the contract's keys)."""
     try:
@@ -161,6 +242,21 @@ def is_prepared_folder(path: str | Path) -> bool:
     except (OSError, UnicodeDecodeError, SchemaError):
         return False
     return all(key in meta for key in META_KEYS)
+
+
+#: A prepared folder is replaced only when it is a previous prepared folder.
+PREPARED_OUTPUT = {"command": "mlcdf prepare", "is_own": is_prepared_folder}
+
+
+def write_prepared(out: Path, tables: dict[str, SplitTable], labels: tuple[str, ...], meta: dict) -> None:
+    """Write ``out/{<split>.csv, meta.json}`` atomically: all of it, or nothing.
+
+    ``meta`` is written as given; it must hold :data:`META_KEYS`.
+    """
+    with atomic_dir(out, **PREPARED_OUTPUT) as staging:
+        for split, table in tables.items():
+            write_split_csv(staging / f"{split}.csv", table, labels)
+        write_json(staging / META_FILE, meta)
 
 
 def load_prepared(path: str | Path) -> PreparedSubset:
@@ -175,7 +271,7 @@ def load_prepared(path: str | Path) -> PreparedSubset:
     meta_path = path / META_FILE
     if not meta_path.is_file():
         hint = "run 'mlcdf prepare' first"
-        if path.is_dir() and any((path / name / META_FILE).is_file() for name in SUBSETS):
+        if path.is_dir() and any((child / META_FILE).is_file() for child in path.iterdir()):
             hint = "point at PREPARED/<subset>, not PREPARED"
         raise MissingArtifactError(meta_path, hint)
     meta = read_json_object(meta_path)

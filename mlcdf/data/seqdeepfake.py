@@ -10,27 +10,26 @@ name and any other column is ignored. Images sit in a folder naming their sequen
 
 from __future__ import annotations
 
-import os
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 
 from mlcdf import __version__
-from mlcdf.data.images import verify_image
 from mlcdf.data.prepared import (
-    META_FILE,
+    CHECK_IMAGES,
+    PREPARED_OUTPUT,
     SPLITS,
     SYNTH_JSON,
+    AnnotatedSplit,
     SplitTable,
     check_image_path,
-    is_prepared_folder,
-    write_split_csv,
+    check_images,
+    write_prepared,
 )
 from mlcdf.errors import MissingArtifactError, MlcdfError, SchemaError
-from mlcdf.io import atomic_dir, check_output_apart, check_replaceable, read_csv_rows, write_json
+from mlcdf.io import check_output_apart, check_replaceable, read_csv_rows
 from mlcdf.labels import MAX_STEPS, REAL_FOLDER, ids_to_multihot, ids_to_sequence, parse_label_ids, sequence_to_ids, vocabulary
 from mlcdf.progress import ProgressFn, silent
 
@@ -40,23 +39,9 @@ OFFICIAL_SPLIT_SIZES: dict[str, dict[str, int]] = {
     "facial_components": {"train": 29_408, "val": 2_898, "test": 2_860},
 }
 
-CHECK_IMAGES = ("none", "exists", "decode")
-
-#: A subset folder is replaced only when it is a previous prepared subset.
-_PREPARED_OUTPUT = {"command": "mlcdf prepare", "is_own": is_prepared_folder}
-
 
 def annotation_path(root: Path, subset: str, split: str) -> Path:
     return root / subset / "annotations" / f"{split}.csv"
-
-
-@dataclass(frozen=True)
-class AnnotatedSplit:
-    """A validated official split: the prepared table plus the CSV line of every row (for messages)."""
-
-    csv_path: Path
-    table: SplitTable
-    lines: list[int]
 
 
 def read_annotations(csv_path: str | Path, subset: str) -> AnnotatedSplit:
@@ -189,7 +174,7 @@ def prepare(config: PrepareConfig, progress: ProgressFn = silent) -> list[Subset
     root = config.root.resolve()
     for subset in config.subsets:
         check_output_apart(config.out / subset, ("--root", config.root))
-        check_replaceable(config.out / subset, **_PREPARED_OUTPUT)
+        check_replaceable(config.out / subset, **PREPARED_OUTPUT)
     staged: list[tuple[SubsetSummary, dict[str, SplitTable]]] = []
     for subset in config.subsets:
         summary = SubsetSummary(subset, config.out / subset)
@@ -221,60 +206,27 @@ def prepare(config: PrepareConfig, progress: ProgressFn = silent) -> list[Subset
 def _check_images(
     annotated: AnnotatedSplit, root: Path, config: PrepareConfig, progress: ProgressFn, name: str
 ) -> tuple[SplitTable, SplitSummary]:
-    table = annotated.table
-    summary = SplitSummary(rows=len(table))
-    if config.check_images == "none" or len(table) == 0:
-        return table, summary
-    paths = [os.path.join(root, file_path) for file_path in table.file_paths]
-    missing = [i for i, path in enumerate(paths) if not os.path.isfile(path)]
-    unreadable: list[tuple[int, str]] = []
-    if config.check_images == "decode":
-        missing_set = set(missing)
-        todo = [i for i in range(len(paths)) if i not in missing_set]
-        with ThreadPoolExecutor(max_workers=max(1, config.workers)) as pool:
-            reasons = pool.map(lambda i: verify_image(paths[i]), todo, chunksize=64)
-            for i, reason in zip(todo, progress(reasons, f"Decoding {name}", total=len(todo))):
-                if reason is not None:
-                    unreadable.append((i, reason))
-    if (missing or unreadable) and not config.skip_missing:
-        first_missing = missing[0] if missing else None
-        first_bad = unreadable[0] if unreadable else None
-        if first_missing is not None and (first_bad is None or first_missing < first_bad[0]):
-            index, problem = first_missing, f"image {table.file_paths[first_missing]} is missing"
-        else:
-            index, problem = first_bad[0], f"image {table.file_paths[first_bad[0]]} is unreadable ({first_bad[1]})"
-        others = len(missing) + len(unreadable) - 1
-        more = f" (and {others} more)" if others else ""
-        raise SchemaError(
-            annotated.csv_path, f"{problem}{more}; use --skip-missing to drop such rows", line=annotated.lines[index]
-        )
-    drop = set(missing) | {i for i, _ in unreadable}
-    summary.dropped_missing = len(missing)
-    summary.dropped_unreadable = len(unreadable)
-    summary.rows = len(table) - len(drop)
-    if drop:
-        table = table.subset(np.array([i for i in range(len(table)) if i not in drop], dtype=np.int64))
-    return table, summary
+    checked = check_images(
+        annotated, root, mode=config.check_images, skip_missing=config.skip_missing, workers=config.workers,
+        progress=progress, name=name,
+    )
+    summary = SplitSummary(rows=len(checked.table), dropped_missing=checked.missing, dropped_unreadable=checked.unreadable)
+    return checked.table, summary
 
 
 def _write_subset(summary: SubsetSummary, tables: dict[str, SplitTable], root: Path, config: PrepareConfig) -> None:
     labels = vocabulary(summary.subset)
-    with atomic_dir(summary.out, **_PREPARED_OUTPUT) as staging:
-        for split, table in tables.items():
-            write_split_csv(staging / f"{split}.csv", table, labels)
-        write_json(
-            staging / META_FILE,
-            {
-                "subset": summary.subset,
-                "labels": list(labels),
-                "root": str(root),
-                "splits": {split: len(table) for split, table in tables.items()},
-                "max_steps": MAX_STEPS,
-                "check_images": config.check_images,
-                "dropped": {
-                    split: {"missing": s.dropped_missing, "unreadable": s.dropped_unreadable}
-                    for split, s in summary.splits.items()
-                },
-                "mlcdf_version": __version__,
-            },
-        )
+    meta = {
+        "subset": summary.subset,
+        "labels": list(labels),
+        "root": str(root),
+        "splits": {split: len(table) for split, table in tables.items()},
+        "max_steps": MAX_STEPS,
+        "check_images": config.check_images,
+        "dropped": {
+            split: {"missing": s.dropped_missing, "unreadable": s.dropped_unreadable}
+            for split, s in summary.splits.items()
+        },
+        "mlcdf_version": __version__,
+    }
+    write_prepared(summary.out, tables, labels, meta)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import importlib.resources
 import logging
+import re
 import socket
 import sys
 from collections.abc import Iterator, Mapping, Sequence
@@ -115,9 +116,32 @@ def parse_embedding_source(text: str) -> EmbeddingSource:
     raise ValueError(f"unknown embedding source {text!r}; expected {EMBEDDING_FORMS}")
 
 
+def name_words(label: str) -> list[str]:
+    """The words of a label name: split at underscores, hyphens and spaces, at camelCase (``lipColor``,
+    ``HTTPServer``: an acronym ends before the capital that starts the next word) and around digits.
+
+    >>> name_words("5_o_Clock_Shadow"), name_words("lipColor"), name_words("HTTPServer")
+    (['5', 'o', 'Clock', 'Shadow'], ['lip', 'Color'], ['HTTP', 'Server'])
+    """
+    words = []
+    for chunk in filter(None, re.split(r"[\W_]+", label)):
+        start = 0
+        for i in range(1, len(chunk)):
+            before, here, after = chunk[i - 1], chunk[i], chunk[i + 1 : i + 2]
+            if (
+                before.isdigit() != here.isdigit()
+                or (before.islower() and here.isupper())
+                or (before.isupper() and here.isupper() and after.islower())
+            ):
+                words.append(chunk[start:i])
+                start = i
+        words.append(chunk[start:])
+    return words
+
+
 def default_phrase(label: str) -> str:
-    """The built-in phrase of ``label``; for a label without one, its name with ``_``/``-`` as spaces."""
-    return DEFAULT_PHRASES.get(label, label.replace("_", " ").replace("-", " "))
+    """The built-in phrase of ``label``; for a label without one, the words of its name (:func:`name_words`)."""
+    return DEFAULT_PHRASES.get(label) or " ".join(name_words(label)) or label
 
 
 def label_phrases(labels: Sequence[str], phrases_file: str | Path | None = None) -> dict[str, str]:
@@ -343,11 +367,12 @@ def embed_phrases(
         path: the file they were read from (recorded in ``info``).
 
     Raises:
-        MlcdfError: no word of some label's phrase is in the vocabulary.
+        MlcdfError: no word of some labels' phrases is in the vocabulary (naming all such labels).
     """
     rows = []
     per_label = {}
     warnings = []
+    unknown: list[str] = []
     for label, phrase in phrases.items():
         found, missing = [], []
         for word in phrase.split():
@@ -357,15 +382,19 @@ def embed_phrases(
             else:
                 found.append(key)
         if not found:
-            hint = " (the embedded GloVe holds only the default phrase words)" if source.is_embedded else ""
-            raise MlcdfError(
-                f"label {label!r}: no word of its phrase {phrase!r} is in the vocabulary of {path}{hint}; "
-                "give another phrase with --label-phrases"
-            )
+            unknown.append(f"{label!r} ({phrase!r})")
+            continue
         if missing:
             warnings.append(f"label {label!r}: {', '.join(missing)} not in the vocabulary, averaged {', '.join(found)}")
         rows.append(np.mean([vectors[word] for word in found], axis=0))
         per_label[label] = {"phrase": phrase, "words_found": found, "words_missing": missing}
+    if unknown:
+        hint = " (the embedded GloVe holds only the words of the Seq-DeepFake labels)" if source.is_embedded else ""
+        raise MlcdfError(
+            f"{len(unknown)} label(s) with no word in the vocabulary of {path}{hint}: {', '.join(unknown)}; give "
+            "phrases with --label-phrases, or a larger vocabulary with glove:PATH or gensim:NAME "
+            "(e.g. gensim:glove-wiki-gigaword-300)"
+        )
     embeddings = np.stack(rows).astype(np.float32)
     info = {
         "kind": "word",
