@@ -53,9 +53,10 @@ HEADER = ("Category", "Method", "Run", "#Params (M)", *PAPER_METRICS)
 SEEDS_HEADER = (*HEADER[:3], "n", *HEADER[3:])
 PAPER_SOURCE = "paper"
 DELTA_SOURCE = "Δ vs paper"
-#: Training options that say where a run ran or its seed, not what was trained (as the runner's resume
-#: check ignores them): runs equal in every other option are seeds of one configuration.
-_NOT_IDENTITY = frozenset({"out", "device", "workers", "prepared", "graph", "seed"})
+#: Training options that say where a run ran, where it logged or its seed, not what was trained (the
+#: trainer's RESUME_OVERRIDES and more; not imported, which would load torch): runs equal in every other
+#: option are seeds of one configuration.
+_NOT_IDENTITY = frozenset({"out", "device", "workers", "tensorboard", "prepared", "graph", "seed"})
 
 
 @dataclass(frozen=True)

@@ -228,13 +228,25 @@ def test_run_plan_trains_each_seed_goes_on_after_a_failure_and_skips_what_is_don
     path = small_plan(tmp_path, prepared, seeds=2, extra='\n[[runs]]\nname = "broken"\nmodel = "timm:test_resnet"\nweights = "no.pth"\n')
     out = tmp_path / "out"
     plan = load_plan(path)
-    result = run_plan(plan, out, only=["tiny-bce", "broken"])
+    result = run_plan(plan.with_defaults(tensorboard=True), out, only=["tiny-bce", "broken"])
     assert result.trained == ["facial_components/tiny-bce-s0", "facial_components/tiny-bce-s1"]
     assert list(result.failed) == ["facial_components/broken-s0", "facial_components/broken-s1"]
     assert "no.pth" in result.failed["facial_components/broken-s0"]
     seeds = [json.loads((out / "runs/facial_components" / name / "config.json").read_text())["train"]["seed"] for name in ("tiny-bce-s0", "tiny-bce-s1")]
     assert seeds == [0, 1]
-    assert [row["method"] for row in results(out)] == ["timm:test_resnet"] * 2
+    rows = results(out)
+    assert [(row["method"], row["seed"]) for row in rows] == [("timm:test_resnet", "0"), ("timm:test_resnet", "1")]
+    maps = [json.loads((out / "runs/facial_components" / name / "eval/test/metrics.json").read_text())["mAP"] for name in ("tiny-bce-s0", "tiny-bce-s1")]
+    assert [float(row["mAP"]) for row in rows] == pytest.approx(maps, abs=1e-6)
+    # The category figure counts a configuration once, by its mean over the seeds.
+    with (out / "figure-facial_components.csv").open() as handle:
+        bars = {(bar["category"], bar["metric"]): bar for bar in csv.DictReader(handle)}
+    assert float(bars["direct", "mAP"]["mean"]) == pytest.approx(sum(maps) / 2, abs=1e-4)
+    assert (bars["direct", "mAP"]["n"], float(bars["direct", "mAP"]["std"])) == ("1", 0.0)
+    assert (out / "figure-facial_components.png").read_bytes().startswith(b"\x89PNG")
+    # Each run its own TensorBoard folder under OUT/tensorboard (plan key tensorboard = true).
+    for name in ("tiny-bce-s0", "tiny-bce-s1"):
+        assert list((out / "tensorboard/facial_components" / name).glob("events.out.tfevents.*"))
     assert not list(out.glob("runs/*/*.lock"))
     again = run_plan(plan, out, dry_run=True)
     assert [(o.entry.name, o.status, o.outcome) for o in again.outcomes] == [

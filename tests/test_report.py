@@ -296,3 +296,10 @@ def test_category_figure_bad_inputs(figure_runs, tmp_path):
     result = runner.invoke(app, ["report", str(tmp_path / "plain_eval"), "--figure", str(tmp_path / "fig.png")])
     assert result.exit_code == 2 and "direct or indirect" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "fig.png").exists()
+
+
+def test_options_that_do_not_change_what_is_trained_never_split_seeds_of_one_configuration():
+    from mlcdf.report import _NOT_IDENTITY
+    from mlcdf.training import RESUME_OVERRIDES
+
+    assert set(RESUME_OVERRIDES) <= _NOT_IDENTITY
