@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The demo needs only the library (no test, export, TensorBoard or Slurm extras): a shorter first install.
+RUNTIME_STAMP := $(VENV)/.installed-runtime
 PIP_FLAGS := --quiet --progress-bar off --disable-pip-version-check
 
 # make reproduce DATA=/path/to/Seq-DeepFake [DEVICE=cuda] [OUT=reproduce]; REPRODUCE_SMOKE=1 for the
@@ -22,6 +24,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install $(PIP_FLAGS) -e '.[dev]'
 	touch $(STAMP)
 
+$(RUNTIME_STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install $(PIP_FLAGS) -e .
+	touch $(RUNTIME_STAMP)
+
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
@@ -40,7 +47,7 @@ mutation: $(STAMP)
 	$(BIN)/mutmut results | grep -v ': not checked$$' || true
 	$(BIN)/mutmut export-cicd-stats > /dev/null && cat mutants/mutmut-cicd-stats.json
 
-demo: $(STAMP)
+demo: $(RUNTIME_STAMP)
 	bash scripts/demo.sh
 
 reproduce: $(STAMP)
