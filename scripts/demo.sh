@@ -6,7 +6,7 @@
 set -euo pipefail
 M=${MLCDF:-.venv/bin/mlcdf}
 D=${DEMO_DIR:-demo}
-EPOCHS=${DEMO_EPOCHS:-7}
+EPOCHS=${DEMO_EPOCHS:-8}
 # Clearly visible manipulations (--strength 4) drawn at the training size: small images learn fast, and a
 # resize would blur the seams and colour mismatches the models learn from.
 SIZE=48
