@@ -57,6 +57,9 @@ DELTA_SOURCE = "Δ vs paper"
 #: trainer's RESUME_OVERRIDES and more; not imported, which would load torch): runs equal in every other
 #: option are seeds of one configuration.
 _NOT_IDENTITY = frozenset({"out", "device", "workers", "tensorboard", "prepared", "graph", "seed"})
+#: The paper's Asymmetric Loss settings (TrainConfig's defaults; a test holds them equal), by run option.
+#: A run that changes them trains another loss than the paper's: its row says so and has no published match.
+PAPER_ASL = {"asl_gamma_neg": ("γ-", 4.0), "asl_gamma_pos": ("γ+", 0.0), "asl_clip": ("clip", 0.05)}
 
 
 @dataclass(frozen=True)
@@ -67,7 +70,8 @@ class ResultRow:
         subset: the Seq-DeepFake subset, or ``""`` when the labels match none.
         category: ``direct`` or ``indirect`` (graph-based), ``""`` when unknown.
         method: the paper's method name (``ResNet101``, ``ML-GCN``, ...) or our model name.
-        loss: ``bce`` or ``asl``, None when unknown.
+        loss: ``bce`` or ``asl``, None when unknown; ASL with other settings than the paper's names them,
+            e.g. ``asl (γ-=1)``.
         embedding: node embedding of a graph model (``word`` or ``image``), None otherwise.
         source: the run's folder name, ``paper``, or ``Δ vs paper``.
         num_params: parameters in millions, None when unknown.
@@ -96,7 +100,7 @@ class ResultRow:
     @property
     def title(self) -> str:
         """The method as the paper names it, e.g. ``ResNet101 + ASL`` or ``IML-GCN + ASL (word)``."""
-        title = self.method + (" + ASL" if self.loss == "asl" else "")
+        title = self.method + (" + ASL" + self.loss[len("asl"):] if self.loss and self.loss.startswith("asl") else "")
         return title + (f" ({self.embedding})" if self.embedding else "")
 
     @property
@@ -131,13 +135,22 @@ def _read_run_config(path: Path) -> dict:
     seed = options.get("seed")
     return {
         "model": model,
-        "loss": options.get("loss"),
+        "loss": _loss_name(options),
         "subset": config.get("subset"),
         "embedding": graph.get("embedding") if isinstance(graph, dict) else None,
         "num_params": num_params / 1e6 if isinstance(num_params, (int, float)) else None,
         "seed": seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
         "options": json.dumps({key: value for key, value in options.items() if key not in _NOT_IDENTITY}, sort_keys=True),
     }
+
+
+def _loss_name(options: dict) -> str | None:
+    """``bce``, ``asl``, or ``asl (γ-=1, ...)`` when a run's ASL settings differ from the paper's."""
+    loss = options.get("loss")
+    if loss != "asl":
+        return loss
+    changed = [f"{symbol}={options[key]:g}" for key, (symbol, paper) in PAPER_ASL.items() if isinstance(options.get(key), (int, float)) and options[key] != paper]
+    return f"asl ({', '.join(changed)})" if changed else loss
 
 
 def load_result(path: str | Path, *, split: str = "test") -> ResultRow:

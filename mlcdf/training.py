@@ -79,6 +79,10 @@ RECIPES: dict[str, dict[str, Any]] = {
 }
 
 
+#: TrainConfig fields ``asl_<name>`` are AsymmetricLoss's ``<name>`` (gamma_neg, gamma_pos, clip).
+_ASL_PREFIX = "asl_"
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that defines a training run; written to ``RUN/config.json``.
@@ -90,6 +94,10 @@ class TrainConfig:
     model: str
     out: str
     loss: str = "bce"
+    # AsymmetricLoss's own defaults (a test holds them equal): the ASL paper's, and the Seq-DeepFake paper's.
+    asl_gamma_neg: float = 4.0
+    asl_gamma_pos: float = 0.0
+    asl_clip: float = 0.05
     graph: str | None = None
     backbone: str | None = None
     recipe: str = "asl"
@@ -123,6 +131,10 @@ class TrainConfig:
             raise MlcdfError(f"unknown recipe {self.recipe!r}; expected one of {', '.join(RECIPES)}")
         if self.loss not in ("bce", "asl"):
             raise MlcdfError(f"unknown loss {self.loss!r}; expected bce or asl")
+        changed = [f.name for f in dataclasses.fields(self) if f.name.startswith(_ASL_PREFIX) and getattr(self, f.name) != f.default]
+        if self.loss != "asl" and changed:
+            options = ", ".join("--" + name.replace("_", "-") for name in changed)
+            raise MlcdfError(f"{options} set(s) the Asymmetric Loss; add --asl (loss 'asl'), or drop it for BCE")
         if self.pretrained and self.weights:
             raise MlcdfError("give either --pretrained or --weights, not both")
         for name in ("epochs", "batch_size", "image_size"):
@@ -139,6 +151,9 @@ class TrainConfig:
             "val_fraction": (0 < self.val_fraction < 1, "in (0, 1)"),
             "jitter": (0 <= self.jitter <= 0.5, "in [0, 0.5]"),
             "augment_perturb": (0 <= self.augment_perturb <= 1, "a probability in [0, 1]"),
+            "asl_gamma_neg": (math.isfinite(self.asl_gamma_neg) and self.asl_gamma_neg >= 0, "a finite number >= 0"),
+            "asl_gamma_pos": (math.isfinite(self.asl_gamma_pos) and self.asl_gamma_pos >= 0, "a finite number >= 0"),
+            "asl_clip": (0 <= self.asl_clip < 1, "in [0, 1)"),
         }
         for name, (ok, expected) in checks.items():
             if not ok:
@@ -149,6 +164,12 @@ class TrainConfig:
             lr=self.lr if self.lr is not None else recipe["lr"],
             clip_grad_norm=self.clip_grad_norm if self.clip_grad_norm is not None else recipe["clip_grad_norm"],
         )
+
+    def loss_options(self) -> dict[str, float]:
+        """Keyword arguments of :func:`~mlcdf.losses.create_loss` for ``loss``: ASL's γ-, γ+ and clip."""
+        if self.loss != "asl":
+            return {}
+        return {f.name[len(_ASL_PREFIX):]: getattr(self, f.name) for f in dataclasses.fields(self) if f.name.startswith(_ASL_PREFIX)}
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> "TrainConfig":
@@ -512,7 +533,7 @@ def _train(config: TrainConfig, run_dir: Path, resume_state: dict | None, dist_i
     train_loader = _loader(data.train, train_sampler, rank_batch, workers, device, train=True)
     val_loader = _loader(data.val, val_sampler, rank_batch, workers, device, train=False)
 
-    criterion = create_loss(config.loss)
+    criterion = create_loss(config.loss, **config.loss_options())
     optimizer, scheduler = _optimizer_and_scheduler(model, config, len(train_loader))
     autocast_dtype, needs_scaler = mixed_precision(device, config.amp)
     scaler = torch.amp.GradScaler(device.type) if needs_scaler else None

@@ -303,3 +303,19 @@ def test_options_that_do_not_change_what_is_trained_never_split_seeds_of_one_con
     from mlcdf.training import RESUME_OVERRIDES
 
     assert set(RESUME_OVERRIDES) <= _NOT_IDENTITY
+
+
+def test_asl_with_other_settings_than_the_papers_is_named_and_not_matched(tmp_path):
+    paper_asl = {"model": "resnet101", "loss": "asl", "asl_gamma_neg": 4.0, "asl_gamma_pos": 0.0, "asl_clip": 0.05}
+    runs = [
+        write_run(tmp_path, "paper-asl", {"train": paper_asl, "subset": "facial_components"}, R101),
+        write_run(tmp_path, "asl-g1", {"train": paper_asl | {"asl_gamma_neg": 1.0, "asl_clip": 0.0}, "subset": "facial_components"}, R101),
+    ]
+    rows = [load_result(run) for run in runs]
+    assert [row.loss for row in rows] == ["asl", "asl (γ-=1, clip=0)"]
+    assert [row.title for row in rows] == ["ResNet101 + ASL", "ResNet101 + ASL (γ-=1, clip=0)"]
+    table = markdown_rows(results_table(rows, paper=True))[1:]
+    sources = [row[2] for row in table]
+    # The paper's settings are compared with the published row; the other settings have no published match.
+    assert sources[:3] == ["paper-asl", "paper", "Δ vs paper"]
+    assert sources.index("asl-g1") == 3 and sources[4] == "paper"

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from mlcdf.checkpoint import load_checkpoint
 from mlcdf.cli.main import app
 from mlcdf.engine import NonFiniteLossError
+from mlcdf.errors import MlcdfError
 from mlcdf.training import TrainConfig, train
 from toy import write_toy_prepared
 
@@ -200,7 +201,59 @@ def test_torchrun_ddp_matches_single_process(toy, tmp_path):
 @pytest.mark.parametrize("name", ["gpu", "mps", "cuda:x"])
 def test_unknown_device_names_are_refused(name):
     from mlcdf.distributed import resolve_device
-    from mlcdf.errors import MlcdfError
 
     with pytest.raises(MlcdfError, match="unknown device"):
         resolve_device(name)
+
+
+def test_asl_settings_reach_the_loss_and_the_run_config(toy, tmp_path, monkeypatch):
+    import mlcdf.training as training
+
+    built = []
+    real_create_loss = training.create_loss
+
+    def spy(name, **kwargs):
+        built.append((name, kwargs))
+        return real_create_loss(name, **kwargs)
+
+    monkeypatch.setattr(training, "create_loss", spy)
+    run = tmp_path / "run"
+    result = runner.invoke(
+        app,
+        ["train", "--prepared", str(toy), "--model", TINY, "--out", str(run), "--epochs", "1", "--batch-size", "8",
+         "--image-size", "32", "--device", "cpu", "--workers", "0", "--asl", "--asl-gamma-neg", "1", "--asl-clip", "0"],
+    )
+    assert result.exit_code == 0, result.output
+    assert built == [("asl", {"gamma_neg": 1.0, "gamma_pos": 0.0, "clip": 0.0})]
+    saved = json.loads((run / "config.json").read_text())["train"]
+    assert (saved["asl_gamma_neg"], saved["asl_gamma_pos"], saved["asl_clip"]) == (1.0, 0.0, 0.0)
+    built.clear()
+    train(tiny_config(toy, tmp_path / "bce", epochs=1))
+    assert built == [("bce", {})]
+
+
+def test_asl_settings_without_asl_are_refused(toy, tmp_path):
+    run = tmp_path / "run"
+    result = runner.invoke(app, ["train", "--prepared", str(toy), "--model", TINY, "--out", str(run), "--device", "cpu", "--asl-gamma-neg", "1"])
+    assert result.exit_code == 2 and "--asl-gamma-neg" in result.output and "add --asl" in result.output
+    assert not run.exists()
+    with pytest.raises(MlcdfError, match="asl_clip must be in"):
+        tiny_config(toy, run, loss="asl", asl_clip=1.5).resolve()
+    with pytest.raises(MlcdfError, match="asl_gamma_pos must be a finite number >= 0"):
+        tiny_config(toy, run, loss="asl", asl_gamma_pos=float("nan")).resolve()
+
+
+def test_asl_defaults_are_the_losses_and_the_papers():
+    import dataclasses
+    import inspect
+
+    from mlcdf.losses import AsymmetricLoss
+    from mlcdf.report import PAPER_ASL
+
+    signature = inspect.signature(AsymmetricLoss).parameters
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.name.startswith("asl_")}
+    assert defaults == {f"asl_{name}": signature[name].default for name in ("gamma_neg", "gamma_pos", "clip")}
+    assert defaults == {key: paper for key, (_, paper) in PAPER_ASL.items()}
+    # A run saved before these options existed resumes with the paper's ASL.
+    old = TrainConfig.from_dict({"prepared": "p", "model": TINY, "out": "o", "loss": "asl"})
+    assert old.loss_options() == {"gamma_neg": 4.0, "gamma_pos": 0.0, "clip": 0.05}
