@@ -6,7 +6,7 @@
 set -euo pipefail
 M=${MLCDF:-.venv/bin/mlcdf}
 D=${DEMO_DIR:-demo}
-EPOCHS=${DEMO_EPOCHS:-8}
+EPOCHS=${DEMO_EPOCHS:-6}
 # Clearly visible manipulations (--strength 4), drawn at 64 px and trained at 48 px: small images learn fast.
 SIZE=48
 # ASL with γ- = 1, not the paper's 4: 60% of the demo's (image, label) pairs are positive, and γ- = 4 (made for
