@@ -140,7 +140,11 @@ def _read_run_config(path: Path) -> dict:
         "embedding": graph.get("embedding") if isinstance(graph, dict) else None,
         "num_params": num_params / 1e6 if isinstance(num_params, (int, float)) else None,
         "seed": seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
-        "options": json.dumps({key: value for key, value in options.items() if key not in _NOT_IDENTITY}, sort_keys=True),
+        # A run written before the ASL settings existed trained with the paper's: the same configuration.
+        "options": json.dumps(
+            {key: paper for key, (_, paper) in PAPER_ASL.items()} | {key: value for key, value in options.items() if key not in _NOT_IDENTITY},
+            sort_keys=True,
+        ),
     }
 
 

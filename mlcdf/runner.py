@@ -65,7 +65,7 @@ from mlcdf.report import (
     write_category_figure,
 )
 from mlcdf.tensorboard_log import require_tensorboard
-from mlcdf.training import CHECKPOINTS, LOG_FILE, RESUME_OVERRIDES, TrainCallbacks, TrainConfig, saved_run_options, train
+from mlcdf.training import CHECKPOINTS, CONFIG_FILE, LOG_FILE, RESUME_OVERRIDES, TrainCallbacks, TrainConfig, saved_run_options, train
 
 DONE, RESUME, EVALUATE, NEW = "done", "resume", "evaluate", "new"
 #: How a run ended in this launch: trained (and evaluated), skipped (evaluated already, here or by
@@ -329,10 +329,12 @@ def _check_same_options(run_dir: Path, planned: TrainConfig) -> None:
     saved = saved_run_options(run_dir)
     if saved is None:
         return
+    # An option the run's config.json does not name (it predates the option) was at its default then.
+    saved = dataclasses.asdict(TrainConfig.from_dict(saved, source=str(run_dir / CONFIG_FILE)))
     wanted = dataclasses.asdict(planned.resolve())
-    changed = sorted(key for key in wanted if key not in _FREE_OPTIONS and saved.get(key) != wanted[key])
+    changed = sorted(key for key in wanted if key not in _FREE_OPTIONS and saved[key] != wanted[key])
     if changed:
-        details = ", ".join(f"{key} {saved.get(key)!r} -> {wanted[key]!r}" for key in changed)
+        details = ", ".join(f"{key} {saved[key]!r} -> {wanted[key]!r}" for key in changed)
         raise MlcdfError(f"{run_dir} was trained with other options ({details}); delete it or choose another output folder")
 
 

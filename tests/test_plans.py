@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import shutil
@@ -338,3 +339,16 @@ def test_a_run_over_several_devices_trains_through_torchrun(tmp_path, prepared, 
     assert json.loads((tmp_path / "s/r/config.json").read_text())["world_size"] == 2
     assert run_status(tmp_path / "s/r") == DONE and not lock_path(tmp_path / "s/r").exists()
     assert not list((tmp_path / "s").glob(".*.train.json"))  # its options file is gone
+
+
+def test_a_run_saved_before_an_option_existed_resumes_with_its_default(tmp_path):
+    from mlcdf.runner import _check_same_options
+
+    run_dir = tmp_path / "r50-asl"
+    run_dir.mkdir()
+    planned = TrainConfig(prepared="p", model="resnet50", out=str(run_dir), loss="asl", epochs=2)
+    saved = {key: value for key, value in dataclasses.asdict(planned.resolve()).items() if not key.startswith("asl_")}
+    (run_dir / "config.json").write_text(json.dumps({"train": saved}))
+    _check_same_options(run_dir, planned)  # an older mlcdf wrote no ASL settings: it trained the paper's
+    with pytest.raises(MlcdfError, match=r"was trained with other options \(asl_gamma_neg 4.0 -> 1.0\)"):
+        _check_same_options(run_dir, TrainConfig(prepared="p", model="resnet50", out=str(run_dir), loss="asl", epochs=2, asl_gamma_neg=1.0))

@@ -319,3 +319,12 @@ def test_asl_with_other_settings_than_the_papers_is_named_and_not_matched(tmp_pa
     # The paper's settings are compared with the published row; the other settings have no published match.
     assert sources[:3] == ["paper-asl", "paper", "Δ vs paper"]
     assert sources.index("asl-g1") == 3 and sources[4] == "paper"
+
+
+def test_a_run_written_before_the_asl_settings_is_a_seed_of_the_same_configuration(tmp_path):
+    old = seeded_run(tmp_path, "r50-asl-s0", 0, 90.0)  # config.json without asl_* keys, as mlcdf wrote before
+    new = seeded_run(tmp_path, "r50-asl-s1", 1, 92.0)
+    config = json.loads((new / "config.json").read_text())
+    config["train"] |= {"asl_gamma_neg": 4.0, "asl_gamma_pos": 0.0, "asl_clip": 0.05}
+    (new / "config.json").write_text(json.dumps(config))
+    assert [(row.source, row.n) for row in group_over_seeds([load_result(old), load_result(new)])] == [("r50-asl", 2)]
