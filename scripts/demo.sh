@@ -12,14 +12,8 @@ SIZE=48
 # ASL with γ- = 1, not the paper's 4: 60% of the demo's (image, label) pairs are positive, and γ- = 4 (made for
 # sparse labels) keeps a briefly trained model's uncertain scores above 0.5, so it predicts nearly every label.
 COMMON=(--prepared "$D/prepared/facial_components" --epochs "$EPOCHS" --batch-size 32 --image-size "$SIZE" --asl --asl-gamma-neg 1 --patience 0 --quiet)
-# Replace only a previous demo (marked by demo.sh), never a folder of the user's that DEMO_DIR happens to name.
-if [ -e "$D" ] && [ ! -f "$D/.mlcdf-demo" ]; then
-  echo "demo.sh: $D exists and was not written by demo.sh; set DEMO_DIR to another folder" >&2
-  exit 2
-fi
-rm -rf "$D"
-mkdir -p "$D"
-touch "$D/.mlcdf-demo"
+source "$(dirname "$0")/fresh_dir.sh"
+fresh_dir "$D" DEMO_DIR
 $M synth --out "$D/data" --subset facial_components --train 1200 --val 150 --test 200 --size 64 --strength 4 --seed 0 --quiet --preview "$D/synth_preview.png"
 $M prepare --root "$D/data" --subset facial_components --out "$D/prepared"
 $M build-graph --prepared "$D/prepared/facial_components" --out "$D/graphs/components-glove.npz"

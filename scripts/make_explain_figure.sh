@@ -4,7 +4,8 @@
 set -euo pipefail
 M=${MLCDF:-.venv/bin/mlcdf}
 D=${FIGURE_DIR:-build/explain-figure}
-rm -rf "$D"
+source "$(dirname "$0")/fresh_dir.sh"
+fresh_dir "$D" FIGURE_DIR
 $M synth --out "$D/data" --subset facial_components --train 2500 --val 150 --test 50 --size 160 --strength 2 --seed 1 --quiet
 $M prepare --root "$D/data" --subset facial_components --out "$D/prepared"
 $M train --prepared "$D/prepared/facial_components" --model timm:resnet18 --out "$D/run" --epochs 12 --batch-size 32 \

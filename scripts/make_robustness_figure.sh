@@ -5,7 +5,8 @@
 set -euo pipefail
 M=${MLCDF:-.venv/bin/mlcdf}
 D=${FIGURE_DIR:-build/robustness-figure}
-rm -rf "$D"
+source "$(dirname "$0")/fresh_dir.sh"
+fresh_dir "$D" FIGURE_DIR
 $M synth --out "$D/data" --subset facial_components --train 400 --val 100 --test 100 --size 256 --strength 2 --seed 0 --quiet
 $M prepare --root "$D/data" --subset facial_components --out "$D/prepared"
 COMMON=(--prepared "$D/prepared/facial_components" --epochs 4 --batch-size 32 --image-size 64 --lr 1e-3 --patience 0 --quiet --model timm:resnet18)

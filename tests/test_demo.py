@@ -67,3 +67,15 @@ def test_demo_does_not_replace_a_folder_it_did_not_write(tmp_path):
     assert result.returncode == 2
     assert "not written by demo.sh" in result.stderr
     assert [p.name for p in mine.iterdir()] == ["notes.txt"] and (mine / "notes.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize("script", ["make_explain_figure.sh", "make_robustness_figure.sh"])
+def test_figure_scripts_do_not_replace_a_folder_they_did_not_write(tmp_path, script):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    env = {**os.environ, "MLCDF": f"{sys.executable} -m mlcdf", "FIGURE_DIR": str(mine)}
+    result = subprocess.run(["bash", str(REPO / "scripts" / script)], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"{script}: {mine} exists and was not written by {script}; set FIGURE_DIR to another folder"
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"] and (mine / "notes.txt").read_text() == "keep me"
