@@ -35,7 +35,7 @@ from unittest import mock
 
 import torch
 
-from mlcdf.checkpoint import load_checkpoint
+from mlcdf.train.checkpoint import load_checkpoint
 from mlcdf.io import write_json
 from train_throughput import measure_training, synthetic_prepared  # benchmarks/ is this script's folder
 
@@ -82,12 +82,14 @@ def data_path_rate(prepared: Path, batch_size: int, image_size: int, device: tor
     """Images/s of the training input pipeline alone, as train() builds it (cache, loader, device augmentation)."""
     from mlcdf.data.dataset import EpochSampler, to_model_input
     from mlcdf.data.prepared import load_prepared
-    from mlcdf.distributed import DistInfo
+    from mlcdf.train.distributed import DistInfo
     from mlcdf.progress import silent
-    from mlcdf.training import TrainConfig, _build_data, _loader
+    from mlcdf.config import TrainConfig
+    from mlcdf.tasks import create_task
+    from mlcdf.train.stage import _build_data, _loader
 
     config = TrainConfig(prepared=str(prepared), model="resnet50", out="unused", image_size=image_size, val_fraction=0.05).resolve()
-    data = _build_data(load_prepared(prepared), config, DistInfo(), silent)
+    data = _build_data(load_prepared(prepared), config, create_task(config), DistInfo(), silent)
     sampler = EpochSampler(len(data.train), shuffle=True)
     workers = min(4, os.cpu_count() or 1)
     loader = _loader(data.train, sampler, batch_size, workers, device, train=True)

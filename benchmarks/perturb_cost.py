@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from mlcdf.data.images import IMAGE_EXTENSIONS, resize
-from mlcdf.perturb import CLEAN_CONDITION, all_conditions, apply, describe
+from mlcdf.data.perturb import CLEAN_CONDITION, all_conditions, apply, describe
 
 
 def sample_images(count: int, size: int, folder: Path | None) -> list[Image.Image]:

@@ -21,7 +21,8 @@ import torch
 from data_pipeline import write_images  # benchmarks/ is this script's folder
 from mlcdf.data.dataset import holdout_rows
 from mlcdf.io import write_json
-from mlcdf.training import TrainConfig, train
+from mlcdf.config import TrainConfig
+from mlcdf.train.stage import train
 
 VAL_FRACTION = 0.05
 

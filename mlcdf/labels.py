@@ -1,4 +1,5 @@
-"""Label vocabularies of Seq-DeepFake and conversions between id lists, sequences and multi-hot vectors.
+"""Label vocabularies of Seq-DeepFake, conversions between id lists, sequences and multi-hot vectors, and
+label statistics (how often labels occur and co-occur).
 
 The release annotates each image with a list of 5 manipulation ids in the order applied, zero-padded on
 the right (``"[1, 2, 4, 0, 0]"``); id 0 means "no manipulation". Ids 1..5 index the subset's vocabulary.
@@ -103,3 +104,31 @@ def ids_to_multihot(ids: Sequence[int], num_labels: int) -> np.ndarray:
     for value in steps_of(ids):
         target[value - 1] = 1
     return target
+
+
+def count_cooccurrence(targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Count labels and label pairs over a multi-hot target matrix.
+
+    Args:
+        targets: (N, C) 0/1 array, one row per image.
+
+    Returns:
+        ``(label_counts, cooccurrence)``: (C,) images carrying each label, and (C, C) images carrying
+        both labels, with a zero diagonal (a label does not co-occur with itself).
+    """
+    targets = np.asarray(targets)
+    if targets.ndim != 2:
+        raise ValueError(f"targets must be (n_images, n_labels), got shape {targets.shape}")
+    multi_hot = (targets != 0).astype(np.int64)
+    cooccurrence = multi_hot.T @ multi_hot
+    label_counts = np.diag(cooccurrence).copy()
+    np.fill_diagonal(cooccurrence, 0)
+    return label_counts, cooccurrence
+
+
+def conditional_probabilities(cooccurrence: np.ndarray, label_counts: np.ndarray) -> np.ndarray:
+    """P(j | i) = cooccurrence[i, j] / label_counts[i]; a row is zero where label i has no images."""
+    counts = np.asarray(label_counts, dtype=np.float64)
+    cooccurrence = np.asarray(cooccurrence, dtype=np.float64)
+    safe = np.where(counts > 0, counts, 1.0)[:, None]
+    return np.where(counts[:, None] > 0, cooccurrence / safe, 0.0)

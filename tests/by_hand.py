@@ -15,7 +15,8 @@ import torch
 from PIL import Image
 
 from mlcdf.models import create_model
-from mlcdf.training import TrainConfig, train
+from mlcdf.config import TrainConfig
+from mlcdf.train.stage import train
 
 TINY = "timm:test_resnet"
 IMAGE_SIZE = 32

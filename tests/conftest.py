@@ -45,7 +45,8 @@ def one_thread():
 def toy_run(tmp_path_factory) -> Path:
     """A run trained for one epoch on a toy subset, once per session, for the commands that read a run
     (predict, explain, export). Tests read it and must not write into it."""
-    from mlcdf.training import TrainConfig, train
+    from mlcdf.config import TrainConfig
+    from mlcdf.train.stage import train
     from toy import write_toy_prepared
 
     folder = tmp_path_factory.mktemp("toy_run")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-import mlcdf.training as training
+import mlcdf.train.stage as training
 
 if __name__ == "__main__":
     # One process group for all the runs: train() joins it if it exists, and a group created again in the

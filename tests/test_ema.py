@@ -5,7 +5,7 @@ import copy
 import torch
 from torch import nn
 
-from mlcdf.ema import ModelEma
+from mlcdf.train.ema import ModelEma
 
 
 class Wrapper(nn.Module):

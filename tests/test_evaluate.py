@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from mlcdf import evaluate
+from mlcdf.evaluation import evaluate
 from mlcdf.cli.main import app
 from mlcdf.errors import MissingArtifactError, MlcdfError, SchemaError
-from mlcdf.evaluate import (
+from mlcdf.evaluation.evaluate import (
     AP_BARS_FILE,
     METRICS_FILE,
     PAPER_METRICS,
@@ -20,12 +20,12 @@ from mlcdf.evaluate import (
     REPORT_FILE,
     Predictions,
     compute_metrics,
-    evaluate_run,
     read_metrics,
     read_predictions,
     write_evaluation,
     write_predictions,
 )
+from mlcdf.evaluation.runs import evaluate_run
 from mlcdf.labels import SUBSETS
 from mlcdf.metrics import paper_metrics, tune_thresholds
 
@@ -184,14 +184,14 @@ def test_write_evaluation_refuses_to_replace_other_folders(tmp_path):
 
 
 def fake_inference(monkeypatch, calls):
-    """Stands in for mlcdf.inference, which the evaluate stage only calls."""
+    """Stands in for mlcdf.inference.runs, which the evaluate stage only calls."""
 
     def predict_split(run_dir, split, checkpoint, device, batch_size, progress):
         calls.append((split, checkpoint, device, batch_size))
         p = make_predictions(seed={"test": 1, "val": 2}[split])
         return p.targets, p.scores.astype(np.float32), p.file_paths, p.steps, LABELS, 23_512_325
 
-    monkeypatch.setitem(sys.modules, "mlcdf.inference", types.SimpleNamespace(predict_split=predict_split))
+    monkeypatch.setitem(sys.modules, "mlcdf.inference.runs", types.SimpleNamespace(predict_split=predict_split))
 
 
 def test_evaluate_run_writes_into_the_run(tmp_path, monkeypatch):
@@ -207,7 +207,7 @@ def test_evaluate_run_writes_into_the_run(tmp_path, monkeypatch):
 
 
 def test_evaluate_run_without_inference_module(tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "mlcdf.inference", None)  # as if the module did not exist
+    monkeypatch.setitem(sys.modules, "mlcdf.inference.runs", None)  # as if the module did not exist
     with pytest.raises(MlcdfError, match="needs the trainer"):
         evaluate_run(tmp_path)
 

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.mark.parametrize(("native", "expected"), [(True, (torch.bfloat16, False)), (False, (torch.float16, True))])
 def test_bf16_only_where_the_gpu_computes_it_natively(monkeypatch, native, expected):
-    from mlcdf.training import mixed_precision
+    from mlcdf.train.stage import mixed_precision
 
     # A V100 or T4 reports bf16 only when emulation counts; there fp16 with a grad scaler is the fast choice.
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation or native)
@@ -35,14 +35,17 @@ def tiny_graph(num_labels: int = 5, dim: int = 8):
 
 @pytest.mark.parametrize("name", ["timm:test_resnet", "ml_gcn"])
 def test_scores_under_autocast_come_from_a_float32_head(name):
-    from mlcdf.engine import predict
     from mlcdf.models import create_model
+    from mlcdf.tasks import MultiLabelTask
+    from mlcdf.train.engine import predict
 
     torch.manual_seed(0)
     model = create_model(name, 5, graph=tiny_graph() if name == "ml_gcn" else None, **({"backbone": "test_resnet"} if name == "ml_gcn" else {})).eval()
     images = torch.randn(96, 3, 32, 32)
     batches = [{"x": images[i : i + 32], "targets": torch.zeros(32, 5), "indices": torch.arange(i, i + 32)} for i in range(0, 96, 32)]
-    scores, _, _ = predict(model, batches, torch.device("cpu"), prepare_input=lambda batch: batch["x"], autocast_dtype=torch.bfloat16)
+    scores, _, _ = predict(
+        model, batches, torch.device("cpu"), to_scores=MultiLabelTask().scores, prepare_input=lambda batch: batch["x"], autocast_dtype=torch.bfloat16
+    )
     with torch.no_grad():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             features = model.forward_features(images)
@@ -55,7 +58,7 @@ def test_scores_under_autocast_come_from_a_float32_head(name):
 
 
 def test_a_cuda_device_becomes_the_current_one(monkeypatch):
-    from mlcdf.distributed import resolve_device
+    from mlcdf.devices import resolve_device
 
     current = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -67,7 +70,7 @@ def test_a_cuda_device_becomes_the_current_one(monkeypatch):
 
 
 def test_the_schedule_does_not_advance_when_the_grad_scaler_skips_a_step():
-    from mlcdf.engine import train_one_epoch
+    from mlcdf.train.engine import train_one_epoch
 
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 5)
@@ -94,8 +97,9 @@ def _two_ranks(rank: int, port: int, out: str) -> None:
 
     import torch.distributed as dist
 
-    from mlcdf.distributed import broadcast_buffers
-    from mlcdf.engine import NonFiniteLossError, predict, train_one_epoch
+    from mlcdf.tasks import MultiLabelTask
+    from mlcdf.train.distributed import broadcast_buffers
+    from mlcdf.train.engine import NonFiniteLossError, predict, train_one_epoch
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
@@ -107,7 +111,7 @@ def _two_ranks(rank: int, port: int, out: str) -> None:
     model = torch.nn.Linear(4, 5)
     images = torch.randn(3, 4)
     batches = [{"x": images, "targets": torch.ones(3, 5), "indices": torch.arange(3)}] if rank == 0 else []
-    scores, targets, indices = predict(model, batches, cpu, prepare_input=lambda batch: batch["x"])
+    scores, targets, indices = predict(model, batches, cpu, to_scores=MultiLabelTask().scores, prepare_input=lambda batch: batch["x"])
     seen["predict"] = {"scores": scores.tolist(), "targets": targets.tolist(), "indices": indices.tolist()}
     seen["expected_scores"] = torch.sigmoid(model(images)).double().tolist()
 
@@ -170,7 +174,7 @@ def test_sync_batchnorm_keeps_the_activation_of_batchnorm_act_layers():
 
     from mlcdf.errors import MlcdfError
     from mlcdf.models import create_model
-    from mlcdf.training import sync_batchnorm
+    from mlcdf.train.stage import sync_batchnorm
 
     torch.manual_seed(0)
     model = create_model("timm:test_efficientnet", 5).eval()  # BatchNormAct2d layers, as in TResNet
@@ -189,10 +193,11 @@ def test_caches_are_built_once_under_a_lock_before_the_process_group(tmp_path, m
     import threading
 
     import mlcdf.data.dataset as dataset
-    import mlcdf.training as training
+    import mlcdf.train.stage as training
     from mlcdf.data.dataset import cache_path
     from mlcdf.data.prepared import load_prepared
-    from mlcdf.distributed import DistInfo
+    from mlcdf.tasks import create_task
+    from mlcdf.train.distributed import DistInfo
     from mlcdf.progress import silent
     from toy import write_toy_prepared
 
@@ -202,7 +207,7 @@ def test_caches_are_built_once_under_a_lock_before_the_process_group(tmp_path, m
     real_load = dataset.load_rgb
     monkeypatch.setattr(dataset, "load_rgb", lambda path, size: decoded.append(path) or real_load(path, size))
     # Two processes of one run (here: threads) start together; the second waits for the first's cache.
-    threads = [threading.Thread(target=training._build_data, args=(prepared, config, DistInfo(rank, 2), silent)) for rank in (0, 1)]
+    threads = [threading.Thread(target=training._build_data, args=(prepared, config, create_task(config), DistInfo(rank, 2), silent)) for rank in (0, 1)]
     for thread in threads:
         thread.start()
     for thread in threads:

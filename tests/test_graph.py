@@ -21,7 +21,8 @@ from mlcdf.data.prepared import META_FILE, SplitTable, load_prepared, write_spli
 from mlcdf.errors import MissingArtifactError, MlcdfError, SchemaError
 from mlcdf.graph import load_graph
 from mlcdf.graph.build import GraphConfig, build_graph
-from mlcdf.graph.cooccurrence import REWEIGHT_EPS, build_adjacency, count_cooccurrence
+from mlcdf.graph.cooccurrence import REWEIGHT_EPS, build_adjacency
+from mlcdf.labels import count_cooccurrence
 from mlcdf.graph.embeddings import (
     DEFAULT_PHRASES,
     EmbeddingSource,
@@ -394,10 +395,10 @@ def test_image_embeddings_from_a_run(tmp_path: Path, monkeypatch: pytest.MonkeyP
     def read_run(run_dir):
         return types.SimpleNamespace(config=types.SimpleNamespace(image_size=24))
 
-    fake = types.ModuleType("mlcdf.inference")
+    fake = types.ModuleType("mlcdf.inference.runs")
     fake.load_run_model, fake.read_run = load_run_model, read_run
-    monkeypatch.setitem(sys.modules, "mlcdf.inference", fake)
-    monkeypatch.setattr("mlcdf.inference", fake, raising=False)
+    monkeypatch.setitem(sys.modules, "mlcdf.inference.runs", fake)
+    monkeypatch.setattr("mlcdf.inference.runs", fake, raising=False)
     run_dir = tmp_path / "runs" / "r"
     run_dir.mkdir(parents=True)
     prepared = write_prepared(tmp_path, TARGETS)

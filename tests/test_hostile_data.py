@@ -16,7 +16,8 @@ from mlcdf.data.dataset import build_image_cache
 from mlcdf.data.images import DEFAULT_MAX_PIXELS, load_rgb, verify_image
 from mlcdf.data.prepared import load_prepared
 from mlcdf.errors import MlcdfError, SchemaError
-from mlcdf.training import TrainConfig, train
+from mlcdf.config import TrainConfig
+from mlcdf.train.stage import train
 from toy import write_toy_prepared
 
 runner = CliRunner()
@@ -116,7 +117,7 @@ def test_train_out_overlapping_the_prepared_folder_is_refused(tmp_path, where):
 
 @pytest.mark.parametrize("flag", ["--predictions", "--val-predictions"])
 def test_evaluate_out_containing_the_predictions_it_reads_is_refused(tmp_path, flag):
-    from mlcdf.evaluate import write_predictions
+    from mlcdf.evaluation.evaluate import write_predictions
     from test_evaluate import make_predictions
 
     given = tmp_path / "given.csv"
@@ -132,7 +133,7 @@ def test_evaluate_out_containing_the_predictions_it_reads_is_refused(tmp_path, f
 
 
 def test_evaluate_into_the_predictions_file_is_refused(tmp_path):
-    from mlcdf.evaluate import evaluate_predictions_file, write_predictions
+    from mlcdf.evaluation.evaluate import evaluate_predictions_file, write_predictions
     from test_evaluate import make_predictions
 
     given = tmp_path / "given.csv"

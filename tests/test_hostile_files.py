@@ -23,15 +23,15 @@ from mlcdf.data.images import load_rgb
 from mlcdf.data.prepared import load_prepared
 from mlcdf.data.seqdeepfake import PrepareConfig, prepare
 from mlcdf.errors import MlcdfError, SchemaError
-from mlcdf.evaluate import read_metrics, read_predictions
+from mlcdf.evaluation.evaluate import read_metrics, read_predictions
 from mlcdf.graph import load_graph, save_graph
 from mlcdf.graph.build import GraphConfig, build_graph
 from mlcdf.graph.cooccurrence import build_adjacency
 from mlcdf.graph.embeddings import read_word_vectors_file
 from mlcdf.labels import SUBSETS
 from mlcdf.progress import silent
-from mlcdf.reproduce import ReproduceConfig
-from mlcdf.runner import _build_graph
+from mlcdf.experiments.reproduce import ReproduceConfig
+from mlcdf.experiments.runner import _build_graph
 from test_graph import LABELS, TARGETS, write_glove, write_prepared
 
 runner = CliRunner()

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from mlcdf.cli.main import app
 from mlcdf.errors import MlcdfError
 from mlcdf.io import check_file_replaceable
-from mlcdf.reproduce import ReproduceConfig, reproduce
+from mlcdf.experiments.reproduce import ReproduceConfig, reproduce
 from test_report import R101, write_metrics
 from toy import toy_image, write_toy_prepared
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import mlcdf.losses
+import mlcdf.tasks.losses
 from mlcdf.errors import MlcdfError
-from mlcdf.losses import AsymmetricLoss, create_loss
+from mlcdf.tasks.losses import AsymmetricLoss, create_loss
 
 CONFIGS = [  # (gamma_neg, gamma_pos, clip)
     (4.0, 0.0, 0.05),  # the paper's default
@@ -138,5 +138,5 @@ def test_create_loss():
 
 
 def test_docstring_examples():
-    result = doctest.testmod(mlcdf.losses)
+    result = doctest.testmod(mlcdf.tasks.losses)
     assert result.attempted and not result.failed

@@ -36,7 +36,7 @@ from mlcdf.models import (
 )
 from mlcdf.models import _factory, _registry
 from mlcdf.models._backbone import BackboneClassifier, create_backbone
-from mlcdf.models._pretrained import load_pretrained_backbone
+from mlcdf.weights import load_pretrained_backbone
 from mlcdf.models.agcn import AdaptiveGraphConvolution
 from mlcdf.models.gcn import GraphConvolution, GraphHead
 
@@ -305,7 +305,7 @@ def test_weights_that_do_not_fit_are_reported(tmp_path, caplog):
         create_model(f"timm:{TINY}", 5, weights=tmp_path / "partial.pth")
 
     model = create_model(f"timm:{TINY}", 5)
-    with caplog.at_level(logging.WARNING, logger="mlcdf.models._pretrained"):
+    with caplog.at_level(logging.WARNING, logger="mlcdf.weights"):
         report = model.load_backbone(weights=tmp_path / "partial.pth", strict=False)
     layer4 = [k for k in model.backbone.state_dict() if k.startswith("layer4.")]
     assert report.missing == tuple(k for k in layer4 if not k.endswith("num_batches_tracked"))

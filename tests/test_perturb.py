@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mlcdf import perturb
+from mlcdf.data import perturb
 from mlcdf.errors import MlcdfError
-from mlcdf.perturb import CLEAN_CONDITION, LEVELS, Condition, apply, parse_spec
+from mlcdf.data.perturb import CLEAN_CONDITION, LEVELS, Condition, apply, parse_spec
 
 LUMA = np.array([0.299, 0.587, 0.114])
 
@@ -246,7 +246,7 @@ def test_draw_condition_covers_every_type():
 
 
 def test_train_config_checks_augment_perturb():
-    from mlcdf.training import TrainConfig
+    from mlcdf.config import TrainConfig
 
     assert TrainConfig(prepared="p", model="m", out="o", augment_perturb=0.3).resolve().augment_perturb == 0.3
     with pytest.raises(MlcdfError, match="augment_perturb must be a probability"):

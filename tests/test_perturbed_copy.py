@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 from typer.testing import CliRunner
 
-from mlcdf import perturb
+from mlcdf.data import perturb
 from mlcdf.cli.main import app
 
 runner = CliRunner()

@@ -18,9 +18,9 @@ from typer.testing import CliRunner
 
 from mlcdf.cli.main import app
 from mlcdf.errors import MlcdfError, SchemaError
-from mlcdf.plans import Plan, load_plan, run_plan
-from mlcdf.runner import DONE, NEW, PLANNED, SKIPPED, TRAINED, Running, RunJob, execute, lock_path, run_status, try_lock, unlock
-from mlcdf.training import TrainConfig
+from mlcdf.experiments.plans import Plan, load_plan
+from mlcdf.experiments.runner import DONE, NEW, PLANNED, SKIPPED, TRAINED, Running, RunJob, execute, lock_path, run_plan, run_status, try_lock, unlock
+from mlcdf.config import TrainConfig
 from toy import write_toy_prepared
 
 runner = CliRunner()
@@ -342,7 +342,7 @@ def test_a_run_over_several_devices_trains_through_torchrun(tmp_path, prepared, 
 
 
 def test_a_run_saved_before_an_option_existed_resumes_with_its_default(tmp_path):
-    from mlcdf.runner import _check_same_options
+    from mlcdf.experiments.runner import _check_same_options
 
     run_dir = tmp_path / "r50-asl"
     run_dir.mkdir()

@@ -9,9 +9,9 @@ from typer.testing import CliRunner
 
 from mlcdf.cli.main import app
 from mlcdf.errors import MissingArtifactError, MlcdfError, SchemaError
-from mlcdf.evaluate import PAPER_METRICS
+from mlcdf.evaluation.evaluate import PAPER_METRICS
 from mlcdf.labels import SUBSETS
-from mlcdf.report import (
+from mlcdf.evaluation.report import (
     PAPER_METHODS,
     group_over_seeds,
     is_report_file,
@@ -253,7 +253,7 @@ def test_category_figure_numbers(figure_runs, tmp_path):
     direct = bars["direct", "mAP", "ours"]
     assert float(direct["mean"]) == pytest.approx(86.0) and float(direct["std"]) == pytest.approx(72**0.5) and direct["n"] == "2"
     assert bars["indirect", "mAP", "ours"]["n"] == "1" and float(bars["indirect", "mAP", "ours"]["std"]) == 0.0
-    # The paper: the 6 published rows of each category, averaged here independently of mlcdf.report.
+    # The paper: the 6 published rows of each category, averaged here independently of mlcdf.evaluation.report.
     for category in ("direct", "indirect"):
         rows = published("facial_components", category)
         assert len(rows) == 6
@@ -299,8 +299,8 @@ def test_category_figure_bad_inputs(figure_runs, tmp_path):
 
 
 def test_options_that_do_not_change_what_is_trained_never_split_seeds_of_one_configuration():
-    from mlcdf.report import _NOT_IDENTITY
-    from mlcdf.training import RESUME_OVERRIDES
+    from mlcdf.evaluation.report import _NOT_IDENTITY
+    from mlcdf.config import RESUME_OVERRIDES
 
     assert set(RESUME_OVERRIDES) <= _NOT_IDENTITY
 

@@ -12,11 +12,12 @@ from typer.testing import CliRunner
 from mlcdf.cli.main import app
 from mlcdf.errors import SchemaError
 from mlcdf.graph.embeddings import PAPER_WORD_EMBEDDING
-from mlcdf.plans import paper_plan
-from mlcdf.report import method_of, paper_results
-from mlcdf.reproduce import ReproduceConfig, reproduce, status
-from mlcdf.runner import DONE, RESUME, run_status
-from mlcdf.training import SilentCallbacks, TrainConfig
+from mlcdf.experiments.plans import paper_plan
+from mlcdf.evaluation.report import method_of, paper_results
+from mlcdf.experiments.reproduce import ReproduceConfig, reproduce, status
+from mlcdf.experiments.runner import DONE, RESUME, run_status
+from mlcdf.config import TrainConfig
+from mlcdf.train.callbacks import SilentCallbacks
 
 runner = CliRunner()
 REPO = Path(__file__).resolve().parents[1]

@@ -12,11 +12,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import mlcdf.training as training
-from mlcdf.checkpoint import load_checkpoint
+import mlcdf.train.stage as training
+from mlcdf.train.checkpoint import load_checkpoint
 from mlcdf.cli.main import app
 from mlcdf.data.dataset import EpochSampler
-from mlcdf.training import TrainConfig, train
+from mlcdf.config import TrainConfig
+from mlcdf.train.stage import train
 from toy import write_toy_prepared
 
 runner = CliRunner()

@@ -15,7 +15,9 @@ import torch
 from typer.testing import CliRunner
 
 from mlcdf.cli.main import app
-from mlcdf.training import SilentCallbacks, TrainConfig, train
+from mlcdf.config import TrainConfig
+from mlcdf.train.callbacks import SilentCallbacks
+from mlcdf.train.stage import train
 from state_compare import assert_same_state
 from toy import write_toy_prepared
 

@@ -16,10 +16,10 @@ from sklearn.metrics import average_precision_score
 from typer.testing import CliRunner
 
 from by_hand import checkpoint_weights, model_with, train_tiny_run, unit_range
-from mlcdf import perturb
+from mlcdf.data import perturb
 from mlcdf.cli.main import app
-from mlcdf.evaluate import PAPER_METRICS
-from mlcdf.robustness import COLUMNS, read_robustness, render_comparison, score_conditions, summarise
+from mlcdf.evaluation.evaluate import PAPER_METRICS
+from mlcdf.evaluation.robustness import COLUMNS, read_robustness, render_comparison, score_conditions, summarise
 from toy import write_toy_prepared
 
 pytestmark = pytest.mark.usefixtures("one_thread")

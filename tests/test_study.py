@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 
 from mlcdf.cli.main import app
 from mlcdf.errors import MlcdfError
-from mlcdf.evaluate import PAPER_METRICS
-from mlcdf.study import (
+from mlcdf.evaluation.evaluate import PAPER_METRICS
+from mlcdf.experiments.study import (
     CSV_COLUMNS,
     DIRECT,
     StudyConfig,

@@ -17,7 +17,8 @@ from mlcdf.cli.main import app
 from mlcdf.data.synth import SynthConfig, generate, image_steps, sample_steps
 from mlcdf.data.synth_cooccurrence import EDITING_HABITS, UNIFORM, label_statistics, load_cooccurrence
 from mlcdf.errors import MlcdfError, SchemaError
-from mlcdf.graph.cooccurrence import build_adjacency, count_cooccurrence
+from mlcdf.graph.cooccurrence import build_adjacency
+from mlcdf.labels import count_cooccurrence
 from mlcdf.labels import SUBSETS
 
 #: sha256 over the image and annotation files (path, then bytes) of ``tiny_uniform``, computed with

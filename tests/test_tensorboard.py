@@ -12,8 +12,10 @@ import pytest
 from typer.testing import CliRunner
 
 from mlcdf.cli.main import app
-from mlcdf.distributed import DistInfo
-from mlcdf.training import SilentCallbacks, TrainConfig, train
+from mlcdf.train.distributed import DistInfo
+from mlcdf.config import TrainConfig
+from mlcdf.train.callbacks import SilentCallbacks
+from mlcdf.train.stage import train
 from toy import write_toy_prepared
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -122,7 +124,7 @@ def test_resume_continues_the_curves_without_repeating_an_epoch(toy, tmp_path, f
 
 @needs_tensorboard
 def test_only_rank_0_writes(toy, tmp_path, monkeypatch):
-    monkeypatch.setattr("mlcdf.training.launch_info", lambda: DistInfo(rank=1, world_size=1))
+    monkeypatch.setattr("mlcdf.train.stage.launch_info", lambda: DistInfo(rank=1, world_size=1))
     board = tmp_path / "tb"
     train(config_for(toy, tmp_path / "run", epochs=1, tensorboard=str(board)))
     assert not board.exists()

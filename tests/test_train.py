@@ -8,11 +8,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from mlcdf.checkpoint import load_checkpoint
+from mlcdf.train.checkpoint import load_checkpoint
 from mlcdf.cli.main import app
-from mlcdf.engine import NonFiniteLossError
+from mlcdf.train.engine import NonFiniteLossError
 from mlcdf.errors import MlcdfError
-from mlcdf.training import TrainConfig, train
+from mlcdf.config import TrainConfig
+from mlcdf.train.stage import train
 from toy import write_toy_prepared
 
 runner = CliRunner()
@@ -101,7 +102,7 @@ def test_resume_after_kill_mid_epoch(toy, tmp_path):
 
 
 def test_nan_guard_keeps_last_good_checkpoint(toy, tmp_path, monkeypatch):
-    import mlcdf.training as training
+    import mlcdf.tasks.multilabel as training
 
     real = training.create_loss
 
@@ -200,14 +201,14 @@ def test_torchrun_ddp_matches_single_process(toy, tmp_path):
 
 @pytest.mark.parametrize("name", ["gpu", "mps", "cuda:x"])
 def test_unknown_device_names_are_refused(name):
-    from mlcdf.distributed import resolve_device
+    from mlcdf.devices import resolve_device
 
     with pytest.raises(MlcdfError, match="unknown device"):
         resolve_device(name)
 
 
 def test_asl_settings_reach_the_loss_and_the_run_config(toy, tmp_path, monkeypatch):
-    import mlcdf.training as training
+    import mlcdf.tasks.multilabel as training
 
     built = []
     real_create_loss = training.create_loss
@@ -247,13 +248,14 @@ def test_asl_defaults_are_the_losses_and_the_papers():
     import dataclasses
     import inspect
 
-    from mlcdf.losses import AsymmetricLoss
-    from mlcdf.report import PAPER_ASL
+    from mlcdf.config import asl_defaults
+    from mlcdf.tasks.losses import AsymmetricLoss
 
     signature = inspect.signature(AsymmetricLoss).parameters
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.name.startswith("asl_")}
     assert defaults == {f"asl_{name}": signature[name].default for name in ("gamma_neg", "gamma_pos", "clip")}
-    assert defaults == {key: paper for key, (_, paper) in PAPER_ASL.items()}
+    # The paper's (and the ASL paper's) settings, which the report compares runs against.
+    assert defaults == asl_defaults() == {"asl_gamma_neg": 4.0, "asl_gamma_pos": 0.0, "asl_clip": 0.05}
     # A run saved before these options existed resumes with the paper's ASL.
     old = TrainConfig.from_dict({"prepared": "p", "model": TINY, "out": "o", "loss": "asl"})
     assert old.loss_options() == {"gamma_neg": 4.0, "gamma_pos": 0.0, "clip": 0.05}

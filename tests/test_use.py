@@ -10,7 +10,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from mlcdf.cli.main import app
-from mlcdf.export import model_opset, supported_opsets
+from mlcdf.inference.export import model_opset, supported_opsets
 from toy import toy_image
 
 runner = CliRunner()
@@ -113,7 +113,7 @@ def test_export_refuses_an_opset_torch_cannot_write_before_writing(toy_run, tmp_
 def test_export_never_writes_another_opset_than_asked(toy_run, tmp_path, monkeypatch):
     # Asked for 17, torch's exporter logs a failed version conversion and keeps opset 18: refused, nothing written.
     pytest.importorskip("onnxruntime")
-    monkeypatch.setattr("mlcdf.export.supported_opsets", lambda: range(17, 19))
+    monkeypatch.setattr("mlcdf.inference.export.supported_opsets", lambda: range(17, 19))
     result = runner.invoke(app, ["export", str(toy_run), "--onnx", str(tmp_path / "m.onnx"), "--opset", "17"])
     assert result.exit_code == 2, result.output
     assert "torch.onnx wrote opset 18 instead of the requested 17; not written" in result.output.replace("\n", "")

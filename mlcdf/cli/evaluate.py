@@ -145,8 +145,9 @@ def evaluate_command(
     )
     # Imported here, not at the top: scikit-learn takes about a second to import, and every other
     # command would pay for it.
-    from mlcdf.evaluate import evaluate_predictions_file, evaluate_run
-    from mlcdf.perturb import parse_spec
+    from mlcdf.evaluation.evaluate import evaluate_predictions_file
+    from mlcdf.evaluation.runs import evaluate_run
+    from mlcdf.data.perturb import parse_spec
 
     if run is not None:
         # Options not given are left out, so that evaluate_run's defaults apply (they are stated once).
@@ -171,8 +172,8 @@ def evaluate_command(
     else:
         _print_metrics(metrics)
     if perturb:
-        from mlcdf.evaluate import format_percent
-        from mlcdf.robustness import ROBUSTNESS_CSV, read_robustness, summarise
+        from mlcdf.evaluation.evaluate import format_percent
+        from mlcdf.evaluation.robustness import ROBUSTNESS_CSV, read_robustness, summarise
 
         summary = summarise(read_robustness(out_dir / ROBUSTNESS_CSV))
         note(f"robustness: clean mAP {format_percent(summary['clean_mAP'])}, mean over {summary['conditions']} conditions "
@@ -182,7 +183,7 @@ def evaluate_command(
 
 
 def _print_metrics(metrics: dict) -> None:
-    from mlcdf.evaluate import PAPER_METRICS, format_percent
+    from mlcdf.evaluation.evaluate import PAPER_METRICS, format_percent
 
     params = "" if metrics["num_params"] is None else f", {metrics['num_params']:.1f} M params"
     summary = Table(title=f"{metrics['num_images']} images{params} (percent)", title_justify="left")

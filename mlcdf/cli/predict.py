@@ -16,7 +16,7 @@ from mlcdf.errors import MlcdfError
 from mlcdf.io import atomic_open, check_file_replaceable, check_output_apart, json_object_with
 
 if TYPE_CHECKING:
-    from mlcdf.inference import ImagePredictions
+    from mlcdf.inference.runs import ImagePredictions
 
 # The library modules (torch, timm, matplotlib) are imported inside each command, so that the other
 # commands and --help do not pay seconds for them.
@@ -52,7 +52,7 @@ def predict_command(
     if out_file is not None:
         check_output_apart(out_file, ("the run", run), *(("an input", path) for path in inputs if path.is_file()))
         check_file_replaceable(out_file, command="mlcdf predict", is_own=is_predictions_file)
-    from mlcdf.inference import predict_images
+    from mlcdf.inference.runs import predict_images
 
     result = predict_images(
         run, inputs, checkpoint=checkpoint.value, device=device.value, batch_size=batch_size,
@@ -157,7 +157,7 @@ def explain_command(
     """
     check_output_apart(out_dir, ("the run", run))
     labels = None if label == "all" else [label]
-    from mlcdf.explain import explain_image
+    from mlcdf.inference.explain import explain_image
 
     results = explain_image(run, image, out_dir, labels=labels, checkpoint=checkpoint.value, device=device.value)
     table = Table(title=str(image), title_justify="left")
@@ -184,7 +184,7 @@ def export_command(
 
         mlcdf export runs/r101-asl --onnx r101-asl.onnx
     """
-    from mlcdf.export import export_onnx
+    from mlcdf.inference.export import export_onnx
 
     report = export_onnx(run, onnx, checkpoint=checkpoint.value, opset=opset)
     out.print(

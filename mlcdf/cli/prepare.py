@@ -15,7 +15,7 @@ from mlcdf.data.own_csv import DEFAULT_PATH_COLUMN, CsvPrepareConfig, CsvSummary
 from mlcdf.data.prepared import SPLITS, load_prepared
 from mlcdf.data.seqdeepfake import PrepareConfig, SubsetSummary, prepare
 from mlcdf.errors import MlcdfError
-from mlcdf.graph.cooccurrence import conditional_probabilities, count_cooccurrence
+from mlcdf.labels import conditional_probabilities, count_cooccurrence
 from mlcdf.labels import MAX_STEPS
 
 

@@ -68,7 +68,7 @@ def report_command(
         mlcdf report runs/* --paper --figure categories.png
     """
     # Imported here: the evaluate stage pulls in scikit-learn, which every other command would pay for.
-    from mlcdf.report import check_figure_replaceable, is_report_file, load_result, results_table, write_category_figure
+    from mlcdf.evaluation.report import check_figure_replaceable, is_report_file, load_result, results_table, write_category_figure
 
     if robustness and fmt is not Format.md:
         raise typer.BadParameter("the robustness section is Markdown; use --format md", param_hint="'--robustness'")
@@ -82,7 +82,7 @@ def report_command(
         write_category_figure(rows, figure, paper=paper)
         note(f"wrote {figure} and its numbers, {figure.with_suffix('.csv')}")
     if robustness:
-        from mlcdf.robustness import robustness_section
+        from mlcdf.evaluation.robustness import robustness_section
 
         text += robustness_section(paths, split=split.value)
     if out_file is None:

@@ -95,7 +95,7 @@ def reproduce_command(
         mlcdf reproduce --smoke --out reproduce-smoke
     """
     # Imported here: the runner pulls in torch and scikit-learn, which other commands need not pay for.
-    from mlcdf.reproduce import ReproduceConfig, reproduce, status
+    from mlcdf.experiments.reproduce import ReproduceConfig, reproduce, status
 
     overrides = {
         name: value

@@ -1,4 +1,4 @@
-"""``mlcdf study cooccurrence``: direct vs graph models as label co-occurrence grows (:mod:`mlcdf.study`)."""
+"""``mlcdf study cooccurrence``: direct vs graph models as label co-occurrence grows (:mod:`mlcdf.experiments.study`)."""
 
 from __future__ import annotations
 
@@ -79,7 +79,7 @@ def cooccurrence_command(
     # Imported here: the study pulls in torch and the runner, which other commands need not pay for.
     from mlcdf.cli.reproduce import PlanMonitor, _log
     from mlcdf.cli.train import RichTrainCallbacks
-    from mlcdf.study import PRESETS, StudyConfig, run_study
+    from mlcdf.experiments.study import PRESETS, StudyConfig, run_study
 
     chosen = dict(backbone=backbone, train=train, val=val, test=test, data_size=data_size, batch_size=batch_size, epochs=epochs, image_size=image_size)
     overrides = {name: value for name, value in chosen.items() if value is not None}

@@ -17,7 +17,7 @@ from mlcdf.cli._options import Device, QuietOpt
 from mlcdf.errors import MlcdfError
 
 if TYPE_CHECKING:
-    from mlcdf.engine import StepInfo
+    from mlcdf.train.engine import StepInfo
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -123,7 +123,7 @@ def train_command(
     val_fraction: Annotated[float, typer.Option("--val-fraction", help="Share of train held out for validation when there is no val split.")] = 0.1,
     flip: Annotated[bool, typer.Option("--flip/--no-flip", help="Random horizontal flips.")] = True,
     jitter: Annotated[float, typer.Option("--jitter", min=0.0, max=0.5, help="Brightness/contrast/saturation jitter strength (0 disables).")] = 0.1,
-    augment_perturb: Annotated[float, typer.Option("--augment-perturb", min=0.0, max=1.0, help="Probability per training image of a random perturbation (mlcdf.perturb: any type, any level), drawn per (seed, epoch, image); applied at the input size.")] = 0.0,
+    augment_perturb: Annotated[float, typer.Option("--augment-perturb", min=0.0, max=1.0, help="Probability per training image of a random perturbation (mlcdf.data.perturb: any type, any level), drawn per (seed, epoch, image); applied at the input size.")] = 0.0,
     tensorboard: Annotated[Optional[Path], typer.Option("--tensorboard", help="Also write each epoch's loss, learning rate, val mAP (plain and EMA) and images/s as TensorBoard event files into this folder (one per run; view with 'tensorboard --logdir PARENT'). Needs pip install 'mlcdf[tensorboard]'; a --resume may set or change it.", file_okay=False)] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out (where it is now, even if copied or moved) from checkpoints/last.pt, with its saved options; --device, --workers and --tensorboard may change.")] = False,
     config: Annotated[Optional[Path], typer.Option("--config", help="TOML or JSON file of these options (snake_case keys); flags override it.", dir_okay=False, exists=True)] = None,
@@ -141,8 +141,9 @@ def train_command(
         torchrun --nproc_per_node=4 -m mlcdf train --prepared prepared/facial_attributes --model tresnet_m --out runs/tm
     """
     # Imported here, not at the top: torch and timm take seconds, which --help and other commands need not pay.
-    from mlcdf.distributed import launched_by_torchrun
-    from mlcdf.training import RESUME_OVERRIDES, TrainConfig, saved_run_options, train
+    from mlcdf.train.distributed import launched_by_torchrun
+    from mlcdf.config import RESUME_OVERRIDES, TrainConfig
+    from mlcdf.train.stage import saved_run_options, train
 
     values: dict[str, Any] = _read_config_file(config) if config else {}
     for name, value in ctx.params.items():

@@ -7,7 +7,7 @@ image is decoded and resized once into a packed ``uint8`` array ``PREPARED/<subs
 Augmentation is drawn per image from ``(seed, epoch, index)`` so it does not depend on the worker count or
 on how a distributed run shards the data, and it is applied on the device, batched:
 horizontal flip and a mild brightness / contrast / saturation jitter; optionally (``Augment.perturb``) a
-random :mod:`mlcdf.perturb` condition, on the CPU. There is deliberately no random
+random :mod:`mlcdf.data.perturb` condition, on the CPU. There is deliberately no random
 crop: a crop can cut the manipulated region out of the image and leave a wrong label behind.
 """
 
@@ -197,7 +197,7 @@ class RowSource:
 @dataclass(frozen=True)
 class Augment:
     """Per-image augmentation strengths (0 disables). Flips and jitter are applied on the device by
-    :func:`to_model_input`; ``perturb`` is the probability of a random :mod:`mlcdf.perturb` condition,
+    :func:`to_model_input`; ``perturb`` is the probability of a random :mod:`mlcdf.data.perturb` condition,
     applied on the CPU (in the loader's workers) to the image as read, at the model's input size."""
 
     flip: bool = True
@@ -255,7 +255,7 @@ class MultiLabelImages(torch.utils.data.Dataset):
     def _perturb(self, images: np.ndarray, keys: list[tuple[int, int]]) -> np.ndarray:
         from PIL import Image
 
-        from mlcdf.perturb import apply, draw_condition
+        from mlcdf.data.perturb import apply, draw_condition
 
         for row, (epoch, index) in enumerate(keys):
             seed = (self.seed, epoch, index, _PERTURB_STREAM)

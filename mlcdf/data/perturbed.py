@@ -1,13 +1,13 @@
 """``mlcdf perturb``: a perturbed copy of a Seq-DeepFake-layout dataset (as Seq-DeepFake-P is of Seq-DeepFake).
 
 ``OUT/<subset>/`` gets the same annotation CSVs (copied byte for byte) and every image they list, at the
-same relative path and in the same file format, perturbed (:mod:`mlcdf.perturb`). Any stage reads the
+same relative path and in the same file format, perturbed (:mod:`mlcdf.data.perturb`). Any stage reads the
 copy as it reads the original (``mlcdf prepare --root OUT``). Beside each ``annotations/<split>.csv`` is
 ``annotations/<split>.perturbations.csv`` (``file_path,perturbation,level,parameter``): the condition of
 each image; ``OUT/<subset>/perturb.json`` records the spec, the seed and the source.
 
 A condition is one fixed spec (``jpeg:3``), or ``random``: a type and level drawn per image
-(:func:`mlcdf.perturb.draw_condition`) from the seed and the image's path, so the same image gets the
+(:func:`mlcdf.data.perturb.draw_condition`) from the seed and the image's path, so the same image gets the
 same condition whatever the order or the splits chosen. Perturbed PNG (and other lossless) files stay
 lossless; JPEG files are written at quality 95 (:data:`JPEG_QUALITY`), since the copy keeps their format
 and names, which adds that encoding on top of the perturbation.
@@ -31,7 +31,7 @@ from mlcdf.data.images import open_image
 from mlcdf.data.seqdeepfake import annotation_path, read_annotations
 from mlcdf.errors import MlcdfError, SchemaError
 from mlcdf.io import atomic_dir, atomic_open, check_output_apart, check_replaceable, holds_file, write_json
-from mlcdf.perturb import Condition, apply, describe, draw_condition, parse_spec
+from mlcdf.data.perturb import Condition, apply, describe, draw_condition, parse_spec
 from mlcdf.progress import ProgressFn, silent
 
 RANDOM = "random"

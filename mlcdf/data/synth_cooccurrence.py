@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from mlcdf.errors import MissingArtifactError, SchemaError
-from mlcdf.graph.cooccurrence import conditional_probabilities, count_cooccurrence
+from mlcdf.labels import conditional_probabilities, count_cooccurrence
 from mlcdf.io import read_json_object
 from mlcdf.labels import SUBSETS, steps_of
 

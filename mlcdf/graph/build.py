@@ -14,9 +14,10 @@ from pathlib import Path
 from mlcdf import __version__
 from mlcdf.data.prepared import PreparedSubset, SplitTable, load_prepared
 from mlcdf.errors import MlcdfError
-from mlcdf.graph.cooccurrence import Adjacency, build_adjacency, count_cooccurrence
+from mlcdf.graph.cooccurrence import Adjacency, build_adjacency
+from mlcdf.labels import count_cooccurrence
 from mlcdf.graph.embeddings import LabelEmbeddings, parse_embedding_source, word_embeddings
-from mlcdf.graph.graph_file import LabelGraph, check_graph_replaceable, json_path_for, save_graph
+from mlcdf.label_graph import LabelGraph, check_graph_replaceable, json_path_for, save_graph
 from mlcdf.progress import ProgressFn, silent
 
 #: IML-GCN's backbone (DESIGN.md §4), for image embeddings.
@@ -178,7 +179,7 @@ def _node_embeddings(
     if source.is_word:
         return word_embeddings(prepared.labels, source, config.label_phrases)
     # Imported here: torch, timm and scikit-learn are only needed for image embeddings.
-    from mlcdf.distributed import resolve_device
+    from mlcdf.devices import resolve_device
     from mlcdf.graph import image_embeddings as images
 
     device = resolve_device(config.device)

@@ -24,6 +24,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mlcdf._moved import forwarder
+from mlcdf.labels import conditional_probabilities
+
+#: Moved to :mod:`mlcdf.labels` in 0.2 (label statistics, which the synthetic data needs too).
+__getattr__ = forwarder(__name__, ("mlcdf.labels",), frozenset({"count_cooccurrence"}))
+
 #: Added to the column sums in step 3 by the reference code; kept so that the numbers match it.
 REWEIGHT_EPS = 1e-6
 
@@ -49,34 +55,6 @@ class Adjacency:
     def num_edges(self) -> int:
         """Directed edges that survived the threshold (self-loops are not counted: they never survive)."""
         return int(np.count_nonzero(self.edges))
-
-
-def count_cooccurrence(targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Count labels and label pairs over a multi-hot target matrix.
-
-    Args:
-        targets: (N, C) 0/1 array, one row per image.
-
-    Returns:
-        ``(label_counts, cooccurrence)``: (C,) images carrying each label, and (C, C) images carrying
-        both labels, with a zero diagonal (a label does not co-occur with itself).
-    """
-    targets = np.asarray(targets)
-    if targets.ndim != 2:
-        raise ValueError(f"targets must be (n_images, n_labels), got shape {targets.shape}")
-    multi_hot = (targets != 0).astype(np.int64)
-    cooccurrence = multi_hot.T @ multi_hot
-    label_counts = np.diag(cooccurrence).copy()
-    np.fill_diagonal(cooccurrence, 0)
-    return label_counts, cooccurrence
-
-
-def conditional_probabilities(cooccurrence: np.ndarray, label_counts: np.ndarray) -> np.ndarray:
-    """P(j | i) = cooccurrence[i, j] / label_counts[i]; a row is zero where label i has no images."""
-    counts = np.asarray(label_counts, dtype=np.float64)
-    cooccurrence = np.asarray(cooccurrence, dtype=np.float64)
-    safe = np.where(counts > 0, counts, 1.0)[:, None]
-    return np.where(counts[:, None] > 0, cooccurrence / safe, 0.0)
 
 
 def reweighted_adjacency(edges: np.ndarray, p: float) -> np.ndarray:

@@ -115,7 +115,7 @@ def timm_encoder(
         module = timm.create_model(name, pretrained=False, num_classes=0)
     source = None
     if weights is not None or pretrained:
-        from mlcdf.models._pretrained import load_backbone_weights, load_pretrained_backbone
+        from mlcdf.weights import load_backbone_weights, load_pretrained_backbone
 
         report = load_backbone_weights(module, weights) if weights is not None else load_pretrained_backbone(module)
         source = report.source
@@ -134,13 +134,13 @@ def timm_encoder(
 def run_encoder(run_dir: str | Path, *, device: torch.device, image_size: int | None = None) -> ImageEncoder:
     """The trained model of a run folder (its ``best`` checkpoint), pooled after ``forward_features``.
 
-    Expects from :mod:`mlcdf.inference`: ``load_run_model(run_dir, checkpoint="best", device=...)`` giving an
+    Expects from :mod:`mlcdf.inference.runs`: ``load_run_model(run_dir, checkpoint="best", device=...)`` giving an
     ``nn.Module`` with ``forward_features(x)`` (B x C x H x W) and ``input_mean`` / ``input_std``
     (3-tuples); and ``read_run(run_dir).config.image_size``, the size it was trained at (used when
     ``image_size`` is None).
     """
     # Imported here: the training stack is heavy and only this path needs it.
-    from mlcdf import inference
+    from mlcdf.inference import runs as inference
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():

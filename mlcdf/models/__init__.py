@@ -2,6 +2,8 @@
 
 Importing the family modules below registers their models; ``create_model(name, num_labels, ...)``
 builds any of them, and ``timm:<architecture>`` builds a direct model over any timm backbone.
+Imports only the core (graphs come as :class:`~mlcdf.label_graph.LabelGraph`, weights through
+:mod:`mlcdf.weights`).
 """
 
 from mlcdf.models import agcn, direct, gcn  # noqa: F401  (imported to register their models)
@@ -14,7 +16,7 @@ from mlcdf.models._factory import (
     model_config,
     rebuild_model,
 )
-from mlcdf.models._pretrained import LoadReport, load_backbone_weights, read_state_dict
+from mlcdf.weights import LoadReport, load_backbone_weights, read_state_dict
 from mlcdf.models._registry import (
     ModelInfo,
     UnknownModelError,

@@ -11,7 +11,7 @@ from timm.data import resolve_model_data_config
 from torch import nn
 
 from mlcdf.errors import MlcdfError
-from mlcdf.models._pretrained import LoadReport, load_backbone_weights, load_pretrained_backbone
+from mlcdf.weights import LoadReport, load_backbone_weights, load_pretrained_backbone
 
 __all__ = ["BackboneClassifier", "create_backbone"]
 

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from mlcdf.errors import MlcdfError, first_line
-from mlcdf.graph import LabelGraph, load_graph
+from mlcdf.label_graph import LabelGraph, load_graph
 from mlcdf.models._backbone import BackboneClassifier
 from mlcdf.models._registry import model_entrypoint, model_info, split_model_name
 from mlcdf.models.direct import create_direct
@@ -55,7 +55,7 @@ def create_model(
         name: a name from :func:`list_models` (``resnet50``, ``ml_gcn``, ...) or ``timm:<architecture>``
             (with an optional pretrained tag: ``timm:convnext_tiny.fb_in22k``).
         num_labels: number of labels (outputs).
-        graph: the label graph, for graph models only: a :class:`~mlcdf.graph.LabelGraph`, the path of a
+        graph: the label graph, for graph models only: a :class:`~mlcdf.label_graph.LabelGraph`, the path of a
             ``.npz`` from ``mlcdf build-graph``, or :class:`GraphTensors` (``A_hat``, ``embeddings``).
         pretrained: load timm's default pretrained backbone weights; offline without a cached copy this
             fails at once (False).

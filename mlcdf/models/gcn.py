@@ -41,7 +41,7 @@ __all__ = [  # the registry appends the entry functions
 
 
 class GraphTensors(NamedTuple):
-    """The two arrays a graph model needs; a :class:`~mlcdf.graph.LabelGraph` has both as well.
+    """The two arrays a graph model needs; a :class:`~mlcdf.label_graph.LabelGraph` has both as well.
 
     Attributes:
         A_hat: C x C normalised adjacency.
@@ -151,7 +151,7 @@ class GraphClassifier(BackboneClassifier):
         backbone: a timm backbone producing a B x C x H x W feature map.
         num_labels: number of labels; must equal the graph's.
         graph: anything with ``A_hat`` (C x C) and ``embeddings`` (C x D): a
-            :class:`~mlcdf.graph.LabelGraph` or :class:`GraphTensors`.
+            :class:`~mlcdf.label_graph.LabelGraph` or :class:`GraphTensors`.
         global_pool: timm pooling type, ``"max"``, ``"avg"``, ``"avgmax"`` or ``"catavgmax"`` ("max").
         hidden_dim: width of the hidden graph layer (1024).
         negative_slope: LeakyReLU slope between the graph layers (0.2).

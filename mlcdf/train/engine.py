@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from mlcdf.distributed import gather_rows, mean_over_ranks
+from mlcdf.train.distributed import gather_rows, mean_over_ranks
 from mlcdf.errors import MlcdfError
 
 #: Steps between loss reads: reading the loss synchronises the GPU, so it is not done every step.
@@ -138,11 +138,15 @@ def predict(
     loader,
     device: torch.device,
     *,
+    to_scores: Callable[[torch.Tensor], torch.Tensor],
     prepare_input: Callable[[dict], torch.Tensor],
     autocast_dtype: torch.dtype | None = None,
     progress: Callable | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Sigmoid scores for every image of ``loader``, gathered over distributed ranks.
+    """Per-label scores for every image of ``loader``, gathered over distributed ranks.
+
+    ``to_scores`` decodes a batch of model outputs into (B, C) probabilities: the task's
+    :meth:`~mlcdf.tasks.Task.scores`.
 
     Returns:
         ``(scores, targets, indices)``: float64 (N, C) probabilities, float32 (N, C) targets and the
@@ -155,7 +159,7 @@ def predict(
         x = prepare_input(batch)
         with autocast(device, autocast_dtype):
             logits = model(x)
-        scores.append(torch.sigmoid(logits.float()))
+        scores.append(to_scores(logits))
         # Targets and indices stay on the host until the end: a per-batch copy to the device would wait.
         targets.append(batch["targets"])
         indices.append(batch["indices"])

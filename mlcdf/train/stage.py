@@ -27,7 +27,7 @@ import timm.layers
 import torch
 
 from mlcdf import __version__
-from mlcdf.checkpoint import load_checkpoint, load_error_summary, save_checkpoint
+from mlcdf.train.checkpoint import load_checkpoint, load_error_summary, save_checkpoint
 from mlcdf.data.dataset import (
     Augment,
     CachedSource,
@@ -42,189 +42,29 @@ from mlcdf.data.dataset import (
     to_model_input,
 )
 from mlcdf.data.prepared import PreparedSubset, load_prepared
-from mlcdf.distributed import DistInfo, barrier, broadcast_buffers, init_distributed, launch_info, resolve_device, shutdown_distributed
-from mlcdf.ema import ModelEma
-from mlcdf.engine import StepInfo, predict, train_one_epoch
+from mlcdf.devices import resolve_device
+from mlcdf.train.distributed import DistInfo, barrier, broadcast_buffers, init_distributed, launch_info, shutdown_distributed
+from mlcdf.train.ema import ModelEma
+from mlcdf.train.engine import StepInfo, predict, train_one_epoch
+from mlcdf.config import MAX_WORKERS, RECIPES, RESUME_OVERRIDES, TrainConfig
 from mlcdf.errors import MlcdfError, SchemaError
-from mlcdf.graph import LabelGraph, load_graph, save_graph
+from mlcdf.label_graph import LabelGraph, load_graph, save_graph
 from mlcdf.io import atomic_open, check_output_apart, file_lock, read_json_object, write_json
-from mlcdf.losses import create_loss
-from mlcdf.metrics import NoPositivesWarning, average_precision
+from mlcdf.tasks import Task, create_task
 from mlcdf.models import create_model
 from mlcdf.progress import ProgressFn, silent
-from mlcdf.tensorboard_log import TensorBoardCallbacks, require_tensorboard
+from mlcdf.train.callbacks import SilentCallbacks, TrainCallbacks
+from mlcdf.train.tensorboard import TensorBoardCallbacks, require_tensorboard
 
 CONFIG_FILE = "config.json"
 LOG_FILE = "log.jsonl"
 GRAPH_FILE = "graph.npz"
 CHECKPOINTS = "checkpoints"
-#: The options a resumed run takes from the caller, not from its checkpoint: where it is (``out``: a
-#: copied or moved run resumes where it is now), where and how fast it runs and where it shows its
-#: curves (``tensorboard``), not what it computes.
-RESUME_OVERRIDES = ("out", "device", "workers", "tensorboard")
-#: The most DataLoader worker processes a run may ask for; each holds a copy of the dataset's state.
-MAX_WORKERS = 64
 #: What ``last.pt`` must hold to resume a run.
 RESUME_KEYS = (
     "model", "ema", "optimizer", "scheduler", "scaler", "epoch", "steps_per_epoch", "best_map", "best_epoch",
     "best_source", "rng", "history", "config", "label_names", "model_name", "mlcdf_version",
 )
-
-#: Optimisation recipes. ``asl``: the ASL/TResNet recipe (AdamW with decoupled weight decay on weights
-#: only, OneCycle). ``mlgcn``: ML-GCN's (SGD with momentum, 10x lower lr for the backbone, step decay,
-#: gradient clipping).
-RECIPES: dict[str, dict[str, Any]] = {
-    "asl": {"lr": 1e-4, "clip_grad_norm": None},
-    "mlgcn": {"lr": 0.1, "clip_grad_norm": 10.0, "backbone_lr_factor": 0.1, "momentum": 0.9},
-}
-
-
-#: TrainConfig fields ``asl_<name>`` are AsymmetricLoss's ``<name>`` (gamma_neg, gamma_pos, clip).
-_ASL_PREFIX = "asl_"
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything that defines a training run; written to ``RUN/config.json``.
-
-    ``None`` means "the recipe's or the device's default" and is resolved by :meth:`resolve`.
-    """
-
-    prepared: str
-    model: str
-    out: str
-    loss: str = "bce"
-    # AsymmetricLoss's own defaults (a test holds them equal): the ASL paper's, and the Seq-DeepFake paper's.
-    asl_gamma_neg: float = 4.0
-    asl_gamma_pos: float = 0.0
-    asl_clip: float = 0.05
-    graph: str | None = None
-    backbone: str | None = None
-    recipe: str = "asl"
-    epochs: int = 40
-    batch_size: int = 128
-    image_size: int = 224
-    lr: float | None = None
-    weight_decay: float = 1e-4
-    clip_grad_norm: float | None = None
-    patience: int = 10
-    ema_decay: float = 0.9997
-    device: str = "auto"
-    seed: int = 0
-    pretrained: bool = False
-    weights: str | None = None
-    workers: int | None = None
-    amp: bool | None = None
-    channels_last: bool | None = None
-    compile: bool = False
-    sync_bn: bool = False
-    cache: bool = True
-    val_fraction: float = 0.1
-    flip: bool = True
-    jitter: float = 0.1
-    augment_perturb: float = 0.0
-    tensorboard: str | None = None
-
-    def resolve(self) -> "TrainConfig":
-        """Fill recipe defaults and check values; raises MlcdfError on a bad combination."""
-        if self.recipe not in RECIPES:
-            raise MlcdfError(f"unknown recipe {self.recipe!r}; expected one of {', '.join(RECIPES)}")
-        if self.loss not in ("bce", "asl"):
-            raise MlcdfError(f"unknown loss {self.loss!r}; expected bce or asl")
-        changed = [f.name for f in dataclasses.fields(self) if f.name.startswith(_ASL_PREFIX) and getattr(self, f.name) != f.default]
-        if self.loss != "asl" and changed:
-            options = ", ".join("--" + name.replace("_", "-") for name in changed)
-            raise MlcdfError(f"{options} set(s) the Asymmetric Loss; add --asl (loss 'asl'), or drop it for BCE")
-        if self.pretrained and self.weights:
-            raise MlcdfError("give either --pretrained or --weights, not both")
-        for name in ("epochs", "batch_size", "image_size"):
-            if getattr(self, name) < 1:
-                raise MlcdfError(f"{name} must be at least 1, got {getattr(self, name)}")
-        checks = {
-            "seed": (0 <= self.seed < 2**32, "an integer from 0 to 2**32-1"),
-            "lr": (self.lr is None or (math.isfinite(self.lr) and self.lr > 0), "a finite number > 0"),
-            "weight_decay": (math.isfinite(self.weight_decay) and self.weight_decay >= 0, "a finite number >= 0"),
-            "clip_grad_norm": (self.clip_grad_norm is None or (math.isfinite(self.clip_grad_norm) and self.clip_grad_norm > 0), "a finite number > 0"),
-            "patience": (self.patience >= 0, "at least 0"),
-            "ema_decay": (0 <= self.ema_decay < 1, "in [0, 1)"),
-            "workers": (self.workers is None or 0 <= self.workers <= MAX_WORKERS, f"from 0 to {MAX_WORKERS}"),
-            "val_fraction": (0 < self.val_fraction < 1, "in (0, 1)"),
-            "jitter": (0 <= self.jitter <= 0.5, "in [0, 0.5]"),
-            "augment_perturb": (0 <= self.augment_perturb <= 1, "a probability in [0, 1]"),
-            "asl_gamma_neg": (math.isfinite(self.asl_gamma_neg) and self.asl_gamma_neg >= 0, "a finite number >= 0"),
-            "asl_gamma_pos": (math.isfinite(self.asl_gamma_pos) and self.asl_gamma_pos >= 0, "a finite number >= 0"),
-            "asl_clip": (0 <= self.asl_clip < 1, "in [0, 1)"),
-        }
-        for name, (ok, expected) in checks.items():
-            if not ok:
-                raise MlcdfError(f"{name} must be {expected}, got {getattr(self, name)!r}")
-        recipe = RECIPES[self.recipe]
-        return dataclasses.replace(
-            self,
-            lr=self.lr if self.lr is not None else recipe["lr"],
-            clip_grad_norm=self.clip_grad_norm if self.clip_grad_norm is not None else recipe["clip_grad_norm"],
-        )
-
-    def loss_options(self) -> dict[str, float]:
-        """Keyword arguments of :func:`~mlcdf.losses.create_loss` for ``loss``: ASL's γ-, γ+ and clip."""
-        if self.loss != "asl":
-            return {}
-        return {f.name[len(_ASL_PREFIX):]: getattr(self, f.name) for f in dataclasses.fields(self) if f.name.startswith(_ASL_PREFIX)}
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any], source: str = "config") -> "TrainConfig":
-        """The configuration in ``values`` (read from ``source``), each value checked against its type.
-
-        Raises:
-            MlcdfError: an unknown option or a value of the wrong type, naming ``source``.
-        """
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - set(fields))
-        if unknown:
-            raise MlcdfError(f"{source}: unknown option(s) {unknown}")
-        for name, value in values.items():
-            # The annotations are strings ("float | None"): from __future__ import annotations.
-            allowed = fields[name].type.split(" | ")
-            if not any(_is_of_type(value, type_name) for type_name in allowed):
-                expected = " or ".join("null" if t == "None" else t for t in allowed)
-                raise MlcdfError(f"{source}: option {name} must be {expected}, got {value!r}")
-        return cls(**values)
-
-
-def _is_of_type(value: Any, type_name: str) -> bool:
-    """Whether ``value`` (from JSON, TOML or a checkpoint) fits a TrainConfig field type; bools are not numbers."""
-    if type_name == "None":
-        return value is None
-    if isinstance(value, bool):
-        return type_name == "bool"
-    accepted = {"str": (str,), "int": (int,), "float": (int, float), "bool": ()}[type_name]
-    return isinstance(value, accepted)
-
-
-class TrainCallbacks(Protocol):
-    """What the CLI (or a notebook) wants to hear about; every method may be a no-op."""
-
-    def epoch_start(self, epoch: int, epochs: int, steps: int) -> None: ...
-
-    def step(self, info: StepInfo) -> None: ...
-
-    def epoch_end(self, record: dict) -> None: ...
-
-    def message(self, text: str) -> None: ...
-
-
-class SilentCallbacks:
-    def epoch_start(self, epoch: int, epochs: int, steps: int) -> None:
-        pass
-
-    def step(self, info: StepInfo) -> None:
-        pass
-
-    def epoch_end(self, record: dict) -> None:
-        pass
-
-    def message(self, text: str) -> None:
-        pass
 
 
 @dataclass
@@ -328,7 +168,7 @@ class _Data:
     val_name: str
 
 
-def _build_data(prepared: PreparedSubset, config: TrainConfig, dist_info: DistInfo, progress: ProgressFn) -> _Data:
+def _build_data(prepared: PreparedSubset, config: TrainConfig, task: Task, dist_info: DistInfo, progress: ProgressFn) -> _Data:
     train_table = prepared.read_split("train")
     if prepared.has_split("val"):
         val_table, val_name = prepared.read_split("val"), "val"
@@ -349,16 +189,17 @@ def _build_data(prepared: PreparedSubset, config: TrainConfig, dist_info: DistIn
 
     train_source = source("train", train_table)
     augment = Augment(flip=config.flip, jitter=config.jitter, perturb=config.augment_perturb)
+    train_targets = task.targets(train_table)
     if val_table is None:
         kept, held = holdout_rows(len(train_table), config.val_fraction, config.seed)
         return _Data(
-            train=MultiLabelImages(RowSource(train_source, kept), train_table.targets[kept], augment=augment, seed=config.seed),
-            val=MultiLabelImages(RowSource(train_source, held), train_table.targets[held]),
+            train=MultiLabelImages(RowSource(train_source, kept), train_targets[kept], augment=augment, seed=config.seed),
+            val=MultiLabelImages(RowSource(train_source, held), train_targets[held]),
             val_name=val_name,
         )
     return _Data(
-        train=MultiLabelImages(train_source, train_table.targets, augment=augment, seed=config.seed),
-        val=MultiLabelImages(source("val", val_table), val_table.targets),
+        train=MultiLabelImages(train_source, train_targets, augment=augment, seed=config.seed),
+        val=MultiLabelImages(source("val", val_table), task.targets(val_table)),
         val_name=val_name,
     )
 
@@ -374,14 +215,6 @@ def _loader(dataset: MultiLabelImages, sampler: EpochSampler, batch_size: int, w
         drop_last=train and len(sampler) >= batch_size,
         persistent_workers=workers > 0,
     )
-
-
-def _val_map(targets: np.ndarray, scores: np.ndarray) -> float:
-    with warnings.catch_warnings():
-        # A small validation split may lack a label; the mAP over the others still ranks checkpoints.
-        warnings.simplefilter("ignore", NoPositivesWarning)
-        value = average_precision(targets, scores)
-    return float(value) if np.isfinite(value) else 0.0
 
 
 def _rng_state(device: torch.device) -> dict:
@@ -483,13 +316,14 @@ def train(config: TrainConfig, *, resume: bool = False, callbacks: TrainCallback
         require_tensorboard()
     dist_info = launch_info()
     prepared = load_prepared(config.prepared)
-    data = _build_data(prepared, config, dist_info, progress)  # before the process group: see _build_data
+    task = create_task(config)
+    data = _build_data(prepared, config, task, dist_info, progress)  # before the process group: see _build_data
     init_distributed("cuda" if config.device != "cpu" and torch.cuda.is_available() else "cpu")
     board = None
     if config.tensorboard is not None and dist_info.is_main:
         board = TensorBoardCallbacks(config.tensorboard, callbacks, resume_state["history"] if resume_state else [])
     try:
-        return _train(config, run_dir, resume_state, dist_info, prepared, data, board or callbacks)
+        return _train(config, task, run_dir, resume_state, dist_info, prepared, data, board or callbacks)
     except torch.OutOfMemoryError:
         smaller = max(1, config.batch_size // 2)
         raise MlcdfError(
@@ -502,7 +336,10 @@ def train(config: TrainConfig, *, resume: bool = False, callbacks: TrainCallback
         shutdown_distributed()
 
 
-def _train(config: TrainConfig, run_dir: Path, resume_state: dict | None, dist_info: DistInfo, prepared: PreparedSubset, data: _Data, callbacks: TrainCallbacks) -> TrainResult:
+def _train(
+    config: TrainConfig, task: Task, run_dir: Path, resume_state: dict | None, dist_info: DistInfo, prepared: PreparedSubset, data: _Data,
+    callbacks: TrainCallbacks,
+) -> TrainResult:
     device = resolve_device(config.device, dist_info.local_rank)
     torch.manual_seed(config.seed)
     if device.type == "cuda":
@@ -533,7 +370,7 @@ def _train(config: TrainConfig, run_dir: Path, resume_state: dict | None, dist_i
     train_loader = _loader(data.train, train_sampler, rank_batch, workers, device, train=True)
     val_loader = _loader(data.val, val_sampler, rank_batch, workers, device, train=False)
 
-    criterion = create_loss(config.loss, **config.loss_options())
+    criterion = task.loss()
     optimizer, scheduler = _optimizer_and_scheduler(model, config, len(train_loader))
     autocast_dtype, needs_scaler = mixed_precision(device, config.amp)
     scaler = torch.amp.GradScaler(device.type) if needs_scaler else None
@@ -611,11 +448,11 @@ def _train(config: TrainConfig, run_dir: Path, resume_state: dict | None, dist_i
         broadcast_buffers(model_without_ddp)
         if ema is not None:
             broadcast_buffers(ema.module)
-        scores, targets, _ = predict(eval_model, val_loader, device, prepare_input=prepare_input, autocast_dtype=autocast_dtype)
-        candidates = {"model": _val_map(targets, scores)}
+        scores, targets, _ = predict(eval_model, val_loader, device, to_scores=task.scores, prepare_input=prepare_input, autocast_dtype=autocast_dtype)
+        candidates = {"model": task.validation_score(targets, scores)}
         if ema is not None:
-            ema_scores, _, _ = predict(ema.module, val_loader, device, prepare_input=prepare_input, autocast_dtype=autocast_dtype)
-            candidates["ema"] = _val_map(targets, ema_scores)
+            ema_scores, _, _ = predict(ema.module, val_loader, device, to_scores=task.scores, prepare_input=prepare_input, autocast_dtype=autocast_dtype)
+            candidates["ema"] = task.validation_score(targets, ema_scores)
         source = max(candidates, key=candidates.get)
         improved = candidates[source] > best_map
         if improved:

@@ -1,4 +1,4 @@
-"""Plans: a set of training runs as data (a TOML file, or built in Python), and the function that runs one.
+"""Plans: a set of training runs as data (a TOML file, or built in Python), read and checked.
 
 A plan has ``defaults`` (where the data is, the seeds, and any ``mlcdf train`` option shared by the runs)
 and a list of ``runs`` (a name, and the options that make it differ)::
@@ -21,11 +21,11 @@ and a list of ``runs`` (a name, and the options that make it differ)::
     loss = "asl"
     embedding = "word"      # the runner builds OUT/graphs/<subset>-word.npz; or graph = "my.npz"
 
-Plan keys of ``[defaults]`` (the other keys are :class:`~mlcdf.training.TrainConfig` options):
+Plan keys of ``[defaults]`` (the other keys are :class:`~mlcdf.train.stage.TrainConfig` options):
 
 - ``prepared``: prepared subset folders, a table ``{name = "folder"}`` or one folder (named after it);
 - ``data`` and ``subsets``: a Seq-DeepFake root and the subsets to prepare from it into ``OUT/prepared``
-  (done by ``mlcdf reproduce``, see :mod:`mlcdf.reproduce`);
+  (done by ``mlcdf reproduce``, see :mod:`mlcdf.experiments.reproduce`);
 - ``seeds``: train each configuration N times with seeds 0..N-1 (folders ``<name>-s<k>``; 1 keeps
   ``<name>`` and the ``seed`` option);
 - ``word_embedding``: node features of the ``word`` graphs the runner builds (``embedding = "word"``);
@@ -39,8 +39,8 @@ Relative paths in a plan file are relative to the file. A run may set any ``mlcd
 graph built by the runner. A bad plan (an unknown key, model or value type, a duplicate run name) is a
 :class:`~mlcdf.errors.SchemaError` naming the file, the line where known, and the key.
 
-:func:`run_plan` runs a plan into a folder (see :mod:`mlcdf.runner`); the paper's Tables I and II are
-the plan :data:`PAPER_PLAN`, shipped with the package.
+:func:`mlcdf.experiments.runner.run_plan` runs a plan into a folder; the paper's Tables I and II are the
+plan :data:`PAPER_PLAN`, shipped with the package. This module imports no torch: checking a plan is cheap.
 """
 
 from __future__ import annotations
@@ -56,18 +56,16 @@ from typing import TYPE_CHECKING, Any
 
 from mlcdf.errors import MlcdfError, SchemaError
 from mlcdf.graph.embeddings import PAPER_WORD_EMBEDDING
-from mlcdf.training import TrainConfig, _is_of_type
+from mlcdf.config import TrainConfig, is_option_type
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-if TYPE_CHECKING:
-    from mlcdf.runner import PlanResult
 
 #: The paper's Tables I and II: 12 configurations on each of the two subsets.
-PAPER_PLAN = Path(__file__).parent / "resources" / "plans" / "paper.toml"
+PAPER_PLAN = Path(__file__).parents[1] / "resources" / "plans" / "paper.toml"
 
 #: ``[defaults]`` keys that are about the plan, not a TrainConfig option, with their types.
 PLAN_KEYS: dict[str, str] = {
@@ -253,42 +251,6 @@ def paper_plan() -> Plan:
     return load_plan(PAPER_PLAN)
 
 
-def run_plan(
-    plan: Plan,
-    out: str | Path,
-    *,
-    jobs: int | None = None,
-    devices: Sequence[str] | None = None,
-    gpus_per_run: int = 1,
-    launcher: str = "local",
-    slurm: Mapping[str, Any] | None = None,
-    only: Sequence[str] = (),
-    subsets: Sequence[str] | None = None,
-    dry_run: bool = False,
-    log: Callable[[str], None] = lambda text: None,
-    **hooks: Any,
-) -> "PlanResult":
-    """Run ``plan`` into the folder ``out``: the Python API of ``mlcdf reproduce --plan``.
-
-    Skips evaluated runs, resumes interrupted ones, locks each run while it trains, goes on after a
-    failure, and writes ``OUT/report-<subset>.md`` and ``OUT/results.csv`` from the run folders.
-    ``jobs`` runs at once (local: 1; Slurm: all), each on the next free device of ``devices`` (``"0"``, ``"1"`` ... or
-    ``"cpu"``); ``launcher`` is ``local`` or ``slurm`` (options in ``slurm``: partition, time, gpus,
-    cpus_per_task, account, cluster). ``dry_run`` only reports each run's status. ``hooks``:
-    ``callbacks``/``progress`` (in-process training), ``monitor`` (running runs, several at once),
-    ``poll_seconds``. See :func:`mlcdf.runner.run_plan`.
-
-    Returns:
-        a :class:`~mlcdf.runner.PlanResult`: one :class:`~mlcdf.runner.RunOutcome` per run folder.
-    """
-    from mlcdf.runner import run_plan as run
-
-    return run(
-        plan, Path(out), jobs=jobs, devices=devices, gpus_per_run=gpus_per_run, launcher=launcher, slurm=slurm,
-        only=only, subsets=subsets, dry_run=dry_run, log=log, **hooks,
-    )
-
-
 class _Parser:
     """Checks a plan document key by key, naming the file, the line (when the text is known) and the key."""
 
@@ -349,7 +311,7 @@ class _Parser:
         for key in ("seeds", "word_embedding", "keep_last", "paper", "tensorboard"):
             if key in defaults:
                 type_name = PLAN_KEYS[key]
-                if not _is_of_type(defaults[key], type_name):
+                if not is_option_type(defaults[key], type_name):
                     raise self.fail(f"defaults.{key} must be {type_name}, got {defaults[key]!r}", section, key)
                 settings[key] = defaults[key]
         if settings.get("seeds", 1) < 1:
@@ -423,7 +385,7 @@ class _Parser:
             known = "name, embedding, " if section[0] == "runs" else ", ".join(PLAN_KEYS) + ", "
             raise self.fail(f"{where}: unknown key {key!r} (known: {known}and the 'mlcdf train' options)", section, key)
         allowed = _TRAIN_FIELDS[key].type.split(" | ")
-        if not any(_is_of_type(value, type_name) for type_name in allowed):
+        if not any(is_option_type(value, type_name) for type_name in allowed):
             expected = " or ".join(allowed)
             raise self.fail(f"{where}: {key} must be {expected}, got {value!r}", section, key)
 

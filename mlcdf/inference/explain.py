@@ -22,9 +22,9 @@ from PIL import Image, ImageDraw
 
 from mlcdf.data.dataset import no_augmentation, to_model_input
 from mlcdf.data.images import load_rgb, load_rgb_within
-from mlcdf.distributed import resolve_device
+from mlcdf.devices import resolve_device
 from mlcdf.errors import MlcdfError
-from mlcdf.inference import load_run_model, read_run
+from mlcdf.inference.runs import load_run_model, read_run
 from mlcdf.io import check_file_replaceable, png_written_by, save_png
 
 _EXPLAIN_COMMAND = "mlcdf explain"

@@ -1,4 +1,4 @@
-"""The runner: run every run folder of a :class:`~mlcdf.plans.Plan` into ``OUT``, report from disk.
+"""The runner: run every run folder of a :class:`~mlcdf.experiments.plans.Plan` into ``OUT``, report from disk.
 
 Everything it decides comes from the run folders, so a plan can be re-launched after any crash, from
 this machine or another sharing the file system::
@@ -24,7 +24,7 @@ remaining run locked by others waits for them, then reports from what is on disk
 Launchers start runs and say when they end, so the loop does not know where runs execute:
 in this process (one at a time, no devices given), in subprocesses on this machine (``jobs`` at once,
 each on its own device of ``devices``, several GPUs per run through ``torchrun``), or as Slurm jobs
-through ``submitit``. A subprocess or job runs ``python -m mlcdf.runner OUT/launch/<subset>/<run>.json``.
+through ``submitit``. A subprocess or job runs ``python -m mlcdf.experiments.runner OUT/launch/<subset>/<run>.json``.
 """
 
 from __future__ import annotations
@@ -49,13 +49,14 @@ import torch
 
 from mlcdf.data.prepared import META_FILE
 from mlcdf.errors import MissingArtifactError, MlcdfError, SchemaError, first_line
-from mlcdf.evaluate import METRICS_FILE, default_eval_dir, evaluate_run
-from mlcdf.graph import load_graph
+from mlcdf.evaluation.evaluate import METRICS_FILE, default_eval_dir
+from mlcdf.evaluation.runs import evaluate_run
+from mlcdf.label_graph import load_graph
 from mlcdf.graph.build import GraphConfig, build_graph
 from mlcdf.io import _process_exists, atomic_open, check_file_replaceable, file_lock, read_json_object, write_json
-from mlcdf.plans import Plan, PlanEntry, graph_path, run_dir
+from mlcdf.experiments.plans import Plan, PlanEntry, graph_path, run_dir
 from mlcdf.progress import ProgressFn, silent
-from mlcdf.report import (
+from mlcdf.evaluation.report import (
     ResultRow,
     check_figure_replaceable,
     is_report_file,
@@ -64,8 +65,10 @@ from mlcdf.report import (
     runs_csv,
     write_category_figure,
 )
-from mlcdf.tensorboard_log import require_tensorboard
-from mlcdf.training import CHECKPOINTS, CONFIG_FILE, LOG_FILE, RESUME_OVERRIDES, TrainCallbacks, TrainConfig, saved_run_options, train
+from mlcdf.train.tensorboard import require_tensorboard
+from mlcdf.config import RESUME_OVERRIDES, TrainConfig
+from mlcdf.train.callbacks import TrainCallbacks
+from mlcdf.train.stage import CHECKPOINTS, CONFIG_FILE, LOG_FILE, saved_run_options, train
 
 DONE, RESUME, EVALUATE, NEW = "done", "resume", "evaluate", "new"
 #: How a run ended in this launch: trained (and evaluated), skipped (evaluated already, here or by
@@ -346,7 +349,7 @@ def _release_memory() -> None:
 
 
 def worker_main(job_file: str) -> int:
-    """``python -m mlcdf.runner JOB.json``: run one job, write ``JOB.outcome.json``; exit 0 unless it failed."""
+    """``python -m mlcdf.experiments.runner JOB.json``: run one job, write ``JOB.outcome.json``; exit 0 unless it failed."""
     path = Path(job_file)
     outcome_path = outcome_file(path)
 
@@ -482,7 +485,7 @@ class LocalLauncher:
         with open(log_file, "w", encoding="utf-8") as output:
             # Its own session: a Ctrl-C reaches the runs once, through stop(), and they end cleanly.
             process = subprocess.Popen(
-                [sys.executable, "-m", "mlcdf.runner", str(job_file)], stdout=output, stderr=subprocess.STDOUT, env=env, start_new_session=True
+                [sys.executable, "-m", "mlcdf.experiments.runner", str(job_file)], stdout=output, stderr=subprocess.STDOUT, env=env, start_new_session=True
             )
         self.processes[process] = (Running(job, device), job_file, log_file)
 
@@ -558,7 +561,7 @@ class SlurmLauncher:
         outcome_file(job_file).unlink(missing_ok=True)
         write_json(job_file, job.to_json())
         # What submitit pickles is this command line only; the job reads its JSON job file.
-        command = self.submitit.helpers.CommandFunction([sys.executable, "-m", "mlcdf.runner", str(job_file)], verbose=False)
+        command = self.submitit.helpers.CommandFunction([sys.executable, "-m", "mlcdf.experiments.runner", str(job_file)], verbose=False)
         submitted = self.executor.submit(command)
         self.jobs_running[submitted] = (Running(job, f"slurm {submitted.job_id}"), job_file)
 
@@ -606,7 +609,12 @@ def run_plan(
     monitor: Callable[[list[Running]], None] | None = None,
     poll_seconds: float = 2.0,
 ) -> PlanResult:
-    """Run ``plan`` into ``out`` (see the module docstring and :func:`mlcdf.plans.run_plan`).
+    """Run ``plan`` into the folder ``out``: the Python API of ``mlcdf reproduce --plan``.
+
+    Skips evaluated runs, resumes interrupted ones, locks each run while it trains, goes on after a
+    failure, and writes ``OUT/report-<subset>.md`` and ``OUT/results.csv`` from the run folders.
+    ``launcher`` is ``local`` or ``slurm`` (options in ``slurm``: partition, time, gpus, cpus_per_task,
+    account, cluster); ``only`` and ``subsets`` narrow the plan; ``dry_run`` only reports each run's status.
 
     ``jobs``: runs at once (local: one per device, or 1; Slurm: jobs queued at once, all by default). Without
     ``devices`` and with one job, runs train in this process (``callbacks`` and ``progress`` see them);

@@ -5,7 +5,7 @@ co-occurrence, lose to plain CNNs on Seq-DeepFake, and explained it by the data:
 drawn uniformly, so their co-occurrence carries no information. :func:`run_study` tests that
 explanation. For each co-occurrence strength RHO it writes a synthetic dataset whose fakes follow a
 profile's recipes with probability RHO (:mod:`mlcdf.data.synth_cooccurrence`), prepares it, and runs one
-plan (:mod:`mlcdf.plans`): a direct model and graph models with the same backbone, loss and recipe,
+plan (:mod:`mlcdf.experiments.plans`): a direct model and graph models with the same backbone, loss and recipe,
 each with several training seeds, on every dataset; the runner builds each dataset's word graph, skips
 evaluated runs and resumes interrupted ones, on one device, several, or Slurm. Everything lands under
 one folder::
@@ -40,15 +40,16 @@ from mlcdf.data.seqdeepfake import PrepareConfig, prepare
 from mlcdf.data.synth import SynthConfig, generate
 from mlcdf.data.synth_cooccurrence import EDITING_HABITS
 from mlcdf.errors import MlcdfError
-from mlcdf.evaluate import PAPER_METRICS
+from mlcdf.evaluation.evaluate import PAPER_METRICS
 from mlcdf.graph.embeddings import PAPER_WORD_EMBEDDING
 from mlcdf.io import atomic_open, atomic_path, check_file_replaceable, png_written_by, read_json_object, write_json
 from mlcdf.labels import SUBSETS
 from mlcdf.models import is_model
-from mlcdf.plans import Plan, graph_path, run_dir, run_plan
+from mlcdf.experiments.plans import Plan, graph_path, run_dir
+from mlcdf.experiments.runner import run_plan
 from mlcdf.progress import ProgressFn, silent
-from mlcdf.report import load_result
-from mlcdf.runner import PlanResult, is_evaluated
+from mlcdf.evaluation.report import load_result
+from mlcdf.experiments.runner import PlanResult, is_evaluated
 
 COMMAND = "mlcdf study cooccurrence"
 STUDY_JSON, STUDY_CSV, STUDY_MD, STUDY_PNG = "study.json", "study.csv", "study.md", "study.png"
@@ -218,7 +219,7 @@ def run_study(
     progress: ProgressFn = silent,
     **hooks: Any,
 ) -> tuple[PlanResult, list[StudyRow]]:
-    """Make the datasets, run the plan (see :func:`mlcdf.plans.run_plan` for ``jobs``, ``devices``,
+    """Make the datasets, run the plan (see :func:`mlcdf.experiments.runner.run_plan` for ``jobs``, ``devices``,
     ``launcher``, ``slurm`` and ``hooks``), then write ``study.csv``, ``study.md`` and ``study.png`` from
     the evaluated runs. ``dry_run`` only reports each run's status.
 

@@ -66,7 +66,7 @@ AP_BARS_FILE = "ap_per_label.png"
 #: Beyond this many labels the plots change layout (legend beside the curves, horizontal AP bars).
 MAX_LABELS_IN_PLOT = 10
 #: An evaluation folder is replaced only when it holds a previous evaluation (its metrics.json).
-_EVALUATION_OUTPUT = {"command": "mlcdf evaluate", "is_own": holds_file(METRICS_FILE)}
+EVALUATION_OUTPUT = {"command": "mlcdf evaluate", "is_own": holds_file(METRICS_FILE)}
 
 #: The figures of the paper's tables, in their column order.
 PAPER_METRICS = ("mAP", "CP", "CR", "CF1", "OP", "OR", "OF1")
@@ -515,9 +515,9 @@ def write_evaluation(
         MlcdfError: ``out_dir`` cannot be replaced, or ``tune_on`` has different labels.
     """
     out_dir = Path(out_dir)
-    check_replaceable(out_dir, **_EVALUATION_OUTPUT)
+    check_replaceable(out_dir, **EVALUATION_OUTPUT)
     metrics = compute_metrics(predictions, threshold=threshold, tune_on=tune_on, num_params=num_params)
-    with atomic_dir(out_dir, **_EVALUATION_OUTPUT) as tmp:
+    with atomic_dir(out_dir, **EVALUATION_OUTPUT) as tmp:
         write_predictions(tmp / PREDICTIONS_FILE, predictions)
         write_json(tmp / METRICS_FILE, metrics)
         (tmp / REPORT_FILE).write_text(render_report(metrics), encoding="utf-8")
@@ -555,83 +555,3 @@ def evaluate_predictions_file(
 def default_eval_dir(run_dir: str | Path, split: str) -> Path:
     """``RUN/eval/<split>``, where ``mlcdf report`` looks for a run's metrics."""
     return Path(run_dir) / "eval" / split
-
-
-def evaluate_run(
-    run_dir: str | Path,
-    *,
-    split: str = "test",
-    checkpoint: str = "best",
-    device: str = "auto",
-    batch_size: int = 64,
-    threshold: float = 0.5,
-    tune_on_val: bool = False,
-    out_dir: str | Path | None = None,
-    progress: ProgressFn = silent,
-    perturb: Sequence = (),
-    perturb_seed: int = 0,
-    workers: int | None = None,
-) -> tuple[Path, dict]:
-    """``mlcdf evaluate --run``: predict a split with a trained run's checkpoint and evaluate it.
-
-    Inference is :func:`mlcdf.inference.predict_split`. With ``tune_on_val``, the val split is
-    predicted too, and per-label F1 thresholds tuned on it are applied to ``split``.
-
-    Args:
-        run_dir: a run folder written by ``mlcdf train``.
-        split: the split to evaluate.
-        checkpoint: ``best``, ``last`` or ``ema``.
-        device: ``auto``, ``cuda`` or ``cpu``.
-        batch_size: images per inference batch.
-        threshold: the decision threshold, or the fallback of the tuned thresholds.
-        tune_on_val: tune per-label thresholds on the val split (``--tune-thresholds``).
-        out_dir: the evaluation folder. Defaults to ``RUN/eval/<split>``.
-        progress: draws the inference progress.
-        perturb: :class:`mlcdf.perturb.Condition` s to score the split under as well; the folder then
-            gets the robustness files of :mod:`mlcdf.robustness`.
-        perturb_seed: the seed of the perturbations' random draws.
-        workers: processes decoding and perturbing images for ``perturb`` (None: min(16, CPUs)).
-
-    Returns:
-        ``(out_dir, metrics)``.
-
-    Raises:
-        MlcdfError: inference is not available, or thresholds would be tuned on the split evaluated.
-    """
-    try:
-        from mlcdf.inference import predict_split
-    except ModuleNotFoundError as error:
-        if error.name != "mlcdf.inference":
-            raise
-        raise MlcdfError("evaluate --run needs the trainer (not built yet)") from None
-    if tune_on_val and split == "val":
-        raise MlcdfError("--tune-thresholds tunes on the val split, so evaluating val with it would be optimistic; evaluate test")
-    run_dir = Path(run_dir)
-    out = Path(out_dir) if out_dir is not None else default_eval_dir(run_dir, split)
-    check_replaceable(out, **_EVALUATION_OUTPUT)  # before inference, which may take a while
-
-    def predict(name: str) -> tuple[Predictions, int | None]:
-        y_true, y_score, file_paths, num_steps, labels, num_params = predict_split(
-            run_dir, name, checkpoint, device, batch_size, progress
-        )
-        predictions = Predictions(
-            file_paths=list(file_paths),
-            labels=tuple(labels),
-            targets=np.asarray(y_true, dtype=np.uint8),
-            scores=np.asarray(y_score, dtype=np.float64),
-            num_steps=None if num_steps is None else np.asarray(num_steps, dtype=np.int64),
-            origin=f"{run_dir} ({name} split, {checkpoint} checkpoint)",
-        )
-        return predictions, num_params
-
-    predictions, num_params = predict(split)
-    tune_on = predict("val")[0] if tune_on_val else None
-    write_more = None
-    if perturb:
-        from mlcdf.robustness import robustness_rows, score_conditions, write_robustness
-
-        scored = score_conditions(run_dir, perturb, split=split, checkpoint=checkpoint, device=device, batch_size=batch_size,
-                                  workers=workers, seed=perturb_seed, progress=progress)
-        write_more = functools.partial(write_robustness, rows=robustness_rows(scored, threshold=threshold, tune_on=tune_on))
-
-    return out, write_evaluation(out, predictions, threshold=threshold, tune_on=tune_on, num_params=num_params, write_more=write_more)

@@ -25,8 +25,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from mlcdf.config import RESUME_OVERRIDES, asl_defaults
 from mlcdf.errors import MissingArtifactError, MlcdfError, SchemaError
-from mlcdf.evaluate import METRICS_FILE, PAPER_METRICS, default_eval_dir, read_metrics
+from mlcdf.evaluation.evaluate import METRICS_FILE, PAPER_METRICS, default_eval_dir, read_metrics
 from mlcdf.io import atomic_open, check_file_replaceable, png_written_by, read_json_object, recover_dir, save_png
 from mlcdf.labels import SUBSETS
 
@@ -53,13 +54,12 @@ HEADER = ("Category", "Method", "Run", "#Params (M)", *PAPER_METRICS)
 SEEDS_HEADER = (*HEADER[:3], "n", *HEADER[3:])
 PAPER_SOURCE = "paper"
 DELTA_SOURCE = "Δ vs paper"
-#: Training options that say where a run ran, where it logged or its seed, not what was trained (the
-#: trainer's RESUME_OVERRIDES and more; not imported, which would load torch): runs equal in every other
-#: option are seeds of one configuration.
-_NOT_IDENTITY = frozenset({"out", "device", "workers", "tensorboard", "prepared", "graph", "seed"})
-#: The paper's Asymmetric Loss settings (TrainConfig's defaults; a test holds them equal), by run option.
-#: A run that changes them trains another loss than the paper's: its row says so and has no published match.
-PAPER_ASL = {"asl_gamma_neg": ("γ-", 4.0), "asl_gamma_pos": ("γ+", 0.0), "asl_clip": ("clip", 0.05)}
+#: Training options that say where a run ran, where it logged or its seed, not what was trained: runs
+#: equal in every other option are seeds of one configuration.
+_NOT_IDENTITY = frozenset({*RESUME_OVERRIDES, "prepared", "graph", "seed"})
+#: How a row names each Asymmetric Loss setting. A run that changes them from their defaults (the paper's)
+#: trains another loss than the paper's: its row says so and has no published match.
+_ASL_SYMBOLS = {"asl_gamma_neg": "γ-", "asl_gamma_pos": "γ+", "asl_clip": "clip"}
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ class ResultRow:
         embedding: node embedding of a graph model (``word`` or ``image``), None otherwise.
         source: the run's folder name, ``paper``, or ``Δ vs paper``.
         num_params: parameters in millions, None when unknown.
-        values: percent per metric of :data:`~mlcdf.evaluate.PAPER_METRICS`, None when undefined; the
+        values: percent per metric of :data:`~mlcdf.evaluation.evaluate.PAPER_METRICS`, None when undefined; the
             mean over the runs when ``n`` > 1.
         seed: the run's training seed, None when unknown or when the row stands for several seeds.
         n: how many runs (seeds) the row stands for; 1 for a single run and for a published row.
@@ -142,7 +142,7 @@ def _read_run_config(path: Path) -> dict:
         "seed": seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
         # A run written before the ASL settings existed trained with the paper's: the same configuration.
         "options": json.dumps(
-            {key: paper for key, (_, paper) in PAPER_ASL.items()} | {key: value for key, value in options.items() if key not in _NOT_IDENTITY},
+            asl_defaults() | {key: value for key, value in options.items() if key not in _NOT_IDENTITY},
             sort_keys=True,
         ),
     }
@@ -153,7 +153,8 @@ def _loss_name(options: dict) -> str | None:
     loss = options.get("loss")
     if loss != "asl":
         return loss
-    changed = [f"{symbol}={options[key]:g}" for key, (symbol, paper) in PAPER_ASL.items() if isinstance(options.get(key), (int, float)) and options[key] != paper]
+    paper = asl_defaults()
+    changed = [f"{symbol}={options[key]:g}" for key, symbol in _ASL_SYMBOLS.items() if isinstance(options.get(key), (int, float)) and options[key] != paper[key]]
     return f"asl ({', '.join(changed)})" if changed else loss
 
 

@@ -1,9 +1,9 @@
 """``make reproduce``: the paper's plan (or any plan) with its data prepared, trained, evaluated and reported.
 
-The paper's Tables I and II are the plan :data:`mlcdf.plans.PAPER_PLAN` (12 configurations on each
+The paper's Tables I and II are the plan :data:`mlcdf.experiments.plans.PAPER_PLAN` (12 configurations on each
 subset, the paper's settings: 224x224, batch 128, 40 epochs with early stopping, ImageNet-pretrained
 backbones). This module adds what is particular to running a plan from a dataset root: the synthetic
-stand-in of the smoke run and ``mlcdf prepare`` of each subset; the runner (:mod:`mlcdf.runner`) builds
+stand-in of the smoke run and ``mlcdf prepare`` of each subset; the runner (:mod:`mlcdf.experiments.runner`) builds
 the graphs, trains, evaluates and reports. Everything lands under one folder::
 
     OUT/data/<subset>/                     the synthetic stand-in (smoke only)
@@ -13,7 +13,7 @@ the graphs, trains, evaluates and reports. Everything lands under one folder::
     OUT/report-<subset>.md                 mlcdf report (--paper for the paper's plan)
     OUT/results.csv                        every run, 6 decimals
 
-Re-running picks up where it stopped (see :mod:`mlcdf.runner`); prepared folders and graphs are reused.
+Re-running picks up where it stopped (see :mod:`mlcdf.experiments.runner`); prepared folders and graphs are reused.
 
 ``smoke=True`` runs the same plan on a synthetic stand-in (``mlcdf synth``) with 1 epoch, tiny images
 and random initialisation: it checks the whole pipeline in minutes on a CPU, and its numbers mean
@@ -34,10 +34,10 @@ from mlcdf.data.synth import SynthConfig, generate
 from mlcdf.errors import MlcdfError
 from mlcdf.io import file_lock
 from mlcdf.labels import SUBSETS
-from mlcdf.plans import PAPER_PLAN, Plan, load_plan
+from mlcdf.experiments.plans import PAPER_PLAN, Plan, load_plan
 from mlcdf.progress import ProgressFn, silent
-from mlcdf.runner import SETUP_LOCK, PlanResult, Running, RunOutcome, run_plan
-from mlcdf.training import TrainCallbacks
+from mlcdf.experiments.runner import SETUP_LOCK, PlanResult, Running, RunOutcome, run_plan
+from mlcdf.train.callbacks import TrainCallbacks
 
 #: The embedded GloVe 6B 50-d subset, for the smoke run (no download).
 SMOKE_WORD_EMBEDDING = "glove"
@@ -66,7 +66,7 @@ class ReproduceConfig:
             ``checkpoints/last.pt`` of an evaluated run (optimizer and EMA state for resuming, about 4x
             the weights: 15 GB for the paper's 24 runs); ``best.pt`` is always kept.
         smoke: the synthetic, 1-epoch, tiny-image variant.
-        jobs, devices, gpus_per_run, launcher, slurm: how runs are launched (see :func:`mlcdf.plans.run_plan`).
+        jobs, devices, gpus_per_run, launcher, slurm: how runs are launched (see :func:`mlcdf.experiments.runner.run_plan`).
     """
 
     out: Path

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING
 from mlcdf.errors import MlcdfError
 
 if TYPE_CHECKING:
-    from mlcdf.engine import StepInfo
-    from mlcdf.training import TrainCallbacks
+    from mlcdf.train.engine import StepInfo
+    from mlcdf.train.callbacks import TrainCallbacks
 
 INSTALL = "pip install 'mlcdf[tensorboard]'"
 

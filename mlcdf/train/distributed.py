@@ -1,4 +1,4 @@
-"""Devices and the distributed runtime (torchrun): which device, who am I, and gathering results without padded duplicates.
+"""The distributed runtime (torchrun): who am I, and gathering results without padded duplicates.
 
 ``torchrun`` sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``; without them everything here is a
 single-process no-op, so the same code runs on a laptop and on eight GPUs.
@@ -28,34 +28,6 @@ class DistInfo:
     @property
     def enabled(self) -> bool:
         return self.world_size > 1
-
-
-def resolve_device(requested: str, local_rank: int = 0) -> torch.device:
-    """``auto`` -> CUDA when present, else the CPU; ``cpu``, ``cuda`` or ``cuda:N`` as given.
-
-    A bare ``cuda`` means this process's GPU: ``local_rank`` under torchrun, else GPU 0. A CUDA device
-    also becomes the current one (``torch.cuda.set_device``).
-
-    Raises:
-        MlcdfError: CUDA was asked for but is not available, or the name is not a CPU or CUDA device.
-    """
-    if requested == "auto":
-        requested = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(requested)
-    except RuntimeError:
-        device = None
-    if device is None or device.type not in ("cpu", "cuda"):
-        raise MlcdfError(f"unknown device {requested!r}; expected auto, cpu, cuda or cuda:N")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise MlcdfError(f"--device {requested} was asked for, but CUDA is not available here (use cpu or auto)")
-    if device.type == "cuda":
-        if device.index is None:
-            device = torch.device("cuda", local_rank)
-        # Code that allocates on plain "cuda" (GradScaler, cuDNN autotuning, pinned-memory threads)
-        # uses the current device; it must be this one, not GPU 0.
-        torch.cuda.set_device(device)
-    return device
 
 
 def launched_by_torchrun() -> bool:

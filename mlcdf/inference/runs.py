@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mlcdf.checkpoint import load_checkpoint, load_error_summary
+from mlcdf.train.checkpoint import load_checkpoint, load_error_summary
 from mlcdf.data.dataset import (
     CachedSource,
     EpochSampler,
@@ -26,12 +26,14 @@ from mlcdf.data.dataset import (
 )
 from mlcdf.data.images import IMAGE_EXTENSIONS, load_rgb
 from mlcdf.data.prepared import load_prepared
-from mlcdf.distributed import resolve_device
-from mlcdf.engine import autocast, predict
+from mlcdf.devices import resolve_device
+from mlcdf.train.engine import autocast, predict
 from mlcdf.errors import MissingArtifactError, MlcdfError, SchemaError
-from mlcdf.graph import load_graph
+from mlcdf.label_graph import load_graph
 from mlcdf.progress import ProgressFn, silent
-from mlcdf.training import CHECKPOINTS, CONFIG_FILE, GRAPH_FILE, TrainConfig, build_model, mixed_precision
+from mlcdf.tasks import Task, create_task
+from mlcdf.config import TrainConfig
+from mlcdf.train.stage import CHECKPOINTS, CONFIG_FILE, GRAPH_FILE, build_model, mixed_precision
 
 CHECKPOINT_CHOICES = ("best", "last", "ema")
 
@@ -47,6 +49,11 @@ class RunInfo:
     num_params: int
     input_mean: tuple[float, float, float]
     input_std: tuple[float, float, float]
+
+    @property
+    def task(self) -> Task:
+        """What the run's model was trained for, which says how its outputs become scores."""
+        return create_task(self.config)
 
 
 def read_run(run_dir: str | Path) -> RunInfo:
@@ -135,7 +142,9 @@ def predict_split(
     def prepare_input(batch: dict) -> torch.Tensor:
         return to_model_input(batch, torch_device, info.input_mean, info.input_std, channels_last=torch_device.type == "cuda")
 
-    scores, targets, _ = predict(model, loader, torch_device, prepare_input=prepare_input, autocast_dtype=autocast_dtype, progress=progress)
+    scores, targets, _ = predict(
+        model, loader, torch_device, to_scores=info.task.scores, prepare_input=prepare_input, autocast_dtype=autocast_dtype, progress=progress
+    )
     return targets.astype(np.uint8), scores, table.file_paths, table.num_steps, info.labels, info.num_params
 
 
@@ -227,6 +236,7 @@ def predict_images(
         collate_fn=_collate_images,
     )
     autocast_dtype, _ = mixed_precision(torch_device, None)
+    to_scores = info.task.scores
     kept: list[int] = []
     scores: list[np.ndarray] = []
     unreadable: list[tuple[Path, str]] = []
@@ -238,7 +248,7 @@ def predict_images(
         x = to_model_input(batch, torch_device, info.input_mean, info.input_std, channels_last=torch_device.type == "cuda")
         with autocast(torch_device, autocast_dtype):
             logits = model(x)
-        scores.append(torch.sigmoid(logits.float()).cpu().double().numpy())
+        scores.append(to_scores(logits).cpu().double().numpy())
         kept.extend(indices)
     score_array = np.concatenate(scores) if scores else np.zeros((0, len(info.labels)))
     return ImagePredictions(info.labels, [paths[i] for i in kept], score_array, threshold, unreadable)

@@ -7,6 +7,7 @@ deployment needs no knowledge of the training recipe.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,21 +15,22 @@ import numpy as np
 import torch
 
 from mlcdf.errors import MlcdfError, first_line
-from mlcdf.inference import load_run_model, read_run
+from mlcdf.inference.runs import load_run_model, read_run
 from mlcdf.io import atomic_path, check_file_replaceable, json_object_with, write_json
 
 
 class Deployable(torch.nn.Module):
-    """A model with its input normalisation and output sigmoid built in."""
+    """A model with its input normalisation and its task's decoding into scores (a sigmoid) built in."""
 
-    def __init__(self, model: torch.nn.Module, mean, std) -> None:
+    def __init__(self, model: torch.nn.Module, mean, std, to_scores: Callable[[torch.Tensor], torch.Tensor]) -> None:
         super().__init__()
         self.model = model
+        self.to_scores = to_scores
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.model((images - self.mean) / self.std))
+        return self.to_scores(self.model((images - self.mean) / self.std))
 
 
 @dataclass(frozen=True)
@@ -97,7 +99,7 @@ def export_onnx(run_dir: str | Path, out_path: str | Path, *, checkpoint: str = 
     if opset not in opsets:
         raise MlcdfError(f"--opset {opset}: torch {torch.__version__} exports ONNX opsets {opsets.start} to {opsets.stop - 1}")
     info = read_run(run_dir)
-    model = Deployable(load_run_model(info, checkpoint, "cpu"), info.input_mean, info.input_std).eval()
+    model = Deployable(load_run_model(info, checkpoint, "cpu"), info.input_mean, info.input_std, info.task.scores).eval()
     size = info.config.image_size
     example = torch.rand(check_batch, 3, size, size, generator=torch.Generator().manual_seed(0))
     # Nested: the .json is renamed into place first, then the .onnx; an error in either writes neither.

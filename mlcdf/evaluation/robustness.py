@@ -1,7 +1,7 @@
 """Robustness: a run's metrics on a split under each perturbation condition (``evaluate --perturb``).
 
 Each image is decoded once, at its stored size; every condition is derived from that decoded image
-(:func:`mlcdf.perturb.apply`, as a platform would re-encode the file), then resized to the model's input
+(:func:`mlcdf.data.perturb.apply`, as a platform would re-encode the file), then resized to the model's input
 as the images of training were. Worker processes do the decoding and perturbing, the device the model.
 
 Files written into the evaluation folder (``RUN/eval/<split>/``):
@@ -33,15 +33,15 @@ from PIL import Image
 from mlcdf.data.dataset import no_augmentation, to_model_input
 from mlcdf.data.images import load_rgb, resize
 from mlcdf.data.prepared import load_prepared
-from mlcdf.distributed import resolve_device
-from mlcdf.engine import predict
+from mlcdf.devices import resolve_device
+from mlcdf.train.engine import predict
 from mlcdf.errors import MissingArtifactError, MlcdfError, SchemaError
-from mlcdf.evaluate import PAPER_METRICS, Predictions, compute_metrics, format_percent
-from mlcdf.inference import load_run_model, read_run
+from mlcdf.evaluation.evaluate import PAPER_METRICS, Predictions, compute_metrics, format_percent
+from mlcdf.inference.runs import load_run_model, read_run
 from mlcdf.io import atomic_open, read_csv_rows
-from mlcdf.perturb import CLEAN_CONDITION, PERTURBATIONS, Condition, apply, describe
+from mlcdf.data.perturb import CLEAN_CONDITION, PERTURBATIONS, Condition, apply, describe
 from mlcdf.progress import ProgressFn, silent
-from mlcdf.training import mixed_precision
+from mlcdf.train.stage import mixed_precision
 
 ROBUSTNESS_CSV = "robustness.csv"
 ROBUSTNESS_MD = "robustness.md"
@@ -168,7 +168,9 @@ def score_conditions(
     def labelled(items, description, total=None):
         return progress(items, f"Scoring {len(table)} images x {count} conditions", total=total)
 
-    flat_scores, _, _ = predict(model, loader, torch_device, prepare_input=prepare_input, autocast_dtype=autocast_dtype, progress=labelled)
+    flat_scores, _, _ = predict(
+        model, loader, torch_device, to_scores=info.task.scores, prepare_input=prepare_input, autocast_dtype=autocast_dtype, progress=labelled
+    )
     scores = flat_scores.reshape(len(table), count, -1)
     clean = Predictions(
         file_paths=list(table.file_paths),
@@ -256,7 +258,7 @@ def render_robustness(rows: list[dict]) -> str:
         "",
         f"Clean mAP {format_percent(clean_map)}; mean mAP over {summary['conditions']} perturbed conditions "
         f"{format_percent(summary['mean_mAP'])}; worst {summary['worst'] or 'n/a'} ({format_percent(summary['worst_mAP'])}).",
-        "Perturbations follow DeeperForensics-1.0 (Jiang et al., CVPR 2020); see `mlcdf.perturb` for each level.",
+        "Perturbations follow DeeperForensics-1.0 (Jiang et al., CVPR 2020); see `mlcdf.data.perturb` for each level.",
         "",
         "| condition | " + " | ".join(PAPER_METRICS) + " | exact match | mAP change |",
         "| --- |" + " ---: |" * (len(PAPER_METRICS) + 2),

@@ -1,0 +1,156 @@
+"""Run options: :class:`TrainConfig`, its defaults, validation and reading from files, without torch.
+
+Everything that defines a training run lives here so that the report, the plan checker and the CLI can
+read and check options (and their defaults) without importing torch. The trainer
+(:mod:`mlcdf.train`) turns a resolved configuration into a run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from mlcdf.errors import MlcdfError
+#: The options a resumed run takes from the caller, not from its checkpoint: where it is (``out``: a
+#: copied or moved run resumes where it is now), where and how fast it runs and where it shows its
+#: curves (``tensorboard``), not what it computes.
+RESUME_OVERRIDES = ("out", "device", "workers", "tensorboard")
+#: The most DataLoader worker processes a run may ask for; each holds a copy of the dataset's state.
+MAX_WORKERS = 64
+
+#: Optimisation recipes. ``asl``: the ASL/TResNet recipe (AdamW with decoupled weight decay on weights
+#: only, OneCycle). ``mlgcn``: ML-GCN's (SGD with momentum, 10x lower lr for the backbone, step decay,
+#: gradient clipping).
+RECIPES: dict[str, dict[str, Any]] = {
+    "asl": {"lr": 1e-4, "clip_grad_norm": None},
+    "mlgcn": {"lr": 0.1, "clip_grad_norm": 10.0, "backbone_lr_factor": 0.1, "momentum": 0.9},
+}
+
+
+#: TrainConfig fields ``asl_<name>`` are AsymmetricLoss's ``<name>`` (gamma_neg, gamma_pos, clip).
+_ASL_PREFIX = "asl_"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run; written to ``RUN/config.json``.
+
+    ``None`` means "the recipe's or the device's default" and is resolved by :meth:`resolve`.
+    """
+
+    prepared: str
+    model: str
+    out: str
+    loss: str = "bce"
+    # AsymmetricLoss's own defaults (a test holds them equal): the ASL paper's, and the Seq-DeepFake paper's.
+    asl_gamma_neg: float = 4.0
+    asl_gamma_pos: float = 0.0
+    asl_clip: float = 0.05
+    graph: str | None = None
+    backbone: str | None = None
+    recipe: str = "asl"
+    epochs: int = 40
+    batch_size: int = 128
+    image_size: int = 224
+    lr: float | None = None
+    weight_decay: float = 1e-4
+    clip_grad_norm: float | None = None
+    patience: int = 10
+    ema_decay: float = 0.9997
+    device: str = "auto"
+    seed: int = 0
+    pretrained: bool = False
+    weights: str | None = None
+    workers: int | None = None
+    amp: bool | None = None
+    channels_last: bool | None = None
+    compile: bool = False
+    sync_bn: bool = False
+    cache: bool = True
+    val_fraction: float = 0.1
+    flip: bool = True
+    jitter: float = 0.1
+    augment_perturb: float = 0.0
+    tensorboard: str | None = None
+
+    def resolve(self) -> "TrainConfig":
+        """Fill recipe defaults and check values; raises MlcdfError on a bad combination."""
+        if self.recipe not in RECIPES:
+            raise MlcdfError(f"unknown recipe {self.recipe!r}; expected one of {', '.join(RECIPES)}")
+        if self.loss not in ("bce", "asl"):
+            raise MlcdfError(f"unknown loss {self.loss!r}; expected bce or asl")
+        changed = [f.name for f in dataclasses.fields(self) if f.name.startswith(_ASL_PREFIX) and getattr(self, f.name) != f.default]
+        if self.loss != "asl" and changed:
+            options = ", ".join("--" + name.replace("_", "-") for name in changed)
+            raise MlcdfError(f"{options} set(s) the Asymmetric Loss; add --asl (loss 'asl'), or drop it for BCE")
+        if self.pretrained and self.weights:
+            raise MlcdfError("give either --pretrained or --weights, not both")
+        for name in ("epochs", "batch_size", "image_size"):
+            if getattr(self, name) < 1:
+                raise MlcdfError(f"{name} must be at least 1, got {getattr(self, name)}")
+        checks = {
+            "seed": (0 <= self.seed < 2**32, "an integer from 0 to 2**32-1"),
+            "lr": (self.lr is None or (math.isfinite(self.lr) and self.lr > 0), "a finite number > 0"),
+            "weight_decay": (math.isfinite(self.weight_decay) and self.weight_decay >= 0, "a finite number >= 0"),
+            "clip_grad_norm": (self.clip_grad_norm is None or (math.isfinite(self.clip_grad_norm) and self.clip_grad_norm > 0), "a finite number > 0"),
+            "patience": (self.patience >= 0, "at least 0"),
+            "ema_decay": (0 <= self.ema_decay < 1, "in [0, 1)"),
+            "workers": (self.workers is None or 0 <= self.workers <= MAX_WORKERS, f"from 0 to {MAX_WORKERS}"),
+            "val_fraction": (0 < self.val_fraction < 1, "in (0, 1)"),
+            "jitter": (0 <= self.jitter <= 0.5, "in [0, 0.5]"),
+            "augment_perturb": (0 <= self.augment_perturb <= 1, "a probability in [0, 1]"),
+            "asl_gamma_neg": (math.isfinite(self.asl_gamma_neg) and self.asl_gamma_neg >= 0, "a finite number >= 0"),
+            "asl_gamma_pos": (math.isfinite(self.asl_gamma_pos) and self.asl_gamma_pos >= 0, "a finite number >= 0"),
+            "asl_clip": (0 <= self.asl_clip < 1, "in [0, 1)"),
+        }
+        for name, (ok, expected) in checks.items():
+            if not ok:
+                raise MlcdfError(f"{name} must be {expected}, got {getattr(self, name)!r}")
+        recipe = RECIPES[self.recipe]
+        return dataclasses.replace(
+            self,
+            lr=self.lr if self.lr is not None else recipe["lr"],
+            clip_grad_norm=self.clip_grad_norm if self.clip_grad_norm is not None else recipe["clip_grad_norm"],
+        )
+
+    def loss_options(self) -> dict[str, float]:
+        """Keyword arguments of :func:`~mlcdf.tasks.losses.create_loss` for ``loss``: ASL's γ-, γ+ and clip."""
+        if self.loss != "asl":
+            return {}
+        return {f.name[len(_ASL_PREFIX):]: getattr(self, f.name) for f in dataclasses.fields(self) if f.name.startswith(_ASL_PREFIX)}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "config") -> "TrainConfig":
+        """The configuration in ``values`` (read from ``source``), each value checked against its type.
+
+        Raises:
+            MlcdfError: an unknown option or a value of the wrong type, naming ``source``.
+        """
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(fields))
+        if unknown:
+            raise MlcdfError(f"{source}: unknown option(s) {unknown}")
+        for name, value in values.items():
+            # The annotations are strings ("float | None"): from __future__ import annotations.
+            allowed = fields[name].type.split(" | ")
+            if not any(is_option_type(value, type_name) for type_name in allowed):
+                expected = " or ".join("null" if t == "None" else t for t in allowed)
+                raise MlcdfError(f"{source}: option {name} must be {expected}, got {value!r}")
+        return cls(**values)
+
+
+def is_option_type(value: Any, type_name: str) -> bool:
+    """Whether ``value`` (from JSON, TOML or a checkpoint) fits a TrainConfig field type; bools are not numbers."""
+    if type_name == "None":
+        return value is None
+    if isinstance(value, bool):
+        return type_name == "bool"
+    accepted = {"str": (str,), "int": (int,), "float": (int, float), "bool": ()}[type_name]
+    return isinstance(value, accepted)
+
+
+def asl_defaults() -> dict[str, float]:
+    """The Asymmetric Loss settings of a run that sets none: the ASL paper's, used by Seq-DeepFake too."""
+    return {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.name.startswith(_ASL_PREFIX)}

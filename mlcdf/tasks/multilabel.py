@@ -1,0 +1,53 @@
+"""The paper's task: multi-label classification over C labels, with C logits and a sigmoid each."""
+
+from __future__ import annotations
+
+import warnings
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from mlcdf.metrics import NoPositivesWarning, average_precision
+from mlcdf.tasks.losses import create_loss
+
+if TYPE_CHECKING:
+    from mlcdf.config import TrainConfig
+    from mlcdf.data.prepared import SplitTable
+
+
+class MultiLabelTask:
+    """Multi-hot targets, BCE or the Asymmetric Loss on logits, sigmoid scores, validation mAP.
+
+    Args:
+        loss: ``bce`` or ``asl`` (:func:`mlcdf.tasks.losses.create_loss`).
+        loss_options: the loss's settings (ASL's ``gamma_neg``, ``gamma_pos``, ``clip``).
+    """
+
+    name = "multilabel"
+
+    def __init__(self, loss: str = "bce", loss_options: dict[str, float] | None = None) -> None:
+        self.loss_name = loss
+        self.loss_options = dict(loss_options or {})
+
+    def targets(self, table: SplitTable) -> np.ndarray:
+        return np.asarray(table.targets, dtype=np.float32)
+
+    def loss(self) -> torch.nn.Module:
+        return create_loss(self.loss_name, **self.loss_options)
+
+    def scores(self, outputs: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(outputs.float())
+
+    def validation_score(self, targets: np.ndarray, scores: np.ndarray) -> float:
+        """The mAP over the labels with positives (0 when none has any): it ranks checkpoints."""
+        with warnings.catch_warnings():
+            # A small validation split may lack a label; the mAP over the others still ranks checkpoints.
+            warnings.simplefilter("ignore", NoPositivesWarning)
+            value = average_precision(targets, scores)
+        return float(value) if np.isfinite(value) else 0.0
+
+
+def create_task(config: TrainConfig) -> MultiLabelTask:
+    """The task a run trains for. Every model is multi-label today; a sequence model will choose its own."""
+    return MultiLabelTask(config.loss, config.loss_options())
