@@ -62,12 +62,14 @@ def main() -> None:
             cache = CachedSource(build_image_cache(prepared, "train", args.image_size, table=table))
             build_seconds = time.perf_counter() - start
             files = FileSource([prepared.image_path(p) for p in table.file_paths], args.image_size)
-            results.append({
-                "source": f"{size}x{size} {ext}",
-                "decode_files_images_per_s": images_per_s(files, args.images, 32, args.epochs),
-                "cached_images_per_s": images_per_s(cache, args.images, 32, args.epochs),
-                "cache_build_seconds": build_seconds,
-            })
+            results.append(
+                {
+                    "source": f"{size}x{size} {ext}",
+                    "decode_files_images_per_s": images_per_s(files, args.images, 32, args.epochs),
+                    "cached_images_per_s": images_per_s(cache, args.images, 32, args.epochs),
+                    "cache_build_seconds": build_seconds,
+                }
+            )
     result = {"benchmark": "data_pipeline", "images": args.images, "image_size": args.image_size, "epochs": args.epochs, "results": results}
     write_json(args.out, result)
     print(json.dumps(result, indent=2))

@@ -34,10 +34,10 @@ from pathlib import Path
 from unittest import mock
 
 import torch
-
-from mlcdf.train.checkpoint import load_checkpoint
-from mlcdf.io import write_json
 from train_throughput import measure_training, synthetic_prepared  # benchmarks/ is this script's folder
+
+from mlcdf.io import write_json
+from mlcdf.train.checkpoint import load_checkpoint
 
 CHECKS = ("amp", "data_path", "torchrun", "fp16", "reproduce_smoke")
 #: (model, batch size, image size, steps per epoch) on a GPU and on the CPU.
@@ -80,12 +80,12 @@ def synchronize(device: torch.device) -> None:
 
 def data_path_rate(prepared: Path, batch_size: int, image_size: int, device: torch.device, epochs: int = 2) -> float:
     """Images/s of the training input pipeline alone, as train() builds it (cache, loader, device augmentation)."""
+    from mlcdf.config import TrainConfig
     from mlcdf.data.dataset import EpochSampler, to_model_input
     from mlcdf.data.prepared import load_prepared
-    from mlcdf.train.distributed import DistInfo
     from mlcdf.progress import silent
-    from mlcdf.config import TrainConfig
     from mlcdf.tasks import create_task
+    from mlcdf.train.distributed import DistInfo
     from mlcdf.train.stage import _build_data, _loader
 
     config = TrainConfig(prepared=str(prepared), model="resnet50", out="unused", image_size=image_size, val_fraction=0.05).resolve()
@@ -160,7 +160,9 @@ def main(argv: list[str] | None = None) -> int:
 
         def training_rate() -> float:
             if "train" not in state:
-                state["train"] = measure_training(prepared(), tmp / "run-amp", model=model, batch_size=batch_size, image_size=image_size, device=device.type)
+                state["train"] = measure_training(
+                    prepared(), tmp / "run-amp", model=model, batch_size=batch_size, image_size=image_size, device=device.type
+                )
             return state["train"]["images_per_s"]
 
         def amp() -> dict:
@@ -170,7 +172,9 @@ def main(argv: list[str] | None = None) -> int:
             result["plain_fp32_eager_images_per_s"] = plain_fp32_loop(model, batch_size, image_size, steps, device)
             result["speedup_vs_plain_fp32"] = result["mlcdf_train"]["images_per_s"] / result["plain_fp32_eager_images_per_s"]
             if cuda:
-                compiled = measure_training(prepared(), tmp / "run-compile", model=model, batch_size=batch_size, image_size=image_size, device="cuda", compile=True)
+                compiled = measure_training(
+                    prepared(), tmp / "run-compile", model=model, batch_size=batch_size, image_size=image_size, device="cuda", compile=True
+                )
                 result["mlcdf_train_compile"] = compiled
                 result["compile_speedup_vs_plain_fp32"] = compiled["images_per_s"] / result["plain_fp32_eager_images_per_s"]
             else:
@@ -182,16 +186,41 @@ def main(argv: list[str] | None = None) -> int:
             ratio = rate / training_rate()
             result = {"data_images_per_s": rate, "training_images_per_s": training_rate(), "ratio": ratio}
             if cuda and ratio < 2:
-                raise RuntimeError(f"the input pipeline feeds {rate:.0f} images/s, under twice the training rate ({training_rate():.0f}): the GPU waits ({json.dumps(result)})")
+                raise RuntimeError(
+                    f"the input pipeline feeds {rate:.0f} images/s, under twice the training rate ({training_rate():.0f}): the GPU waits ({json.dumps(result)})"
+                )
             return result
 
         def torchrun() -> dict:
             run = tmp / "run-torchrun"
             command = [
-                sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", "-m", "mlcdf", "train",
-                "--prepared", str(prepared()), "--model", "timm:test_resnet" if not cuda else "resnet18", "--out", str(run),
-                "--epochs", "1", "--batch-size", str(batch_size), "--image-size", str(image_size), "--device", device.type,
-                "--ema-decay", "0.99", "--patience", "0", "--quiet",
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                "--nproc_per_node=1",
+                "-m",
+                "mlcdf",
+                "train",
+                "--prepared",
+                str(prepared()),
+                "--model",
+                "timm:test_resnet" if not cuda else "resnet18",
+                "--out",
+                str(run),
+                "--epochs",
+                "1",
+                "--batch-size",
+                str(batch_size),
+                "--image-size",
+                str(image_size),
+                "--device",
+                device.type,
+                "--ema-decay",
+                "0.99",
+                "--patience",
+                "0",
+                "--quiet",
             ]
             run_command(command)
             config = json.loads((run / "config.json").read_text())
@@ -200,14 +229,20 @@ def main(argv: list[str] | None = None) -> int:
                 raise RuntimeError(f"expected a 1-process run with EMA, got world_size {config['world_size']}, ema {bool(last.get('ema'))}")
             for name in ("last.pt", "best.pt"):
                 check_cpu_checkpoint(run / "checkpoints" / name)
-            return {"backend": "nccl" if cuda else "gloo", "device": config["device"], "val_mAP": json.loads((run / "log.jsonl").read_text().splitlines()[-1])["val_mAP"]}
+            return {
+                "backend": "nccl" if cuda else "gloo",
+                "device": config["device"],
+                "val_mAP": json.loads((run / "log.jsonl").read_text().splitlines()[-1])["val_mAP"],
+            }
 
         def fp16() -> dict:
             if not cuda:
                 raise Skipped("fp16 with a GradScaler is the CUDA path of GPUs without native bf16")
             # As on a V100 or T4: the GPU says it has no native bf16, so mlcdf picks fp16 + GradScaler.
             with mock.patch.object(torch.cuda, "is_bf16_supported", lambda including_emulation=True: False):
-                result = measure_training(prepared(), tmp / "run-fp16", model=model, batch_size=batch_size, image_size=image_size, device="cuda")
+                result = measure_training(
+                    prepared(), tmp / "run-fp16", model=model, batch_size=batch_size, image_size=image_size, device="cuda"
+                )
             if result["autocast"] != "float16":
                 raise RuntimeError(f"expected the fp16 path, got autocast {result['autocast']}")
             last = load_checkpoint(tmp / "run-fp16" / "checkpoints" / "last.pt")
@@ -219,7 +254,9 @@ def main(argv: list[str] | None = None) -> int:
             if not cuda:
                 raise Skipped("on the CPU tests/test_reproduce.py runs the smoke reproduction (a slow test)")
             start = time.perf_counter()
-            run_command([sys.executable, "-m", "mlcdf", "reproduce", "--smoke", "--device", "cuda", "--out", str(tmp / "reproduce"), "--quiet"])
+            run_command(
+                [sys.executable, "-m", "mlcdf", "reproduce", "--smoke", "--device", "cuda", "--out", str(tmp / "reproduce"), "--quiet"]
+            )
             return {"seconds": time.perf_counter() - start}
 
         functions = {"amp": amp, "data_path": data_path, "torchrun": torchrun, "fp16": fp16, "reproduce_smoke": reproduce_smoke}
@@ -229,8 +266,12 @@ def main(argv: list[str] | None = None) -> int:
                 results[name] = {"status": "ok", **functions[name]()}
             except Skipped as reason:
                 results[name] = {"status": "skipped", "reason": str(reason)}
-            except Exception as error:  # a failed check is reported, and the others still run
-                results[name] = {"status": "failed", "reason": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()[-2000:]}
+            except Exception as error:  # noqa: BLE001  (a failed check is reported, and the others still run)
+                results[name] = {
+                    "status": "failed",
+                    "reason": f"{type(error).__name__}: {error}",
+                    "traceback": traceback.format_exc()[-2000:],
+                }
             results[name]["seconds"] = round(time.perf_counter() - start, 1)
             print(f"{name}: {results[name]['status']} ({results[name]['seconds']} s) {results[name].get('reason', '')}", flush=True)
 

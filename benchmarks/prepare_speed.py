@@ -1,6 +1,6 @@
 """Time ``mlcdf prepare`` on a release-format CSV of many rows (empty image files) and write JSON.
 
-    python benchmarks/prepare_speed.py --rows 50000 --out benchmarks/results/prepare_speed.json
+python benchmarks/prepare_speed.py --rows 50000 --out benchmarks/results/prepare_speed.json
 """
 
 from __future__ import annotations

@@ -17,11 +17,11 @@ import tempfile
 from pathlib import Path
 
 import torch
-
 from data_pipeline import write_images  # benchmarks/ is this script's folder
+
+from mlcdf.config import TrainConfig
 from mlcdf.data.dataset import holdout_rows
 from mlcdf.io import write_json
-from mlcdf.config import TrainConfig
 from mlcdf.train.stage import train
 
 VAL_FRACTION = 0.05
@@ -36,20 +36,42 @@ def synthetic_prepared(folder: Path, train_images: int, image_size: int) -> Path
 
 
 def measure_training(
-    prepared: Path, out: Path, *, model: str = "resnet50", batch_size: int = 128, image_size: int = 224,
-    device: str = "auto", compile: bool = False, workers: int | None = None,
+    prepared: Path,
+    out: Path,
+    *,
+    model: str = "resnet50",
+    batch_size: int = 128,
+    image_size: int = 224,
+    device: str = "auto",
+    compile: bool = False,
+    workers: int | None = None,
 ) -> dict:
     """Train two epochs with ``mlcdf train``'s defaults for ``device``; the second epoch's figures."""
     config = TrainConfig(
-        prepared=str(prepared), model=model, out=str(out), epochs=2, batch_size=batch_size, image_size=image_size,
-        device=device, compile=compile, workers=workers, patience=0, val_fraction=VAL_FRACTION, ema_decay=0.9997,
+        prepared=str(prepared),
+        model=model,
+        out=str(out),
+        epochs=2,
+        batch_size=batch_size,
+        image_size=image_size,
+        device=device,
+        compile=compile,
+        workers=workers,
+        patience=0,
+        val_fraction=VAL_FRACTION,
+        ema_decay=0.9997,
     )
     result = train(config)
     run_config = json.loads((out / "config.json").read_text())
     warm = result.history[-1]
     return {
-        "model": model, "batch_size": batch_size, "image_size": image_size, "device": run_config["device"],
-        "autocast": run_config["autocast"], "compile": compile, "images_per_s": warm["images_per_s"],
+        "model": model,
+        "batch_size": batch_size,
+        "image_size": image_size,
+        "device": run_config["device"],
+        "autocast": run_config["autocast"],
+        "compile": compile,
+        "images_per_s": warm["images_per_s"],
         "epoch_seconds": warm["epoch_seconds"],
     }
 
@@ -68,8 +90,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         prepared = synthetic_prepared(Path(tmp), args.steps * args.batch_size, args.image_size)
         result = measure_training(
-            prepared, Path(tmp) / "run", model=args.model, batch_size=args.batch_size, image_size=args.image_size,
-            device=args.device, compile=args.compile, workers=args.workers,
+            prepared,
+            Path(tmp) / "run",
+            model=args.model,
+            batch_size=args.batch_size,
+            image_size=args.image_size,
+            device=args.device,
+            compile=args.compile,
+            workers=args.workers,
         )
     result = {
         "benchmark": "train_throughput",

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mlcdf.errors import MlcdfError
+
 #: The options a resumed run takes from the caller, not from its checkpoint: where it is (``out``: a
 #: copied or moved run resumes where it is now), where and how fast it runs and where it shows its
 #: curves (``tensorboard``), not what it computes.
@@ -75,7 +76,7 @@ class TrainConfig:
     augment_perturb: float = 0.0
     tensorboard: str | None = None
 
-    def resolve(self) -> "TrainConfig":
+    def resolve(self) -> TrainConfig:
         """Fill recipe defaults and check values; raises MlcdfError on a bad combination."""
         if self.recipe not in RECIPES:
             raise MlcdfError(f"unknown recipe {self.recipe!r}; expected one of {', '.join(RECIPES)}")
@@ -94,7 +95,10 @@ class TrainConfig:
             "seed": (0 <= self.seed < 2**32, "an integer from 0 to 2**32-1"),
             "lr": (self.lr is None or (math.isfinite(self.lr) and self.lr > 0), "a finite number > 0"),
             "weight_decay": (math.isfinite(self.weight_decay) and self.weight_decay >= 0, "a finite number >= 0"),
-            "clip_grad_norm": (self.clip_grad_norm is None or (math.isfinite(self.clip_grad_norm) and self.clip_grad_norm > 0), "a finite number > 0"),
+            "clip_grad_norm": (
+                self.clip_grad_norm is None or (math.isfinite(self.clip_grad_norm) and self.clip_grad_norm > 0),
+                "a finite number > 0",
+            ),
             "patience": (self.patience >= 0, "at least 0"),
             "ema_decay": (0 <= self.ema_decay < 1, "in [0, 1)"),
             "workers": (self.workers is None or 0 <= self.workers <= MAX_WORKERS, f"from 0 to {MAX_WORKERS}"),
@@ -119,10 +123,10 @@ class TrainConfig:
         """Keyword arguments of :func:`~mlcdf.tasks.losses.create_loss` for ``loss``: ASL's γ-, γ+ and clip."""
         if self.loss != "asl":
             return {}
-        return {f.name[len(_ASL_PREFIX):]: getattr(self, f.name) for f in dataclasses.fields(self) if f.name.startswith(_ASL_PREFIX)}
+        return {f.name[len(_ASL_PREFIX) :]: getattr(self, f.name) for f in dataclasses.fields(self) if f.name.startswith(_ASL_PREFIX)}
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any], source: str = "config") -> "TrainConfig":
+    def from_dict(cls, values: dict[str, Any], source: str = "config") -> TrainConfig:
         """The configuration in ``values`` (read from ``source``), each value checked against its type.
 
         Raises:

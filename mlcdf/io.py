@@ -229,9 +229,7 @@ def check_replaceable(path: str | Path, *, command: str, is_own: Callable[[Path]
     if not path.is_dir():
         raise MlcdfError(f"{path}: exists and is not a folder; not replacing it (choose another output)")
     if any(path.iterdir()) and not is_own(path):
-        raise MlcdfError(
-            f"{path}: exists and was not written by '{command}'; not replacing it (choose another output, or empty it)"
-        )
+        raise MlcdfError(f"{path}: exists and was not written by '{command}'; not replacing it (choose another output, or empty it)")
 
 
 def check_file_replaceable(path: str | Path, *, command: str, is_own: Callable[[Path], bool]) -> None:
@@ -253,9 +251,7 @@ def check_file_replaceable(path: str | Path, *, command: str, is_own: Callable[[
     if path.is_symlink() or not path.is_file():
         raise MlcdfError(f"{path}: exists and is not a plain file; not replacing it (choose another output)")
     if path.stat().st_size > 0 and not is_own(path):
-        raise MlcdfError(
-            f"{path}: exists and was not written by '{command}'; not replacing it (choose another output, or remove it)"
-        )
+        raise MlcdfError(f"{path}: exists and was not written by '{command}'; not replacing it (choose another output, or remove it)")
 
 
 #: The PNG text chunk that marks an image as written by mlcdf (value: the command's name).

@@ -46,7 +46,7 @@ def parse_label_ids(text: str, num_labels: int = MAX_STEPS) -> tuple[int, ...]:
     """
     match = _LABEL_RE.match(text)
     if match is None:
-        raise ValueError(f"label {text!r} is not a list like \"[1, 2, 0, 0, 0]\"")
+        raise ValueError(f'label {text!r} is not a list like "[1, 2, 0, 0, 0]"')
     items = [item.strip() for item in match.group(1).split(",")] if match.group(1).strip() else []
     if len(items) != MAX_STEPS:
         raise ValueError(f"label {text!r} has {len(items)} entries, expected {MAX_STEPS}")

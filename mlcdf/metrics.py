@@ -53,9 +53,7 @@ class NoPositivesWarning(UndefinedMetricWarning):
     """A label has no positive sample: its recall and AP are undefined and it is left out of the means."""
 
 
-def _check_multilabel(
-    y_true, y_score, *, labels: Sequence[str] | None = None
-) -> tuple[np.ndarray, np.ndarray]:
+def _check_multilabel(y_true, y_score, *, labels: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The single boundary check of this module: return ``(y_true, y_score)`` as int64 and float64 arrays.
 
     The returned arrays may share memory with the inputs. Callers only read them.
@@ -68,9 +66,7 @@ def _check_multilabel(
     y_true = np.asarray(y_true)
     y_score = np.asarray(y_score, dtype=np.float64)
     if y_true.ndim != 2 or y_score.shape != y_true.shape:
-        raise ValueError(
-            f"y_true and y_score must both have shape (n_samples, n_labels); got {y_true.shape} and {y_score.shape}"
-        )
+        raise ValueError(f"y_true and y_score must both have shape (n_samples, n_labels); got {y_true.shape} and {y_score.shape}")
     if y_true.size == 0:
         raise ValueError(f"need at least one sample and one label; got shape {y_true.shape}")
     values = np.unique(y_true)
@@ -80,8 +76,7 @@ def _check_multilabel(
     if len(bad):
         row, column = bad[0]
         raise ValueError(
-            f"y_score must be finite; got {len(bad)} non-finite value(s), the first {y_score[row, column]} "
-            f"at sample {row}, label {column}"
+            f"y_score must be finite; got {len(bad)} non-finite value(s), the first {y_score[row, column]} at sample {row}, label {column}"
         )
     if labels is not None and len(labels) != y_true.shape[1]:
         raise ValueError(f"got {len(labels)} label names {list(labels)} for {y_true.shape[1]} label columns")
@@ -113,9 +108,7 @@ def _label_name(index: int, labels: Sequence[str] | None) -> str:
     return repr(labels[index]) if labels is not None else f"#{index}"
 
 
-def _warn_no_positives(
-    no_positives: np.ndarray, labels: Sequence[str] | None, consequence: str, *, stacklevel: int = 3
-) -> None:
+def _warn_no_positives(no_positives: np.ndarray, labels: Sequence[str] | None, consequence: str, *, stacklevel: int = 3) -> None:
     """One :class:`NoPositivesWarning` naming every label flagged in ``no_positives``.
 
     The default ``stacklevel`` points at the caller of the public metric that calls this.
@@ -156,9 +149,7 @@ def _validate_average(average: str | None, allowed: tuple[str | None, ...]) -> N
         raise ValueError(f"average must be one of {allowed}; got {average!r}")
 
 
-def average_precision(
-    y_true, y_score, *, average: str | None = "macro", labels: Sequence[str] | None = None
-) -> float | np.ndarray:
+def average_precision(y_true, y_score, *, average: str | None = "macro", labels: Sequence[str] | None = None) -> float | np.ndarray:
     """Average precision per label and its mean over labels (mAP).
 
     For one label, with the samples ranked by decreasing score, AP is computed by
@@ -210,9 +201,7 @@ def _divide(numerator: np.ndarray, denominator: np.ndarray, *, zero: float) -> n
     return result
 
 
-def _precision_recall_f1_from_counts(
-    tp: np.ndarray, fp: np.ndarray, fn: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _precision_recall_f1_from_counts(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     # No predicted positives: precision 0 (the published convention). No positives: recall undefined.
     precision = _divide(tp, tp + fp, zero=0.0)
     recall = _divide(tp, tp + fn, zero=np.nan)
@@ -438,9 +427,7 @@ def average_precision_by_num_steps(y_true, y_score, num_steps) -> dict[int, floa
         present = y_true[group].sum(axis=0)
         informative = (present > 0) & (present < group.sum())
         result[int(k)] = (
-            average_precision(y_true[group][:, informative], y_score[group][:, informative])
-            if informative.any()
-            else float("nan")
+            average_precision(y_true[group][:, informative], y_score[group][:, informative]) if informative.any() else float("nan")
         )
     return result
 

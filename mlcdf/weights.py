@@ -129,9 +129,7 @@ def _load(backbone: nn.Module, state: dict[str, torch.Tensor], source: str, *, s
         state = {key[len(_DDP_PREFIX) :]: value for key, value in state.items()}
     own = backbone.state_dict()
     ignored: list[str] = []
-    if any(key.startswith(_BACKBONE_PREFIX) for key in state) and not any(
-        key.startswith(_BACKBONE_PREFIX) for key in own
-    ):
+    if any(key.startswith(_BACKBONE_PREFIX) for key in state) and not any(key.startswith(_BACKBONE_PREFIX) for key in own):
         ignored = [key for key in state if not key.startswith(_BACKBONE_PREFIX)]
         state = {key[len(_BACKBONE_PREFIX) :]: v for key, v in state.items() if key.startswith(_BACKBONE_PREFIX)}
     filter_fn = getattr(sys.modules.get(type(backbone).__module__), "checkpoint_filter_fn", None)
@@ -236,8 +234,6 @@ def load_pretrained_backbone(backbone: nn.Module, *, strict: bool = True) -> Loa
     hub_id = cfg.get("hf_hub_id")
     if not hub_id:
         arch = cfg.get("architecture", type(backbone).__name__)
-        raise MlcdfError(
-            f"timm lists no Hugging Face Hub weights for {arch}; download weights yourself and pass --weights PATH"
-        )
+        raise MlcdfError(f"timm lists no Hugging Face Hub weights for {arch}; download weights yourself and pass --weights PATH")
     path = _hub_weights_file(hub_id, cfg.get("hf_hub_filename"))
     return _load(backbone, read_state_dict(path), f"hf-hub:{hub_id}", strict=strict)

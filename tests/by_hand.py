@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mlcdf.models import create_model
 from mlcdf.config import TrainConfig
+from mlcdf.models import create_model
 from mlcdf.train.stage import train
 
 TINY = "timm:test_resnet"
@@ -23,10 +23,20 @@ IMAGE_SIZE = 32
 
 
 def train_tiny_run(prepared: Path, out: Path, *, epochs: int = 2) -> Path:
-    train(TrainConfig(
-        prepared=str(prepared), model=TINY, out=str(out), epochs=epochs, batch_size=8, image_size=IMAGE_SIZE,
-        lr=3e-3, workers=0, device="cpu", patience=0,
-    ))
+    train(
+        TrainConfig(
+            prepared=str(prepared),
+            model=TINY,
+            out=str(out),
+            epochs=epochs,
+            batch_size=8,
+            image_size=IMAGE_SIZE,
+            lr=3e-3,
+            workers=0,
+            device="cpu",
+            patience=0,
+        )
+    )
     return out
 
 

@@ -45,15 +45,27 @@ def one_thread():
 def toy_run(tmp_path_factory) -> Path:
     """A run trained for one epoch on a toy subset, once per session, for the commands that read a run
     (predict, explain, export). Tests read it and must not write into it."""
+    from toy import write_toy_prepared
+
     from mlcdf.config import TrainConfig
     from mlcdf.train.stage import train
-    from toy import write_toy_prepared
 
     folder = tmp_path_factory.mktemp("toy_run")
     prepared = write_toy_prepared(folder, {"train": 24, "val": 8})
     out = folder / "run"
-    train(TrainConfig(prepared=str(prepared), model="timm:test_resnet", out=str(out), epochs=1, batch_size=8,
-                      image_size=32, workers=0, device="cpu", patience=0))
+    train(
+        TrainConfig(
+            prepared=str(prepared),
+            model="timm:test_resnet",
+            out=str(out),
+            epochs=1,
+            batch_size=8,
+            image_size=32,
+            workers=0,
+            device="cpu",
+            patience=0,
+        )
+    )
     return out
 
 

@@ -19,13 +19,34 @@ PACKAGE = Path(__file__).resolve().parents[1] / "mlcdf"
 
 #: Bottom to top. The core is the plain modules of ``mlcdf/``; each other floor is one package.
 CORE = (
-    "mlcdf", "mlcdf._moved", "mlcdf.errors", "mlcdf.io", "mlcdf.labels", "mlcdf.progress", "mlcdf.config",
-    "mlcdf.metrics", "mlcdf.label_graph", "mlcdf.devices", "mlcdf.weights",
+    "mlcdf",
+    "mlcdf._moved",
+    "mlcdf.errors",
+    "mlcdf.io",
+    "mlcdf.labels",
+    "mlcdf.progress",
+    "mlcdf.config",
+    "mlcdf.metrics",
+    "mlcdf.label_graph",
+    "mlcdf.devices",
+    "mlcdf.weights",
 )
 FLOORS = ("core", "data", "models", "tasks", "train", "inference", "graph", "evaluation", "experiments", "cli")
 #: Core modules that the report, the plan checker and ``--help`` rely on importing without torch.
-TORCH_FREE = ("mlcdf", "mlcdf.errors", "mlcdf.io", "mlcdf.labels", "mlcdf.progress", "mlcdf.config", "mlcdf.metrics",
-              "mlcdf.label_graph", "mlcdf.devices", "mlcdf.evaluation.report", "mlcdf.experiments.plans", "mlcdf.cli.main")
+TORCH_FREE = (
+    "mlcdf",
+    "mlcdf.errors",
+    "mlcdf.io",
+    "mlcdf.labels",
+    "mlcdf.progress",
+    "mlcdf.config",
+    "mlcdf.metrics",
+    "mlcdf.label_graph",
+    "mlcdf.devices",
+    "mlcdf.evaluation.report",
+    "mlcdf.experiments.plans",
+    "mlcdf.cli.main",
+)
 
 
 def module_name(path: Path) -> str:
@@ -70,7 +91,9 @@ def import_graph() -> dict[str, set[str]]:
 
 def test_every_module_sits_on_a_floor():
     for name in modules():
-        assert name in CORE or name == "mlcdf.__main__" or name.split(".")[1] in FLOORS, f"{name} is on no floor: add it to docs/architecture.md and here"
+        assert name in CORE or name == "mlcdf.__main__" or name.split(".")[1] in FLOORS, (
+            f"{name} is on no floor: add it to docs/architecture.md and here"
+        )
 
 
 def test_no_module_imports_a_higher_floor():
@@ -92,7 +115,7 @@ def test_there_is_no_import_loop():
         state[name] = 1
         for target in sorted(graph[name]):
             if state.get(target) == 1:
-                loops.append(" -> ".join(path[path.index(target):] + [target]))
+                loops.append(" -> ".join(path[path.index(target) :] + [target]))
             elif target not in state:
                 visit(target, path + [target])
         state[name] = 2
@@ -106,7 +129,7 @@ def test_there_is_no_import_loop():
 def test_the_checker_sees_upward_and_circular_imports(tmp_path, monkeypatch):
     """The rules above are not vacuous: a data module importing the trainer breaks both."""
     fake = tmp_path / "mlcdf"
-    for name, path in modules().items():
+    for path in modules().values():
         target = fake / path.relative_to(PACKAGE)
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(path.read_text(encoding="utf-8"), encoding="utf-8")
@@ -146,8 +169,8 @@ def test_old_module_names_warn_and_give_the_new_objects():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         from mlcdf.config import TrainConfig
-        from mlcdf.evaluation.runs import evaluate_run
         from mlcdf.evaluate import evaluate_run as old_evaluate_run
+        from mlcdf.evaluation.runs import evaluate_run
         from mlcdf.experiments.runner import run_plan
         from mlcdf.plans import run_plan as old_run_plan
         from mlcdf.training import TrainConfig as OldTrainConfig

@@ -36,7 +36,9 @@ def assert_demo_learnt(demo: Path, stdout: str) -> None:
     assert best_direct >= BEST_DIRECT_MAP, f"best direct test mAP {best_direct:.1f} < {BEST_DIRECT_MAP}"
     assert metrics["mlgcn-r18-asl"]["mAP"] >= GRAPH_MAP, f"graph model test mAP {metrics['mlgcn-r18-asl']['mAP']:.1f} < {GRAPH_MAP}"
     direct = metrics["resnet18-asl"]
-    assert direct["CR"] <= ASL_MAX_CR and direct["CP"] >= ASL_MIN_CP, f"the ASL model predicts nearly every label: CP {direct['CP']:.1f}, CR {direct['CR']:.1f}"
+    assert direct["CR"] <= ASL_MAX_CR and direct["CP"] >= ASL_MIN_CP, (
+        f"the ASL model predicts nearly every label: CP {direct['CP']:.1f}, CR {direct['CR']:.1f}"
+    )
     # The category figure of the three runs, and a Grad-CAM strip of one test face.
     with open(demo / "figure.csv", newline="") as handle:
         bars = list(csv.DictReader(handle))

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from mlcdf.evaluation import evaluate
 from mlcdf.cli.main import app
 from mlcdf.errors import MissingArtifactError, MlcdfError, SchemaError
+from mlcdf.evaluation import evaluate
 from mlcdf.evaluation.evaluate import (
     AP_BARS_FILE,
     METRICS_FILE,
@@ -52,7 +52,7 @@ def write_csv(path: Path, rows: list[list]) -> Path:
 def test_predictions_round_trip_keeps_full_precision(tmp_path):
     predictions = make_predictions()
     write_predictions(tmp_path / "p.csv", predictions)
-    header = next(csv.reader(open(tmp_path / "p.csv")))
+    header = next(csv.reader((tmp_path / "p.csv").read_text(encoding="utf-8").splitlines()))
     assert header[:5] == ["file_path", "target_nose", "score_nose", "target_eye", "score_eye"]
     back = read_predictions(tmp_path / "p.csv", labels=LABELS)
     assert back.labels == LABELS and back.file_paths == predictions.file_paths
@@ -219,7 +219,9 @@ def test_cli_predictions(tmp_path):
     assert result.exit_code == 0, result.output
     assert "CF1" in result.stdout and "nose" in result.stdout
     assert (tmp_path / "eval" / METRICS_FILE).is_file()
-    result = runner.invoke(app, ["evaluate", "--predictions", str(predictions), "--out", str(tmp_path / "eval"), "--json", "--threshold", "0.3"])
+    result = runner.invoke(
+        app, ["evaluate", "--predictions", str(predictions), "--out", str(tmp_path / "eval"), "--json", "--threshold", "0.3"]
+    )
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["threshold"] == 0.3
 

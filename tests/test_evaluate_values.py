@@ -8,13 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from by_hand import checkpoint_weights, scores_by_hand, train_tiny_run
 from sklearn.metrics import average_precision_score
+from toy import write_toy_prepared
 from typer.testing import CliRunner
 
-from by_hand import checkpoint_weights, scores_by_hand, train_tiny_run
 from mlcdf.cli.main import app
 from mlcdf.metrics import paper_metrics, tune_thresholds
-from toy import write_toy_prepared
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

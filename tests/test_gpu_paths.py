@@ -8,7 +8,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -40,11 +39,18 @@ def test_scores_under_autocast_come_from_a_float32_head(name):
     from mlcdf.train.engine import predict
 
     torch.manual_seed(0)
-    model = create_model(name, 5, graph=tiny_graph() if name == "ml_gcn" else None, **({"backbone": "test_resnet"} if name == "ml_gcn" else {})).eval()
+    model = create_model(
+        name, 5, graph=tiny_graph() if name == "ml_gcn" else None, **({"backbone": "test_resnet"} if name == "ml_gcn" else {})
+    ).eval()
     images = torch.randn(96, 3, 32, 32)
     batches = [{"x": images[i : i + 32], "targets": torch.zeros(32, 5), "indices": torch.arange(i, i + 32)} for i in range(0, 96, 32)]
     scores, _, _ = predict(
-        model, batches, torch.device("cpu"), to_scores=MultiLabelTask().scores, prepare_input=lambda batch: batch["x"], autocast_dtype=torch.bfloat16
+        model,
+        batches,
+        torch.device("cpu"),
+        to_scores=MultiLabelTask().scores,
+        prepare_input=lambda batch: batch["x"],
+        autocast_dtype=torch.bfloat16,
     )
     with torch.no_grad():
         with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -81,8 +87,15 @@ def test_the_schedule_does_not_advance_when_the_grad_scaler_skips_a_step():
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**127)
     batches = [{"x": 100 * torch.randn(8, 4), "targets": (torch.rand(8, 5) < 0.5).float()} for _ in range(10)]
     train_one_epoch(
-        model, torch.nn.BCEWithLogitsLoss(), optimizer, batches, torch.device("cpu"), 0,
-        prepare_input=lambda batch: batch["x"], scheduler=scheduler, scaler=scaler,
+        model,
+        torch.nn.BCEWithLogitsLoss(),
+        optimizer,
+        batches,
+        torch.device("cpu"),
+        0,
+        prepare_input=lambda batch: batch["x"],
+        scheduler=scheduler,
+        scaler=scaler,
     )
     optimizer_steps = int(optimizer.state[model.weight]["step"])
     assert 0 < optimizer_steps < len(batches)
@@ -192,22 +205,28 @@ def test_sync_batchnorm_keeps_the_activation_of_batchnorm_act_layers():
 def test_caches_are_built_once_under_a_lock_before_the_process_group(tmp_path, monkeypatch):
     import threading
 
+    from toy import write_toy_prepared
+
     import mlcdf.data.dataset as dataset
     import mlcdf.train.stage as training
     from mlcdf.data.dataset import cache_path
     from mlcdf.data.prepared import load_prepared
+    from mlcdf.progress import silent
     from mlcdf.tasks import create_task
     from mlcdf.train.distributed import DistInfo
-    from mlcdf.progress import silent
-    from toy import write_toy_prepared
 
     prepared = load_prepared(write_toy_prepared(tmp_path, {"train": 12, "val": 4}))
-    config = training.TrainConfig(prepared=str(prepared.path), model="timm:test_resnet", out=str(tmp_path / "run"), image_size=16, workers=1).resolve()
+    config = training.TrainConfig(
+        prepared=str(prepared.path), model="timm:test_resnet", out=str(tmp_path / "run"), image_size=16, workers=1
+    ).resolve()
     decoded = []
     real_load = dataset.load_rgb
     monkeypatch.setattr(dataset, "load_rgb", lambda path, size: decoded.append(path) or real_load(path, size))
     # Two processes of one run (here: threads) start together; the second waits for the first's cache.
-    threads = [threading.Thread(target=training._build_data, args=(prepared, config, create_task(config), DistInfo(rank, 2), silent)) for rank in (0, 1)]
+    threads = [
+        threading.Thread(target=training._build_data, args=(prepared, config, create_task(config), DistInfo(rank, 2), silent))
+        for rank in (0, 1)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:

@@ -22,7 +22,6 @@ from mlcdf.errors import MissingArtifactError, MlcdfError, SchemaError
 from mlcdf.graph import load_graph
 from mlcdf.graph.build import GraphConfig, build_graph
 from mlcdf.graph.cooccurrence import REWEIGHT_EPS, build_adjacency
-from mlcdf.labels import count_cooccurrence
 from mlcdf.graph.embeddings import (
     DEFAULT_PHRASES,
     EmbeddingSource,
@@ -34,7 +33,7 @@ from mlcdf.graph.embeddings import (
 )
 from mlcdf.graph.image_embeddings import fit_pca
 from mlcdf.io import write_json
-from mlcdf.labels import SUBSETS
+from mlcdf.labels import SUBSETS, count_cooccurrence
 
 LABELS = ("a", "b", "c", "d", "e")
 # a and b co-occur twice, a and c once; d is isolated (one image, alone); e has no image at all.
@@ -402,9 +401,7 @@ def test_image_embeddings_from_a_run(tmp_path: Path, monkeypatch: pytest.MonkeyP
     run_dir = tmp_path / "runs" / "r"
     run_dir.mkdir(parents=True)
     prepared = write_prepared(tmp_path, TARGETS)
-    result = build_graph(
-        GraphConfig(prepared=prepared, out=tmp_path / "run.npz", embedding="image", from_run=run_dir, dim=3, device="cpu")
-    )
+    result = build_graph(GraphConfig(prepared=prepared, out=tmp_path / "run.npz", embedding="image", from_run=run_dir, dim=3, device="cpu"))
     assert calls == [(run_dir, "best", torch.device("cpu"))]
     embedding = result.graph.info["embedding"]
     assert embedding["backbone"] == f"run:{run_dir}" and not embedding["random_init"]
@@ -486,8 +483,14 @@ def test_image_embeddings_with_local_weights(tmp_path: Path):
     safetensors.torch.save_file(timm.create_model("test_resnet", num_classes=0).state_dict(), str(weights))
     prepared = write_prepared(tmp_path, TARGETS)
     config = GraphConfig(
-        prepared=prepared, out=tmp_path / "w.npz", embedding="image", backbone="test_resnet", weights=weights,
-        dim=2, image_size=32, device="cpu",
+        prepared=prepared,
+        out=tmp_path / "w.npz",
+        embedding="image",
+        backbone="test_resnet",
+        weights=weights,
+        dim=2,
+        image_size=32,
+        device="cpu",
     )
     result = build_graph(config)
     embedding = result.graph.info["embedding"]

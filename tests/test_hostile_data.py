@@ -7,18 +7,18 @@ import zlib
 from pathlib import Path
 
 import pytest
+from conftest import sequence_rows, write_image, write_release
 from PIL import Image
+from toy import write_toy_prepared
 from typer.testing import CliRunner
 
-from conftest import sequence_rows, write_image, write_release
 from mlcdf.cli.main import app
+from mlcdf.config import TrainConfig
 from mlcdf.data.dataset import build_image_cache
 from mlcdf.data.images import DEFAULT_MAX_PIXELS, load_rgb, verify_image
 from mlcdf.data.prepared import load_prepared
 from mlcdf.errors import MlcdfError, SchemaError
-from mlcdf.config import TrainConfig
 from mlcdf.train.stage import train
-from toy import write_toy_prepared
 
 runner = CliRunner()
 
@@ -109,16 +109,37 @@ def test_train_out_overlapping_the_prepared_folder_is_refused(tmp_path, where):
     prepared = write_toy_prepared(tmp_path / "data", {"train": 4, "val": 4})
     out = {"inside": prepared / "run", "equal": prepared, "containing": tmp_path / "data"}[where]
     before = file_tree(tmp_path)
-    flat = one_line(invoke("train", "--prepared", prepared, "--model", "timm:test_resnet", "--out", out, "--epochs", 1,
-                           "--batch-size", 4, "--image-size", 16, "--workers", 0, "--device", "cpu", "--quiet"))
+    flat = one_line(
+        invoke(
+            "train",
+            "--prepared",
+            prepared,
+            "--model",
+            "timm:test_resnet",
+            "--out",
+            out,
+            "--epochs",
+            1,
+            "--batch-size",
+            4,
+            "--image-size",
+            16,
+            "--workers",
+            0,
+            "--device",
+            "cpu",
+            "--quiet",
+        )
+    )
     assert f"{out}: the output" in flat and "--prepared" in flat
     assert file_tree(tmp_path) == before and not (prepared / "run").exists()
 
 
 @pytest.mark.parametrize("flag", ["--predictions", "--val-predictions"])
 def test_evaluate_out_containing_the_predictions_it_reads_is_refused(tmp_path, flag):
-    from mlcdf.evaluation.evaluate import write_predictions
     from test_evaluate import make_predictions
+
+    from mlcdf.evaluation.evaluate import write_predictions
 
     given = tmp_path / "given.csv"
     write_predictions(given, make_predictions())
@@ -126,15 +147,27 @@ def test_evaluate_out_containing_the_predictions_it_reads_is_refused(tmp_path, f
     assert invoke("evaluate", "--predictions", given, "--out", earlier, "--quiet").exit_code == 0
     inputs = {"--predictions": given, "--val-predictions": given, flag: earlier / "predictions.csv"}
     before = file_tree(earlier)
-    flat = one_line(invoke("evaluate", "--predictions", inputs["--predictions"], "--out", earlier, "--quiet",
-                           "--tune-thresholds", "--val-predictions", inputs["--val-predictions"]))
+    flat = one_line(
+        invoke(
+            "evaluate",
+            "--predictions",
+            inputs["--predictions"],
+            "--out",
+            earlier,
+            "--quiet",
+            "--tune-thresholds",
+            "--val-predictions",
+            inputs["--val-predictions"],
+        )
+    )
     assert f"{earlier}: the output contains {flag}" in flat
     assert file_tree(earlier) == before
 
 
 def test_evaluate_into_the_predictions_file_is_refused(tmp_path):
-    from mlcdf.evaluation.evaluate import evaluate_predictions_file, write_predictions
     from test_evaluate import make_predictions
+
+    from mlcdf.evaluation.evaluate import evaluate_predictions_file, write_predictions
 
     given = tmp_path / "given.csv"
     write_predictions(given, make_predictions())
@@ -190,12 +223,12 @@ def write_annotations(root: Path, body: bytes) -> Path:
 @pytest.mark.parametrize(
     "row, reason",
     [
-        (b"facial_components/images/train/original/\xff.png,\"[0, 0, 0, 0, 0]\"\n", "not UTF-8"),
-        (b"\"" + b"a" * 200_000 + b"\",\"[0, 0, 0, 0, 0]\"\n", "field larger than"),
+        (b'facial_components/images/train/original/\xff.png,"[0, 0, 0, 0, 0]"\n', "not UTF-8"),
+        (b'"' + b"a" * 200_000 + b'","[0, 0, 0, 0, 0]"\n', "field larger than"),
     ],
 )
 def test_annotation_csv_bytes_and_field_sizes(tmp_path, row, reason):
-    good = b"facial_components/images/train/original/0.png,\"[0, 0, 0, 0, 0]\"\n"
+    good = b'facial_components/images/train/original/0.png,"[0, 0, 0, 0, 0]"\n'
     root = write_annotations(tmp_path / "r", b"file_path,label\n" + good + row)
     flat = one_line(invoke("prepare", "--root", root, "--subset", "facial_components", "--out", tmp_path / "p", "--check-images", "none"))
     assert "train.csv:3:" in flat and reason in flat
@@ -203,7 +236,7 @@ def test_annotation_csv_bytes_and_field_sizes(tmp_path, row, reason):
 
 @pytest.mark.parametrize(
     "row, reason",
-    [(b"facial_components/\xff.png,,0,0,0,0,0\n", "not UTF-8"), (b"\"" + b"a" * 200_000 + b"\",,0,0,0,0,0\n", "field larger than")],
+    [(b"facial_components/\xff.png,,0,0,0,0,0\n", "not UTF-8"), (b'"' + b"a" * 200_000 + b'",,0,0,0,0,0\n', "field larger than")],
 )
 def test_prepared_csv_bytes_and_field_sizes(tmp_path, row, reason):
     prepared = write_toy_prepared(tmp_path, {"train": 3})
@@ -224,7 +257,15 @@ def test_a_header_only_split_is_an_error_naming_it(tmp_path, split):
 
 @pytest.mark.parametrize(
     "key, value",
-    [("subset", 3), ("labels", "nose"), ("labels", [1, 2]), ("root", 5), ("splits", [3]), ("splits", {"train": "x"}), ("splits", {"train": -1})],
+    [
+        ("subset", 3),
+        ("labels", "nose"),
+        ("labels", [1, 2]),
+        ("root", 5),
+        ("splits", [3]),
+        ("splits", {"train": "x"}),
+        ("splits", {"train": -1}),
+    ],
 )
 def test_meta_json_values_are_checked_by_type(tmp_path, key, value):
     prepared = write_toy_prepared(tmp_path, {"train": 3})
@@ -284,8 +325,9 @@ def test_image_embeddings_name_a_bomb(tmp_path):
     prepared_dir = write_toy_prepared(tmp_path, {"train": 4})
     prepared = load_prepared(prepared_dir)
     png_bomb(prepared.image_path(prepared.read_split("train").file_paths[2]))
-    config = GraphConfig(prepared=prepared_dir, out=tmp_path / "g.npz", embedding="image", backbone="test_resnet",
-                         image_size=16, workers=0, device="cpu")
+    config = GraphConfig(
+        prepared=prepared_dir, out=tmp_path / "g.npz", embedding="image", backbone="test_resnet", image_size=16, workers=0, device="cpu"
+    )
     with pytest.raises(MlcdfError, match=r"000002\.png: .*exceeds the limit"):
         build_graph(config)
     assert not (tmp_path / "g.npz").exists()
@@ -307,17 +349,48 @@ def corrupt(prepared_dir: Path, split: str, row: int) -> Path:
 def test_train_no_cache_names_an_undecodable_image(tmp_path, workers):
     prepared = write_toy_prepared(tmp_path, {"train": 4, "val": 4})
     victim = corrupt(prepared, "train", 2)
-    flat = one_line(invoke("train", "--prepared", prepared, "--model", "timm:test_resnet", "--out", tmp_path / "run",
-                           "--no-cache", "--workers", workers, "--epochs", 1, "--batch-size", 4, "--image-size", 16,
-                           "--device", "cpu", "--quiet"))
+    flat = one_line(
+        invoke(
+            "train",
+            "--prepared",
+            prepared,
+            "--model",
+            "timm:test_resnet",
+            "--out",
+            tmp_path / "run",
+            "--no-cache",
+            "--workers",
+            workers,
+            "--epochs",
+            1,
+            "--batch-size",
+            4,
+            "--image-size",
+            16,
+            "--device",
+            "cpu",
+            "--quiet",
+        )
+    )
     assert f"{victim}: cannot decode" in flat and "DataLoader" not in flat
 
 
 def test_evaluate_of_a_no_cache_run_names_an_undecodable_image(tmp_path):
     prepared = write_toy_prepared(tmp_path, {"train": 4, "val": 4, "test": 4})
     run = tmp_path / "run"
-    train(TrainConfig(prepared=str(prepared), model="timm:test_resnet", out=str(run), epochs=1, batch_size=4,
-                      image_size=16, workers=0, device="cpu", cache=False))
+    train(
+        TrainConfig(
+            prepared=str(prepared),
+            model="timm:test_resnet",
+            out=str(run),
+            epochs=1,
+            batch_size=4,
+            image_size=16,
+            workers=0,
+            device="cpu",
+            cache=False,
+        )
+    )
     victim = corrupt(prepared, "test", 3)
     flat = one_line(invoke("evaluate", "--run", run, "--device", "cpu", "--quiet"))
     assert f"{victim}: cannot decode" in flat

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_graph import LABELS, TARGETS, write_glove, write_prepared
 from typer.testing import CliRunner
 
 from mlcdf.cli.main import app
@@ -24,15 +25,14 @@ from mlcdf.data.prepared import load_prepared
 from mlcdf.data.seqdeepfake import PrepareConfig, prepare
 from mlcdf.errors import MlcdfError, SchemaError
 from mlcdf.evaluation.evaluate import read_metrics, read_predictions
+from mlcdf.experiments.reproduce import ReproduceConfig
+from mlcdf.experiments.runner import _build_graph
 from mlcdf.graph import load_graph, save_graph
 from mlcdf.graph.build import GraphConfig, build_graph
 from mlcdf.graph.cooccurrence import build_adjacency
 from mlcdf.graph.embeddings import read_word_vectors_file
 from mlcdf.labels import SUBSETS
 from mlcdf.progress import silent
-from mlcdf.experiments.reproduce import ReproduceConfig
-from mlcdf.experiments.runner import _build_graph
-from test_graph import LABELS, TARGETS, write_glove, write_prepared
 
 runner = CliRunner()
 
@@ -63,8 +63,12 @@ class Killed(BaseException):
 
 def test_graph_npz_and_json_are_one_unit_when_killed_at_any_rename(graph_path: Path, monkeypatch: pytest.MonkeyPatch):
     # Rebuild with another t (other edges, other A) and kill at the 1st, 2nd, ... rename in turn.
-    config = GraphConfig(prepared=graph_path.parent.parent / "prepared" / "toy", out=graph_path,
-                         embedding=f"glove:{graph_path.parent.parent / 'g.txt'}", t=0.9)
+    config = GraphConfig(
+        prepared=graph_path.parent.parent / "prepared" / "toy",
+        out=graph_path,
+        embedding=f"glove:{graph_path.parent.parent / 'g.txt'}",
+        t=0.9,
+    )
     real_replace, outcomes = os.replace, []
     for kill_at in range(1, 4):
         calls = []
@@ -255,8 +259,16 @@ def _damage_cache(path: Path, how: str) -> None:
 
 @pytest.mark.parametrize(
     "how",
-    ["sidecar_not_json", "sidecar_a_list", "sidecar_not_utf8", "npy_truncated", "npy_header_only", "npy_wrong_size",
-     "npy_wrong_rows", "npy_wrong_dtype"],
+    [
+        "sidecar_not_json",
+        "sidecar_a_list",
+        "sidecar_not_utf8",
+        "npy_truncated",
+        "npy_header_only",
+        "npy_wrong_size",
+        "npy_wrong_rows",
+        "npy_wrong_dtype",
+    ],
 )
 def test_damaged_cache_is_rebuilt(prepared, how: str):
     table = prepared.read_split("train")

@@ -7,14 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from test_report import R101, write_metrics
+from toy import toy_image, write_toy_prepared
 from typer.testing import CliRunner
 
 from mlcdf.cli.main import app
 from mlcdf.errors import MlcdfError
-from mlcdf.io import check_file_replaceable
 from mlcdf.experiments.reproduce import ReproduceConfig, reproduce
-from test_report import R101, write_metrics
-from toy import toy_image, write_toy_prepared
+from mlcdf.io import check_file_replaceable
 
 runner = CliRunner()
 
@@ -123,8 +123,8 @@ def test_report_keeps_a_foreign_table_and_replaces_its_own(tmp_path, fmt):
     assert_refused(runner.invoke(app, command), out, content, "mlcdf report")
     out.unlink()
     other_format = "csv" if fmt != "csv" else "md"  # an earlier report in any format is report's own
-    for command in (command, command, [*command[:2], "--format", other_format, "--out", str(out)]):
-        result = runner.invoke(app, command)
+    for again in (command, command, [*command[:2], "--format", other_format, "--out", str(out)]):
+        result = runner.invoke(app, again)
         assert result.exit_code == 0, result.output
     assert "92.9" in out.read_text()
 
@@ -132,8 +132,24 @@ def test_report_keeps_a_foreign_table_and_replaces_its_own(tmp_path, fmt):
 def test_synth_keeps_a_foreign_preview_and_replaces_its_own(tmp_path):
     preview = tmp_path / "preview.png"
     content = a_png(preview)
-    command = ["synth", "--out", str(tmp_path / "root"), "--train", "2", "--val", "0", "--test", "0", "--size", "32",
-               "--workers", "1", "--preview", str(preview), "--quiet"]
+    command = [
+        "synth",
+        "--out",
+        str(tmp_path / "root"),
+        "--train",
+        "2",
+        "--val",
+        "0",
+        "--test",
+        "0",
+        "--size",
+        "32",
+        "--workers",
+        "1",
+        "--preview",
+        str(preview),
+        "--quiet",
+    ]
     assert_refused(runner.invoke(app, command), preview, content, "mlcdf synth")
     assert not (tmp_path / "root").exists()  # refused before any image is drawn
     preview.unlink()

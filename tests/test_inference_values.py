@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from by_hand import checkpoint_weights, image_pixels, run_config, scores_by_hand, train_tiny_run, unit_range
 from PIL import Image
+from toy import toy_image, write_toy_prepared
 from typer.testing import CliRunner
 
-from by_hand import checkpoint_weights, image_pixels, run_config, scores_by_hand, train_tiny_run, unit_range
 from mlcdf.cli.main import app
-from toy import toy_image, write_toy_prepared
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

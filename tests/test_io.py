@@ -141,7 +141,7 @@ def dead_writers_temporary(target: Path) -> Path:
 def test_stale_temporaries_of_killed_writers_are_removed_by_the_next_write(tmp_path):
     target = tmp_path / "out.json"
     dead = dead_writers_temporary(target)
-    assert dead.name.startswith(f".out.json.") and dead.read_bytes() == b"half"
+    assert dead.name.startswith(".out.json.") and dead.read_bytes() == b"half"
     long_ago = time.time() - STALE_AFTER_S - 60
     other_host_fresh = tmp_path / ".out.json.123-00000000.abcdefgh.tmp"
     other_host_old = tmp_path / ".out.json.124-00000000.abcdefgi.tmp"
@@ -154,8 +154,16 @@ def test_stale_temporaries_of_killed_writers_are_removed_by_the_next_write(tmp_p
     for folder in (old_style_old_folder, old_style_folder_fresh_inside):
         (folder / "deep").mkdir(parents=True)
         (folder / "deep" / "f").write_text("x")
-    for path in (other_host_old, old_style_old, *not_ours, old_style_old_folder, old_style_old_folder / "deep",
-                 old_style_old_folder / "deep" / "f", old_style_folder_fresh_inside, old_style_folder_fresh_inside / "deep"):
+    for path in (
+        other_host_old,
+        old_style_old,
+        *not_ours,
+        old_style_old_folder,
+        old_style_old_folder / "deep",
+        old_style_old_folder / "deep" / "f",
+        old_style_folder_fresh_inside,
+        old_style_folder_fresh_inside / "deep",
+    ):
         os.utime(path, (long_ago, long_ago))
     # A live writer of the same file (this process, mid-write) keeps its temporary.
     with atomic_path(target) as live:

@@ -50,4 +50,3 @@ def test_sequences():
         sequence_to_ids("glasses", vocab)
     with pytest.raises(ValueError, match="unknown subset"):
         vocabulary("faces")
-

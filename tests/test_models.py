@@ -24,6 +24,8 @@ from mlcdf.graph import LabelGraph, save_graph
 from mlcdf.models import (
     GraphTensors,
     UnknownModelError,
+    _factory,
+    _registry,
     count_parameters,
     create_model,
     is_model,
@@ -34,11 +36,10 @@ from mlcdf.models import (
     model_info,
     rebuild_model,
 )
-from mlcdf.models import _factory, _registry
 from mlcdf.models._backbone import BackboneClassifier, create_backbone
-from mlcdf.weights import load_pretrained_backbone
 from mlcdf.models.agcn import AdaptiveGraphConvolution
 from mlcdf.models.gcn import GraphConvolution, GraphHead
+from mlcdf.weights import load_pretrained_backbone
 
 PAPER_MODELS = ("resnet50", "resnet101", "tresnet_m", "ml_gcn", "iml_gcn", "ml_agcn")
 TINY = "test_resnet"  # timm's tiny test network: fast to build, same API as the real ones
@@ -150,9 +151,7 @@ def test_graph_head_parameter_formulas():
         tresnet = count_parameters(timm.create_model("tresnet_m", num_classes=0, pretrained=False))
     assert count_parameters(meta_model("iml_gcn")) == tresnet + gcn
     assert count_parameters(meta_model("ml_agcn")) == tresnet + 3 * gcn + 4
-    assert count_parameters(meta_model("ml_gcn", embedding_dim=50)) == count_parameters(
-        meta_model("ml_gcn")
-    ) - 250 * 1024
+    assert count_parameters(meta_model("ml_gcn", embedding_dim=50)) == count_parameters(meta_model("ml_gcn")) - 250 * 1024
 
 
 # --- graph models -------------------------------------------------------------------------------------------------

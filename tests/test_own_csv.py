@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import write_image
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import write_image
 from mlcdf.cli.main import app
 from mlcdf.data.own_csv import stratified_split
 from mlcdf.data.prepared import load_prepared
@@ -21,8 +21,18 @@ runner = CliRunner()
 
 #: A 12-label vocabulary in form (b), with the name shapes users write.
 TWELVE = (
-    "Arched_Eyebrows", "5_o_Clock_Shadow", "lipColor", "nose", "eyeShape", "Big_Lips", "hairColor", "Bangs",
-    "skin_tone", "Eyeglasses", "Smiling", "Young",
+    "Arched_Eyebrows",
+    "5_o_Clock_Shadow",
+    "lipColor",
+    "nose",
+    "eyeShape",
+    "Big_Lips",
+    "hairColor",
+    "Bangs",
+    "skin_tone",
+    "Eyeglasses",
+    "Smiling",
+    "Young",
 )
 #: CelebA's 40 attributes, in list_attr_celeba.txt's order.
 CELEBA = (
@@ -85,7 +95,7 @@ def test_form_b_with_split_column(tmp_path):
     assert prepared.meta["format"] == "csv" and prepared.root == (tmp_path / "images").resolve()
     with pytest.raises(MlcdfError, match="point at PREPARED/<subset>, not PREPARED"):
         load_prepared(tmp_path / "prepared")  # the parent of a dataset of any name
-    rows = list(csv.reader(open(csv_path)))[1:]
+    rows = list(csv.reader(Path(csv_path).read_text(encoding="utf-8").splitlines()))[1:]
     test = prepared.read_split("test")
     for (file_path, names, split), got_path, sequence, target in zip(rows[18:], test.file_paths, test.sequences, test.targets):
         assert got_path == file_path and split == "test"
@@ -127,9 +137,17 @@ def test_form_a_celeba_stratified(tmp_path):
 
 def test_labels_option_selects_and_orders_columns(tmp_path):
     csv_path, targets = celeba_dataset(tmp_path, count=10)
-    rows = list(csv.reader(open(csv_path)))
+    rows = list(csv.reader(Path(csv_path).read_text(encoding="utf-8").splitlines()))
     write_csv(tmp_path / "with_split.csv", rows[0] + ["split"], [row + ["train"] for row in rows[1:]])
-    result = prepare(tmp_path / "with_split.csv", tmp_path / "img_align_celeba", tmp_path / "p", "--path-column", "image_id", "--labels", "Young,Bald,Smiling")
+    result = prepare(
+        tmp_path / "with_split.csv",
+        tmp_path / "img_align_celeba",
+        tmp_path / "p",
+        "--path-column",
+        "image_id",
+        "--labels",
+        "Young,Bald,Smiling",
+    )
     assert result.exit_code == 0, result.output
     prepared = load_prepared(tmp_path / "p" / "with_split")
     assert prepared.labels == ("Young", "Bald", "Smiling") and prepared.splits == {"train": 10}
@@ -143,7 +161,11 @@ def test_true_false_values_and_sequence_column(tmp_path):
     csv_path = write_csv(
         tmp_path / "mine.csv",
         ["file_path", "split", "sequence", "nose", "lip", "eye"],
-        [["a.png", "train", "lip-nose", "TRUE", "true", "false"], ["b.png", "train", "", "0", "-1", "False"], ["c.png", "val", "eye", "0", "0", "1"]],
+        [
+            ["a.png", "train", "lip-nose", "TRUE", "true", "false"],
+            ["b.png", "train", "", "0", "-1", "False"],
+            ["c.png", "val", "eye", "0", "0", "1"],
+        ],
     )
     result = prepare(csv_path, tmp_path / "img", tmp_path / "p")
     assert result.exit_code == 0, result.output
@@ -179,9 +201,21 @@ def _write_three_images(root: Path) -> None:
 
 BAD_CSVS = [
     # (header, rows, extra args, expected message, line)
-    (["file_path", "split", "x", "y"], [["a.png", "train", "1", "0"], ["b.png", "train", "2", "0"]], (), "column 'x': '2' is not one of", 3),
+    (
+        ["file_path", "split", "x", "y"],
+        [["a.png", "train", "1", "0"], ["b.png", "train", "2", "0"]],
+        (),
+        "column 'x': '2' is not one of",
+        3,
+    ),
     (["file_path", "split", "x", "y"], [["a.png", "train", "1", ""]], (), "column 'y': '' is not one of", 2),
-    (["file_path", "labels", "split"], [["a.png", "x|y", "train"], ["b.png", "x|z", "train"]], ("--labels", "x,y"), "unknown label(s) 'z'", 3),
+    (
+        ["file_path", "labels", "split"],
+        [["a.png", "x|y", "train"], ["b.png", "x|z", "train"]],
+        ("--labels", "x,y"),
+        "unknown label(s) 'z'",
+        3,
+    ),
     (["file_path", "labels", "split"], [["a.png", "x||y", "train"]], (), "has an empty name", 2),
     (["file_path", "labels", "split"], [["a.png", "x", "train"], ["", "y", "train"]], (), "empty file_path", 3),
     (["file_path", "labels", "split"], [["a.png", "x", "train"], ["b.png", "y", "val"], ["a.png", "y", "test"]], (), "repeats line 2", 4),
@@ -210,7 +244,10 @@ def test_bad_csv_exit_2_names_file_and_line_writes_nothing(tmp_path, header, row
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("labels, message", [("x,x", "--labels names a label twice"), ("x,,y", "--labels: an empty label name"), ("x-y", "--labels: label name 'x-y' holds '-'")])
+@pytest.mark.parametrize(
+    "labels, message",
+    [("x,x", "--labels names a label twice"), ("x,,y", "--labels: an empty label name"), ("x-y", "--labels: label name 'x-y' holds '-'")],
+)
 def test_bad_labels_option(tmp_path, labels, message):
     _write_three_images(tmp_path / "img")
     csv_path = write_csv(tmp_path / "s.csv", ["file_path", "labels", "split"], [["a.png", "x", "train"]])
@@ -238,7 +275,11 @@ def test_option_of_the_other_format_is_refused(tmp_path):
     csv_path = write_csv(tmp_path / "s.csv", ["file_path", "labels", "split"], [["a.png", "x", "train"]])
     result = prepare(csv_path, tmp_path / "img", tmp_path / "out", "--subset", "facial_components")
     assert result.exit_code == 2 and "--subset do not apply to --format csv" in result.output.replace("\n", "")
-    result = runner.invoke(app, ["prepare", "--root", str(tmp_path / "img"), "--out", str(tmp_path / "o"), "--split-ratios", "0.8,0.1,0.1"], env={"COLUMNS": "300"})
+    result = runner.invoke(
+        app,
+        ["prepare", "--root", str(tmp_path / "img"), "--out", str(tmp_path / "o"), "--split-ratios", "0.8,0.1,0.1"],
+        env={"COLUMNS": "300"},
+    )
     assert result.exit_code == 2 and "--split-ratios do not apply to --format seqdeepfake" in result.output.replace("\n", "")
     result = prepare(csv_path, tmp_path / "img", tmp_path / "out", "--split-ratios", "0.8,0.3,0.1")
     assert result.exit_code == 2 and "must sum to 1" in result.output.replace("\n", "")
@@ -311,7 +352,9 @@ def test_own_dataset_through_every_stage(tmp_path, dataset):
     # build-graph: the words of names like 5_o_Clock_Shadow or lipColor, from the user's vector file
     vectors = write_word_vectors(tmp_path / "vectors.txt", labels)
     graph = tmp_path / "graph.npz"
-    result = runner.invoke(app, ["build-graph", "--prepared", str(prepared), "--embedding", f"glove:{vectors}", "--out", str(graph)], **wide)
+    result = runner.invoke(
+        app, ["build-graph", "--prepared", str(prepared), "--embedding", f"glove:{vectors}", "--out", str(graph)], **wide
+    )
     assert result.exit_code == 0, result.output
     info = json.loads(graph.with_suffix(".json").read_text())
     words = {label: entry["words_found"] for label, entry in info["embedding"]["per_label"].items()}
@@ -327,8 +370,29 @@ def test_own_dataset_through_every_stage(tmp_path, dataset):
     run = tmp_path / "run"
     result = runner.invoke(
         app,
-        ["train", "--prepared", str(prepared), "--model", "ml_gcn", "--backbone", "test_resnet", "--graph", str(graph),
-         "--out", str(run), "--epochs", "1", "--batch-size", "8", "--image-size", "16", "--device", "cpu", "--workers", "0"],
+        [
+            "train",
+            "--prepared",
+            str(prepared),
+            "--model",
+            "ml_gcn",
+            "--backbone",
+            "test_resnet",
+            "--graph",
+            str(graph),
+            "--out",
+            str(run),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--image-size",
+            "16",
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+        ],
     )
     assert result.exit_code == 0, result.output
     result = runner.invoke(app, ["evaluate", "--run", str(run), "--split", "test", "--device", "cpu"], **wide)
@@ -350,7 +414,7 @@ def test_own_dataset_through_every_stage(tmp_path, dataset):
     out_csv = tmp_path / "predictions.csv"
     result = runner.invoke(app, ["predict", str(run), str(images[0]), "--out", str(out_csv), "--device", "cpu"], **wide)
     assert result.exit_code == 0, result.output
-    rows = list(csv.DictReader(open(out_csv)))
+    rows = list(csv.DictReader(Path(out_csv).read_text(encoding="utf-8").splitlines()))
     assert len(rows) == 1 and [k for k in rows[0] if k.startswith("score_")] == [f"score_{label}" for label in labels]
     if dataset == "celeba":  # 40 labels: the screen shows predicted labels with scores, not 40 columns
         assert "every label's score is in --out FILE" in result.output and "Young" not in result.output.split("fake")[0]

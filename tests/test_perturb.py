@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from mlcdf.data import perturb
-from mlcdf.errors import MlcdfError
 from mlcdf.data.perturb import CLEAN_CONDITION, LEVELS, Condition, apply, parse_spec
+from mlcdf.errors import MlcdfError
 
 LUMA = np.array([0.299, 0.587, 0.114])
 

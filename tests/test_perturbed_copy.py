@@ -12,8 +12,8 @@ import numpy as np
 from PIL import Image
 from typer.testing import CliRunner
 
-from mlcdf.data import perturb
 from mlcdf.cli.main import app
+from mlcdf.data import perturb
 
 runner = CliRunner()
 
@@ -36,7 +36,9 @@ def test_fixed_condition_copy_has_the_same_layout_and_annotations(release, tmp_p
         extra = {"perturb.json", "annotations/val.perturbations.csv", "annotations/test.perturbations.csv"}
         assert sorted(set(copied) - extra) == source
         for split in ("val", "test"):
-            assert (out / subset / "annotations" / f"{split}.csv").read_bytes() == (release / subset / "annotations" / f"{split}.csv").read_bytes()
+            assert (out / subset / "annotations" / f"{split}.csv").read_bytes() == (
+                release / subset / "annotations" / f"{split}.csv"
+            ).read_bytes()
     # Each image is the original under the condition, seeded by (seed, crc32(path)), saved in its own format.
     file_path = "facial_components/images/test/nose/000001.png"
     original = Image.open(release / file_path).convert("RGB")
@@ -45,7 +47,9 @@ def test_fixed_condition_copy_has_the_same_layout_and_annotations(release, tmp_p
     jpeg_path = "facial_attributes/images/test/original/000000.jpg"
     assert Image.open(out / jpeg_path).format == "JPEG"
     buffer = io.BytesIO()
-    perturb.apply(Image.open(release / jpeg_path).convert("RGB"), perturb.Condition("noise", 4), (3, zlib.crc32(jpeg_path.encode()))).save(buffer, format="JPEG", quality=95)
+    perturb.apply(Image.open(release / jpeg_path).convert("RGB"), perturb.Condition("noise", 4), (3, zlib.crc32(jpeg_path.encode()))).save(
+        buffer, format="JPEG", quality=95
+    )
     assert (out / jpeg_path).read_bytes() == buffer.getvalue()
     with open(out / "facial_components" / "annotations" / "test.perturbations.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
@@ -53,14 +57,21 @@ def test_fixed_condition_copy_has_the_same_layout_and_annotations(release, tmp_p
     assert json.loads((out / "facial_components" / "perturb.json").read_text())["spec"] == "noise:4"
 
     prepared = tmp_path / "prepared"
-    result = runner.invoke(app, ["prepare", "--root", str(out), "--out", str(prepared), "--subset", "facial_components", "--check-images", "decode"])
+    result = runner.invoke(
+        app, ["prepare", "--root", str(out), "--out", str(prepared), "--subset", "facial_components", "--check-images", "decode"]
+    )
     assert result.exit_code == 0, result.output
     assert json.loads((prepared / "facial_components" / "meta.json").read_text())["splits"] == {"val": 6, "test": 6}
 
 
 def test_random_conditions_are_drawn_per_image_and_recorded(release, tmp_path):
     first, second = tmp_path / "a", tmp_path / "b"
-    assert invoke("--root", str(release), "--out", str(first), "--spec", "random", "--subset", "facial_components", "--splits", "train,test").exit_code == 0
+    assert (
+        invoke(
+            "--root", str(release), "--out", str(first), "--spec", "random", "--subset", "facial_components", "--splits", "train,test"
+        ).exit_code
+        == 0
+    )
     assert invoke("--root", str(release), "--out", str(second), "--spec", "random", "--subset", "facial_components").exit_code == 0
     with open(first / "facial_components" / "annotations" / "test.perturbations.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))

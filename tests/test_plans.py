@@ -14,14 +14,28 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from toy import write_toy_prepared
 from typer.testing import CliRunner
 
 from mlcdf.cli.main import app
+from mlcdf.config import TrainConfig
 from mlcdf.errors import MlcdfError, SchemaError
 from mlcdf.experiments.plans import Plan, load_plan
-from mlcdf.experiments.runner import DONE, NEW, PLANNED, SKIPPED, TRAINED, Running, RunJob, execute, lock_path, run_plan, run_status, try_lock, unlock
-from mlcdf.config import TrainConfig
-from toy import write_toy_prepared
+from mlcdf.experiments.runner import (
+    DONE,
+    NEW,
+    PLANNED,
+    SKIPPED,
+    TRAINED,
+    RunJob,
+    Running,
+    execute,
+    lock_path,
+    run_plan,
+    run_status,
+    try_lock,
+    unlock,
+)
 
 runner = CliRunner()
 REPO = Path(__file__).resolve().parents[1]
@@ -68,7 +82,9 @@ def small_plan(folder: Path, prepared: Path, seeds: int = 1, extra: str = "") ->
 
 
 def test_a_plan_file_reads_its_defaults_runs_and_relative_paths(tmp_path):
-    path = write_plan(tmp_path, """
+    path = write_plan(
+        tmp_path,
+        """
         [defaults]
         prepared = "data/prepared/facial_components"   # one folder: the subset takes its name
         seeds = 2
@@ -86,7 +102,8 @@ def test_a_plan_file_reads_its_defaults_runs_and_relative_paths(tmp_path):
         model = "resnet50"
         epochs = 5
         weights = "w/r50.pth"
-        """)
+        """,
+    )
     plan = load_plan(path)
     assert plan.prepared == {"facial_components": tmp_path / "data/prepared/facial_components"}
     assert plan.subsets == ("facial_components",) and plan.seeds == 2 and plan.train == {"epochs": 3, "pretrained": False}
@@ -118,15 +135,23 @@ def test_a_plan_built_in_python_round_trips_and_takes_overrides():
 
 BAD_PLANS = [
     ("[defaults]\nprepared = 'p'\nepoch = 3\n[[runs]]\nname = 'r'\nmodel = 'resnet50'\n", ":3: defaults: unknown key 'epoch'"),
-    ("[defaults]\nprepared = 'p'\n[[runs]]\nname = 'r'\nmodel = 'resnet50'\n[[runs]]\nname = 'r'\nmodel = 'resnet101'\n",
-     ":7: runs[1]: duplicate run name 'r'"),
+    (
+        "[defaults]\nprepared = 'p'\n[[runs]]\nname = 'r'\nmodel = 'resnet50'\n[[runs]]\nname = 'r'\nmodel = 'resnet101'\n",
+        ":7: runs[1]: duplicate run name 'r'",
+    ),
     ("[defaults]\nprepared = 'p'\n[[runs]]\nname = 'r'\nmodel = 'resnet5'\n", ":5: runs[0] (r): unknown model 'resnet5'"),
-    ("[defaults]\nprepared = 'p'\n[[runs]]\nname = 'r'\nmodel = 'resnet50'\nbatch_size = '32'\n", ":6: runs[0] (r): batch_size must be int, got '32'"),
+    (
+        "[defaults]\nprepared = 'p'\n[[runs]]\nname = 'r'\nmodel = 'resnet50'\nbatch_size = '32'\n",
+        ":6: runs[0] (r): batch_size must be int, got '32'",
+    ),
     ("[defaults]\nprepared = 'p'\n[[runs]]\nname = 'r'\nmodel = 'resnet50'\npretrained = 1\n", ":6: runs[0] (r): pretrained must be bool"),
     ("[defaults]\nprepared = 'p'\n[[runs]]\nname = 'r'\nmodel = 'resnet50'\nlos = 'asl'\n", ":6: runs[0] (r): unknown key 'los'"),
     ("[defaults]\nprepared = 'p'\n[[runs]]\nname = 'r'\nmodel = 'resnet50'\nloss = 'focal'\n", "runs[0] (r): unknown loss 'focal'"),
     ("[defaults]\nprepared = 'p'\n[[runs]]\nname = 'r'\nmodel = 'resnet50'\nout = 'x'\n", ":6: runs[0] (r): out is chosen by the runner"),
-    ("[defaults]\nprepared = 'p'\n[[runs]]\nname = 'r'\nmodel = 'ml_gcn'\nembedding = 'glove'\n", ":6: runs[0] (r): embedding must be one of word, image"),
+    (
+        "[defaults]\nprepared = 'p'\n[[runs]]\nname = 'r'\nmodel = 'ml_gcn'\nembedding = 'glove'\n",
+        ":6: runs[0] (r): embedding must be one of word, image",
+    ),
     ("[defaults]\nprepared = 'p'\n[[runs]]\nname = '../r'\nmodel = 'resnet50'\n", ":4: '../r' is not usable as a run name"),
     ("[defaults]\nprepared = 'p'\nseeds = 0\n[[runs]]\nname = 'r'\nmodel = 'resnet50'\n", ":3: defaults.seeds must be at least 1"),
     ("[defaults]\nprepared = 'p'\ndata = 'd'\n[[runs]]\nname = 'r'\nmodel = 'resnet50'\n", "give either prepared or data"),
@@ -233,11 +258,17 @@ def test_run_plan_trains_each_seed_goes_on_after_a_failure_and_skips_what_is_don
     assert result.trained == ["facial_components/tiny-bce-s0", "facial_components/tiny-bce-s1"]
     assert list(result.failed) == ["facial_components/broken-s0", "facial_components/broken-s1"]
     assert "no.pth" in result.failed["facial_components/broken-s0"]
-    seeds = [json.loads((out / "runs/facial_components" / name / "config.json").read_text())["train"]["seed"] for name in ("tiny-bce-s0", "tiny-bce-s1")]
+    seeds = [
+        json.loads((out / "runs/facial_components" / name / "config.json").read_text())["train"]["seed"]
+        for name in ("tiny-bce-s0", "tiny-bce-s1")
+    ]
     assert seeds == [0, 1]
     rows = results(out)
     assert [(row["method"], row["seed"]) for row in rows] == [("timm:test_resnet", "0"), ("timm:test_resnet", "1")]
-    maps = [json.loads((out / "runs/facial_components" / name / "eval/test/metrics.json").read_text())["mAP"] for name in ("tiny-bce-s0", "tiny-bce-s1")]
+    maps = [
+        json.loads((out / "runs/facial_components" / name / "eval/test/metrics.json").read_text())["mAP"]
+        for name in ("tiny-bce-s0", "tiny-bce-s1")
+    ]
     assert [float(row["mAP"]) for row in rows] == pytest.approx(maps, abs=1e-6)
     # The category figure counts a configuration once, by its mean over the seeds.
     with (out / "figure-facial_components.csv").open() as handle:
@@ -251,8 +282,12 @@ def test_run_plan_trains_each_seed_goes_on_after_a_failure_and_skips_what_is_don
     assert not list(out.glob("runs/*/*.lock"))
     again = run_plan(plan, out, dry_run=True)
     assert [(o.entry.name, o.status, o.outcome) for o in again.outcomes] == [
-        ("tiny-bce-s0", DONE, PLANNED), ("tiny-bce-s1", DONE, PLANNED), ("tiny-asl-s0", NEW, PLANNED),
-        ("tiny-asl-s1", NEW, PLANNED), ("broken-s0", NEW, PLANNED), ("broken-s1", NEW, PLANNED),
+        ("tiny-bce-s0", DONE, PLANNED),
+        ("tiny-bce-s1", DONE, PLANNED),
+        ("tiny-asl-s0", NEW, PLANNED),
+        ("tiny-asl-s1", NEW, PLANNED),
+        ("broken-s0", NEW, PLANNED),
+        ("broken-s1", NEW, PLANNED),
     ]
     assert [o.outcome for o in run_plan(plan, out, only=["tiny-bce"]).outcomes] == [SKIPPED, SKIPPED]
 
@@ -262,7 +297,9 @@ def test_two_jobs_on_two_cpus_give_the_results_of_one_job(tmp_path, prepared):
     path = small_plan(tmp_path, prepared, extra='\n[[runs]]\nname = "broken"\nmodel = "timm:test_resnet"\nweights = "no.pth"\n')
     one = runner.invoke(app, ["reproduce", "--plan", str(path), "--out", str(tmp_path / "one"), "--quiet"])
     assert one.exit_code == 1 and "failed: facial_components/broken" in one.output
-    two = runner.invoke(app, ["reproduce", "--plan", str(path), "--out", str(tmp_path / "two"), "--jobs", "2", "--devices", "cpu,cpu", "--quiet"])
+    two = runner.invoke(
+        app, ["reproduce", "--plan", str(path), "--out", str(tmp_path / "two"), "--jobs", "2", "--devices", "cpu,cpu", "--quiet"]
+    )
     assert two.exit_code == 1 and "failed: facial_components/broken" in two.output and "no.pth" in two.output
     assert results(tmp_path / "one") == results(tmp_path / "two") and len(results(tmp_path / "one")) == 2
     for name in ("tiny-bce", "tiny-asl"):
@@ -279,7 +316,10 @@ def test_the_slurm_launcher_through_submitits_local_executor(tmp_path, prepared)
     assert [o.outcome for o in result.outcomes] == [TRAINED, TRAINED], [o.reason for o in result.outcomes]
     assert len(results(out)) == 2 and list((out / "launch" / "slurm").glob("*_log.out"))
     # Status from the run folders alone: a fresh launcher finds both done.
-    assert [o.status for o in run_plan(load_plan(path), out, launcher="slurm", slurm={"cluster": "local"}, dry_run=True).outcomes] == [DONE, DONE]
+    assert [o.status for o in run_plan(load_plan(path), out, launcher="slurm", slurm={"cluster": "local"}, dry_run=True).outcomes] == [
+        DONE,
+        DONE,
+    ]
 
 
 @pytest.mark.slow
@@ -302,7 +342,7 @@ def test_two_launchers_on_one_out_train_each_run_once(tmp_path, prepared):
 def test_the_slurm_launcher_names_what_is_missing(tmp_path, prepared, monkeypatch):
     plan = load_plan(small_plan(tmp_path, prepared))
     if shutil.which("srun") is None:  # this machine: no Slurm, and no silent fallback to local processes
-        with pytest.raises(MlcdfError, match="--launcher slurm: Could not detect \"srun\".*--slurm-cluster local"):
+        with pytest.raises(MlcdfError, match='--launcher slurm: Could not detect "srun".*--slurm-cluster local'):
             run_plan(plan, tmp_path / "out", launcher="slurm")
     monkeypatch.setitem(sys.modules, "submitit", None)  # as if the extra were not installed
     result = runner.invoke(app, ["reproduce", "--plan", str(plan.source), "--out", str(tmp_path / "out2"), "--launcher", "slurm"])
@@ -333,8 +373,17 @@ def test_a_run_over_several_devices_trains_through_torchrun(tmp_path, prepared, 
     # gloo on the CPU stands in for GPUs: the same torchrun launch, 2 processes.
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    config = TrainConfig(prepared=str(prepared), model="timm:test_resnet", out=str(tmp_path / "s" / "r"), epochs=1,
-                         batch_size=8, image_size=16, device="cpu", workers=0, patience=0)
+    config = TrainConfig(
+        prepared=str(prepared),
+        model="timm:test_resnet",
+        out=str(tmp_path / "s" / "r"),
+        epochs=1,
+        batch_size=8,
+        image_size=16,
+        device="cpu",
+        workers=0,
+        patience=0,
+    )
     assert execute(RunJob("s/r", config, gpus_per_run=2)) == TRAINED
     assert json.loads((tmp_path / "s/r/config.json").read_text())["world_size"] == 2
     assert run_status(tmp_path / "s/r") == DONE and not lock_path(tmp_path / "s/r").exists()

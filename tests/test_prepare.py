@@ -4,9 +4,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import sequence_rows, write_release
 from typer.testing import CliRunner
 
-from conftest import sequence_rows, write_release
 from mlcdf.cli.main import app
 from mlcdf.data.prepared import load_prepared
 from mlcdf.labels import SUBSETS
@@ -106,7 +106,7 @@ def test_missing_column(tmp_path):
     root = tmp_path / "r"
     csv_path = root / "facial_components" / "annotations" / "train.csv"
     csv_path.parent.mkdir(parents=True)
-    csv_path.write_text("path,label\na.png,\"[0, 0, 0, 0, 0]\"\n")
+    csv_path.write_text('path,label\na.png,"[0, 0, 0, 0, 0]"\n')
     result = run_prepare(root, tmp_path / "p", "--subset", "facial_components")
     assert result.exit_code == 2
     assert "train.csv:1:" in result.output.replace("\n", "") and "'file_path'" in result.output

@@ -10,7 +10,6 @@ from typer.testing import CliRunner
 from mlcdf.cli.main import app
 from mlcdf.errors import MissingArtifactError, MlcdfError, SchemaError
 from mlcdf.evaluation.evaluate import PAPER_METRICS
-from mlcdf.labels import SUBSETS
 from mlcdf.evaluation.report import (
     PAPER_METHODS,
     group_over_seeds,
@@ -21,6 +20,7 @@ from mlcdf.evaluation.report import (
     runs_csv,
     write_category_figure,
 )
+from mlcdf.labels import SUBSETS
 
 runner = CliRunner()
 COMPONENTS = list(SUBSETS["facial_components"])
@@ -64,7 +64,11 @@ def two_runs(tmp_path):
 
 
 def markdown_rows(text: str) -> list[list[str]]:
-    return [[cell.strip() for cell in line.strip("|").split("|")] for line in text.splitlines() if line.startswith("| ") and not line.startswith("| ---")]
+    return [
+        [cell.strip() for cell in line.strip("|").split("|")]
+        for line in text.splitlines()
+        if line.startswith("| ") and not line.startswith("| ---")
+    ]
 
 
 def test_table_for_two_runs(two_runs):
@@ -72,7 +76,19 @@ def test_table_for_two_runs(two_runs):
     assert text.startswith("### facial_components (the paper's Table II)")
     header, r101, mlgcn = markdown_rows(text)
     assert header == ["Category", "Method", "Run", "#Params (M)", *PAPER_METRICS]
-    assert r101 == ["direct", "ResNet101 + ASL", "r101_asl", "42.5", "**92.9**", "83.0", "**89.0**", "**86.0**", "83.1", "**89.9**", "**86.3**"]
+    assert r101 == [
+        "direct",
+        "ResNet101 + ASL",
+        "r101_asl",
+        "42.5",
+        "**92.9**",
+        "83.0",
+        "**89.0**",
+        "**86.0**",
+        "83.1",
+        "**89.9**",
+        "**86.3**",
+    ]
     assert mlgcn == ["indirect", "ML-GCN (word)", "mlgcn", "44.9", "89.0", "**90.0**", "-", "70.0", "**88.0**", "70.0", "78.0"]
 
 
@@ -166,7 +182,9 @@ def test_runs_differing_only_in_their_seed_are_one_row(tmp_path):
     runs = [seeded_run(tmp_path, f"r50-asl-s{seed}", seed, value) for seed, value in ((0, 90.0), (1, 92.0), (2, 97.0))]
     runs.append(seeded_run(tmp_path, "r50-bce", 0, 88.0, loss="bce"))  # one seed only
     # A configuration missing its seed 1 (failed or not yet run) still groups the seeds it has.
-    runs += [seeded_run(tmp_path, f"mlgcn-s{seed}", seed, value, model="ml_gcn", embedding="word") for seed, value in ((0, 80.0), (2, 70.0))]
+    runs += [
+        seeded_run(tmp_path, f"mlgcn-s{seed}", seed, value, model="ml_gcn", embedding="word") for seed, value in ((0, 80.0), (2, 70.0))
+    ]
     rows = [load_result(run) for run in runs]
     assert [row.seed for row in rows] == [0, 1, 2, 0, 0, 2]
     grouped = group_over_seeds(rows)
@@ -219,7 +237,11 @@ def test_runs_csv_has_one_line_per_run_with_its_seed(tmp_path):
     rows = [load_result(seeded_run(tmp_path, f"r-s{seed}", seed, 90.0 + seed)) for seed in (0, 1)]
     rows.append(load_result(seeded_run(tmp_path, "noseed", None, 50.0)))
     table = list(csv.DictReader(io.StringIO(runs_csv(rows))))
-    assert [(row["source"], row["seed"], row["mAP"]) for row in table] == [("r-s0", "0", "90.0"), ("r-s1", "1", "91.0"), ("noseed", "", "50.0")]
+    assert [(row["source"], row["seed"], row["mAP"]) for row in table] == [
+        ("r-s0", "0", "90.0"),
+        ("r-s1", "1", "91.0"),
+        ("noseed", "", "50.0"),
+    ]
     path = tmp_path / "results.csv"
     path.write_text(runs_csv(rows))
     assert is_report_file(path)
@@ -244,7 +266,7 @@ def figure_runs(tmp_path):
 def test_category_figure_numbers(figure_runs, tmp_path):
     figure = tmp_path / "fig.png"
     write_category_figure([load_result(run) for run in figure_runs], figure, paper=True)
-    table = list(csv.DictReader(open(figure.with_suffix(".csv"), newline="")))
+    table = list(csv.DictReader(figure.with_suffix(".csv").read_text(encoding="utf-8").splitlines()))
     assert tuple(table[0]) == ("subset", "category", "metric", "source", "mean", "std", "n")
     bars = {(row["category"], row["metric"], row["source"]): row for row in table}
     assert {row["subset"] for row in table} == {"facial_components"}
@@ -275,7 +297,7 @@ def test_category_figure_png(figure_runs, tmp_path):
     assert result.exit_code == 0, result.output
     with Image.open(figure) as image:
         assert image.format == "PNG" and image.width > 400 and image.info["Software"] == "mlcdf report"
-    sources = {row["source"] for row in csv.DictReader(open(figure.with_suffix(".csv"), newline=""))}
+    sources = {row["source"] for row in csv.DictReader(figure.with_suffix(".csv").read_text(encoding="utf-8").splitlines())}
     assert sources == {"ours"}  # the paper's bars only with --paper
     # Written again over its own output; a PNG of someone else is refused before any work.
     assert runner.invoke(app, ["report", *map(str, figure_runs), "--figure", str(figure), "--paper"]).exit_code == 0
@@ -299,8 +321,8 @@ def test_category_figure_bad_inputs(figure_runs, tmp_path):
 
 
 def test_options_that_do_not_change_what_is_trained_never_split_seeds_of_one_configuration():
-    from mlcdf.evaluation.report import _NOT_IDENTITY
     from mlcdf.config import RESUME_OVERRIDES
+    from mlcdf.evaluation.report import _NOT_IDENTITY
 
     assert set(RESUME_OVERRIDES) <= _NOT_IDENTITY
 

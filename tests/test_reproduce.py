@@ -10,13 +10,13 @@ import pytest
 from typer.testing import CliRunner
 
 from mlcdf.cli.main import app
+from mlcdf.config import TrainConfig
 from mlcdf.errors import SchemaError
-from mlcdf.graph.embeddings import PAPER_WORD_EMBEDDING
-from mlcdf.experiments.plans import paper_plan
 from mlcdf.evaluation.report import method_of, paper_results
+from mlcdf.experiments.plans import paper_plan
 from mlcdf.experiments.reproduce import ReproduceConfig, reproduce, status
 from mlcdf.experiments.runner import DONE, RESUME, run_status
-from mlcdf.config import TrainConfig
+from mlcdf.graph.embeddings import PAPER_WORD_EMBEDDING
 from mlcdf.train.callbacks import SilentCallbacks
 
 runner = CliRunner()
@@ -26,10 +26,18 @@ TINY_RUN = "timm:test_resnet-bce"
 #: The paper's plan as the code defined it before it became a plan file (PAPER_RUNS: model, loss,
 #: embedding, recipe), frozen here so that the file cannot drift from it.
 FORMER_PAPER_RUNS = [
-    ("resnet50", "bce", None, "asl"), ("resnet50", "asl", None, "asl"), ("resnet101", "bce", None, "asl"),
-    ("resnet101", "asl", None, "asl"), ("tresnet_m", "bce", None, "asl"), ("tresnet_m", "asl", None, "asl"),
-    ("ml_gcn", "bce", "word", "mlgcn"), ("iml_gcn", "asl", "image", "asl"), ("iml_gcn", "asl", "word", "asl"),
-    ("ml_agcn", "asl", "image", "asl"), ("ml_agcn", "asl", "word", "asl"), ("ml_agcn", "bce", "word", "asl"),
+    ("resnet50", "bce", None, "asl"),
+    ("resnet50", "asl", None, "asl"),
+    ("resnet101", "bce", None, "asl"),
+    ("resnet101", "asl", None, "asl"),
+    ("tresnet_m", "bce", None, "asl"),
+    ("tresnet_m", "asl", None, "asl"),
+    ("ml_gcn", "bce", "word", "mlgcn"),
+    ("iml_gcn", "asl", "image", "asl"),
+    ("iml_gcn", "asl", "word", "asl"),
+    ("ml_agcn", "asl", "image", "asl"),
+    ("ml_agcn", "asl", "word", "asl"),
+    ("ml_agcn", "bce", "word", "asl"),
 ]
 
 
@@ -37,9 +45,19 @@ def former_train_config(out: Path, subset: str, model: str, loss: str, embedding
     """ReproduceConfig.train_config as it was, with its defaults (the paper's settings)."""
     name = "-".join(part for part in (model, loss, embedding) if part)
     return TrainConfig(
-        prepared=str(out / "prepared" / subset), model=model, out=str(out / "runs" / subset / name), loss=loss,
-        graph=str(out / "graphs" / f"{subset}-{embedding}.npz") if embedding else None, recipe=recipe,
-        epochs=40, batch_size=128, image_size=224, patience=10, device="auto", pretrained=True, workers=None,
+        prepared=str(out / "prepared" / subset),
+        model=model,
+        out=str(out / "runs" / subset / name),
+        loss=loss,
+        graph=str(out / "graphs" / f"{subset}-{embedding}.npz") if embedding else None,
+        recipe=recipe,
+        epochs=40,
+        batch_size=128,
+        image_size=224,
+        patience=10,
+        device="auto",
+        pretrained=True,
+        workers=None,
     )
 
 
@@ -65,7 +83,12 @@ def test_plan_is_every_published_row_of_both_tables():
 
 def test_only_selects_runs_by_glob():
     assert [run.name for run in paper_plan().select(("resnet*", "*-image"))] == [
-        "resnet50-bce", "resnet50-asl", "resnet101-bce", "resnet101-asl", "iml_gcn-asl-image", "ml_agcn-asl-image"
+        "resnet50-bce",
+        "resnet50-asl",
+        "resnet101-bce",
+        "resnet101-asl",
+        "iml_gcn-asl-image",
+        "ml_agcn-asl-image",
     ]
 
 
@@ -134,8 +157,10 @@ def test_resuming_with_other_options_fails_that_run_only(tiny_plan, tmp_path):
     assert label == "facial_components/timm:test_resnet-bce"
     assert "epochs 2 -> 3" in reason and "delete it" in reason
     # The command says which run failed and exits 1 (the others would have gone on).
-    cli = runner.invoke(app, ["reproduce", "--smoke", "--plan", str(tiny_plan), "--out", str(tmp_path / "out"),
-                              "--epochs", "3", "--device", "cpu", "--quiet"])
+    cli = runner.invoke(
+        app,
+        ["reproduce", "--smoke", "--plan", str(tiny_plan), "--out", str(tmp_path / "out"), "--epochs", "3", "--device", "cpu", "--quiet"],
+    )
     assert cli.exit_code == 1
     assert "failed: facial_components/timm:test_resnet-bce" in cli.output
 

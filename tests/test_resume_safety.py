@@ -10,15 +10,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from toy import write_toy_prepared
 from typer.testing import CliRunner
 
 import mlcdf.train.stage as training
-from mlcdf.train.checkpoint import load_checkpoint
 from mlcdf.cli.main import app
-from mlcdf.data.dataset import EpochSampler
 from mlcdf.config import TrainConfig
+from mlcdf.data.dataset import EpochSampler
+from mlcdf.train.checkpoint import load_checkpoint
 from mlcdf.train.stage import train
-from toy import write_toy_prepared
 
 runner = CliRunner()
 TINY = "timm:test_resnet"
@@ -56,8 +56,17 @@ def toy(tmp_path_factory) -> Path:
 
 def tiny_config(prepared: Path, out: Path, **overrides) -> TrainConfig:
     values = dict(
-        prepared=str(prepared), model=TINY, out=str(out), epochs=2, batch_size=BATCH, image_size=16,
-        lr=3e-3, workers=0, device="cpu", patience=0, cache=False,
+        prepared=str(prepared),
+        model=TINY,
+        out=str(out),
+        epochs=2,
+        batch_size=BATCH,
+        image_size=16,
+        lr=3e-3,
+        workers=0,
+        device="cpu",
+        patience=0,
+        cache=False,
     )
     values.update(overrides)
     return TrainConfig(**values)
@@ -266,8 +275,19 @@ def test_a_checkpoint_of_another_model_is_one_line(run_copy, toy, tmp_path, comm
         "predict": ["predict", str(run_copy), str(image), "--device", "cpu", "--workers", "0"],
         "explain": ["explain", str(run_copy), str(image), "--out", str(tmp_path / "x"), "--device", "cpu"],
         "export": ["export", str(run_copy), "--onnx", str(tmp_path / "m.onnx")],
-        "build-graph": ["build-graph", "--prepared", str(toy), "--out", str(tmp_path / "g.npz"), "--embedding", "image",
-                        "--from-run", str(run_copy), "--device", "cpu"],
+        "build-graph": [
+            "build-graph",
+            "--prepared",
+            str(toy),
+            "--out",
+            str(tmp_path / "g.npz"),
+            "--embedding",
+            "image",
+            "--from-run",
+            str(run_copy),
+            "--device",
+            "cpu",
+        ],
     }[command]
     result = runner.invoke(app, args)
     one_line_error(result, str(run_copy / "checkpoints" / "best.pt"), "do not fit")
@@ -329,14 +349,43 @@ def test_run_config_values_of_the_wrong_type_are_one_line(run_copy):
 
 @pytest.mark.parametrize(
     "flag, value",
-    [("--seed", "-1"), ("--seed", str(2**32)), ("--lr", "-1"), ("--lr", "0"), ("--lr", "nan"), ("--lr", "inf"),
-     ("--weight-decay", "-1"), ("--weight-decay", "nan"), ("--workers", "100000"), ("--val-fraction", "0"),
-     ("--val-fraction", "1"), ("--ema-decay", "1")],
+    [
+        ("--seed", "-1"),
+        ("--seed", str(2**32)),
+        ("--lr", "-1"),
+        ("--lr", "0"),
+        ("--lr", "nan"),
+        ("--lr", "inf"),
+        ("--weight-decay", "-1"),
+        ("--weight-decay", "nan"),
+        ("--workers", "100000"),
+        ("--val-fraction", "0"),
+        ("--val-fraction", "1"),
+        ("--ema-decay", "1"),
+    ],
 )
 def test_options_out_of_range_are_one_line(toy, tmp_path, flag, value):
     out = tmp_path / "run"
-    args = ["train", "--prepared", str(toy), "--model", TINY, "--out", str(out), "--device", "cpu", "--epochs", "1",
-            "--batch-size", str(BATCH), "--image-size", "16", "--no-cache", flag, value]
+    args = [
+        "train",
+        "--prepared",
+        str(toy),
+        "--model",
+        TINY,
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--epochs",
+        "1",
+        "--batch-size",
+        str(BATCH),
+        "--image-size",
+        "16",
+        "--no-cache",
+        flag,
+        value,
+    ]
     result = runner.invoke(app, args)
     one_line_error(result, flag.lstrip("-").replace("-", "_"), value)
     assert not out.exists()
@@ -345,8 +394,29 @@ def test_options_out_of_range_are_one_line(toy, tmp_path, flag, value):
 def test_out_below_a_file_is_one_line(toy, tmp_path):
     (tmp_path / "file").write_text("mine")
     out = tmp_path / "file" / "run"
-    result = runner.invoke(app, ["train", "--prepared", str(toy), "--model", TINY, "--out", str(out), "--device", "cpu",
-                                 "--epochs", "1", "--batch-size", str(BATCH), "--image-size", "16", "--no-cache", "--workers", "0"])
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--prepared",
+            str(toy),
+            "--model",
+            TINY,
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--epochs",
+            "1",
+            "--batch-size",
+            str(BATCH),
+            "--image-size",
+            "16",
+            "--no-cache",
+            "--workers",
+            "0",
+        ],
+    )
     one_line_error(result, str(out), f"{tmp_path / 'file'} is not a folder")
     assert (tmp_path / "file").read_text() == "mine"
 
@@ -358,8 +428,29 @@ def test_a_read_only_output_folder_is_one_line(toy, tmp_path, monkeypatch):
 
     monkeypatch.setattr("mlcdf.io.tempfile.mkstemp", read_only)
     out = tmp_path / "run"
-    result = runner.invoke(app, ["train", "--prepared", str(toy), "--model", TINY, "--out", str(out), "--device", "cpu",
-                                 "--epochs", "1", "--batch-size", str(BATCH), "--image-size", "16", "--no-cache", "--workers", "0"])
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--prepared",
+            str(toy),
+            "--model",
+            TINY,
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--epochs",
+            "1",
+            "--batch-size",
+            str(BATCH),
+            "--image-size",
+            "16",
+            "--no-cache",
+            "--workers",
+            "0",
+        ],
+    )
     one_line_error(result, str(out / "config.json"), "Read-only file system")
 
 
@@ -369,8 +460,27 @@ def test_a_full_disk_is_one_line_and_leaves_no_partial_file(toy, tmp_path, limit
     import resource
 
     out = tmp_path / "run"
-    args = ["train", "--prepared", str(toy), "--model", TINY, "--out", str(out), "--device", "cpu", "--epochs", "1",
-            "--batch-size", str(BATCH), "--image-size", "16", "--no-cache", "--workers", "0", "-q"]
+    args = [
+        "train",
+        "--prepared",
+        str(toy),
+        "--model",
+        TINY,
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--epochs",
+        "1",
+        "--batch-size",
+        str(BATCH),
+        "--image-size",
+        "16",
+        "--no-cache",
+        "--workers",
+        "0",
+        "-q",
+    ]
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
     resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
     try:

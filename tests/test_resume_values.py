@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from state_compare import assert_same_state
+from toy import write_toy_prepared
 from typer.testing import CliRunner
 
 from mlcdf.cli.main import app
 from mlcdf.config import TrainConfig
 from mlcdf.train.callbacks import SilentCallbacks
 from mlcdf.train.stage import train
-from state_compare import assert_same_state
-from toy import write_toy_prepared
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -79,8 +79,16 @@ def toy(tmp_path_factory) -> Path:
 
 def config_for(toy: Path, out: Path) -> TrainConfig:
     return TrainConfig(
-        prepared=str(toy), model="timm:test_resnet", out=str(out), epochs=EPOCHS, batch_size=BATCH, image_size=32,
-        lr=3e-3, workers=0, device="cpu", patience=0,
+        prepared=str(toy),
+        model="timm:test_resnet",
+        out=str(out),
+        epochs=EPOCHS,
+        batch_size=BATCH,
+        image_size=32,
+        lr=3e-3,
+        workers=0,
+        device="cpu",
+        patience=0,
     )
 
 
@@ -149,7 +157,9 @@ def test_best_checkpoint_holds_the_best_score_of_the_log(reference):
         running_best = max(running_best, score)
     assert [record["best"] for record in log] == flags
     # The weights in best.pt are the ones that scored it.
-    result = runner.invoke(app, ["evaluate", "--run", str(reference), "--split", "val", "--checkpoint", "best", "--device", "cpu", "--quiet"])
+    result = runner.invoke(
+        app, ["evaluate", "--run", str(reference), "--split", "val", "--checkpoint", "best", "--device", "cpu", "--quiet"]
+    )
     assert result.exit_code == 0, result.output
     metrics = json.loads((reference / "eval" / "val" / "metrics.json").read_text())
     assert metrics["mAP"] == pytest.approx(100 * best_score, abs=1e-9)

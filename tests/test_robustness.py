@@ -11,16 +11,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from by_hand import checkpoint_weights, model_with, train_tiny_run, unit_range
 from PIL import Image
 from sklearn.metrics import average_precision_score
+from toy import write_toy_prepared
 from typer.testing import CliRunner
 
-from by_hand import checkpoint_weights, model_with, train_tiny_run, unit_range
-from mlcdf.data import perturb
 from mlcdf.cli.main import app
+from mlcdf.data import perturb
 from mlcdf.evaluation.evaluate import PAPER_METRICS
 from mlcdf.evaluation.robustness import COLUMNS, read_robustness, render_comparison, score_conditions, summarise
-from toy import write_toy_prepared
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -68,7 +68,11 @@ def test_robustness_table_has_clean_first_then_each_condition(robust):
     rows = read_rows(evaluation / "robustness.csv")
     assert list(rows[0]) == list(COLUMNS) == ["perturbation", "level", *PAPER_METRICS, "exact_match"]
     assert [(row["perturbation"], row["level"]) for row in rows] == [
-        ("clean", "0"), ("jpeg", "1"), ("jpeg", "5"), ("contrast", "5"), ("noise", "3")
+        ("clean", "0"),
+        ("jpeg", "1"),
+        ("jpeg", "5"),
+        ("contrast", "5"),
+        ("noise", "3"),
     ]
     assert (evaluation / "metrics.json").is_file()  # the clean evaluation is written as before
     assert (evaluation / "robustness.png").stat().st_size > 1000

@@ -32,8 +32,13 @@ def row(strength: float, model: str, seed: int, mAP: float, CF1: float = 50.0) -
 
 def test_summaries_and_the_paired_difference_by_value(tmp_path: Path) -> None:
     rows = [
-        row(0.0, DIRECT, 0, 60.0), row(0.0, DIRECT, 1, 64.0), row(0.0, "ml_gcn", 0, 58.0), row(0.0, "ml_gcn", 1, 61.0),
-        row(0.9, DIRECT, 0, 70.0), row(0.9, "ml_gcn", 0, 75.0), row(0.9, "ml_gcn", 1, 77.0),  # seed 1 direct missing
+        row(0.0, DIRECT, 0, 60.0),
+        row(0.0, DIRECT, 1, 64.0),
+        row(0.0, "ml_gcn", 0, 58.0),
+        row(0.0, "ml_gcn", 1, 61.0),
+        row(0.9, DIRECT, 0, 70.0),
+        row(0.9, "ml_gcn", 0, 75.0),
+        row(0.9, "ml_gcn", 1, 77.0),  # seed 1 direct missing
     ]
     table = summarise(rows, "mAP")
     assert table[(0.0, DIRECT)].mean == 62.0 and table[(0.0, DIRECT)].std == pytest.approx(math.sqrt(8))  # sample std
@@ -65,8 +70,19 @@ def test_the_plan_has_every_model_and_seed_on_every_strength(tmp_path: Path) -> 
 
 def tiny_study(out: Path, **changes) -> StudyConfig:
     settings = dict(
-        out=out, strengths=(0.0, 1.0), seeds=2, models=(DIRECT, "ml_gcn"), backbone="test_resnet", train=24, val=8,
-        test=16, data_size=32, image_size=16, epochs=1, batch_size=8, device="cpu",
+        out=out,
+        strengths=(0.0, 1.0),
+        seeds=2,
+        models=(DIRECT, "ml_gcn"),
+        backbone="test_resnet",
+        train=24,
+        val=8,
+        test=16,
+        data_size=32,
+        image_size=16,
+        epochs=1,
+        batch_size=8,
+        device="cpu",
     )
     return StudyConfig(**{**settings, **changes})
 
@@ -83,8 +99,11 @@ def test_the_study_end_to_end_at_the_smallest_settings(tmp_path: Path) -> None:
         (s, m, k) for s in ("0", "1") for m in (DIRECT, "ml_gcn") for k in ("0", "1")
     ]
     for line, study_row in zip(table, sorted(rows, key=lambda r: (r.strength, r.model != DIRECT, r.seed))):
-        metrics = json.loads((out / "runs" / f"rho{line['strength']}" / f"{line['model']}-s{line['seed']}" / "eval" / "test"
-                              / "metrics.json").read_text(encoding="utf-8"))
+        metrics = json.loads(
+            (out / "runs" / f"rho{line['strength']}" / f"{line['model']}-s{line['seed']}" / "eval" / "test" / "metrics.json").read_text(
+                encoding="utf-8"
+            )
+        )
         assert float(line["mAP"]) == pytest.approx(metrics["mAP"], abs=1e-5)  # the run's own evaluation
         assert float(line["mAP"]) == pytest.approx(study_row.values["mAP"], abs=1e-5)
     # The two datasets differ only in their label process: at RHO = 1 every fake is a recipe.
@@ -104,10 +123,40 @@ def test_the_study_end_to_end_at_the_smallest_settings(tmp_path: Path) -> None:
     with pytest.raises(MlcdfError, match="other settings .*epochs 1 -> 2"):
         run_study(tiny_study(out, epochs=2))
     # The CLI over the same folder: a dry run lists every run as done.
-    result = CliRunner().invoke(app, ["study", "cooccurrence", "--out", str(out), "--strengths", "0,1", "--seeds", "2",
-                                      "--models", "direct,ml_gcn", "--backbone", "test_resnet", "--train", "24", "--val", "8",
-                                      "--test", "16", "--data-size", "32", "--image-size", "16", "--epochs", "1",
-                                      "--batch-size", "8", "--device", "cpu", "--dry-run"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "study",
+            "cooccurrence",
+            "--out",
+            str(out),
+            "--strengths",
+            "0,1",
+            "--seeds",
+            "2",
+            "--models",
+            "direct,ml_gcn",
+            "--backbone",
+            "test_resnet",
+            "--train",
+            "24",
+            "--val",
+            "8",
+            "--test",
+            "16",
+            "--data-size",
+            "32",
+            "--image-size",
+            "16",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--device",
+            "cpu",
+            "--dry-run",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert result.output.count(": done") == 8 and "rho1/ml_gcn-s1: done" in result.output
 

@@ -230,8 +230,24 @@ def test_cli_synth_then_prepare_round_trips(tmp_path: Path) -> None:
     root, prepared = tmp_path / "root", tmp_path / "prepared"
     result = runner.invoke(
         app,
-        ["synth", "--out", str(root), "--train", "5", "--val", "3", "--test", "4", "--size", "40", "--workers", "1",
-         "--preview", str(tmp_path / "preview.png"), "--quiet"],
+        [
+            "synth",
+            "--out",
+            str(root),
+            "--train",
+            "5",
+            "--val",
+            "3",
+            "--test",
+            "4",
+            "--size",
+            "40",
+            "--workers",
+            "1",
+            "--preview",
+            str(tmp_path / "preview.png"),
+            "--quiet",
+        ],
     )
     assert result.exit_code == 0, result.output
     with Image.open(tmp_path / "preview.png") as preview:

@@ -18,8 +18,7 @@ from mlcdf.data.synth import SynthConfig, generate, image_steps, sample_steps
 from mlcdf.data.synth_cooccurrence import EDITING_HABITS, UNIFORM, label_statistics, load_cooccurrence
 from mlcdf.errors import MlcdfError, SchemaError
 from mlcdf.graph.cooccurrence import build_adjacency
-from mlcdf.labels import count_cooccurrence
-from mlcdf.labels import SUBSETS
+from mlcdf.labels import SUBSETS, count_cooccurrence
 
 #: sha256 over the image and annotation files (path, then bytes) of ``tiny_uniform``, computed with
 #: main's code before profiles existed (commit 4505e68): ``uniform`` must keep writing these bytes.
@@ -103,8 +102,11 @@ def test_intermediate_strength_mixes_recipes_and_uniform() -> None:
     profile = load_cooccurrence(EDITING_HABITS, "facial_components", 0.5)
     uniform_hit = sum(1 / (5 * [5, 10, 10, 5, 1][len(recipe.steps) - 1]) for recipe in profile.recipes)
     count = 20_000
-    share = label_statistics([tuple(steps) + (0,) * (5 - len(steps)) for steps in draws("facial_components", 0.5, count)],
-                             SUBSETS["facial_components"], profile.recipes)["fakes_from_a_recipe_set"]
+    share = label_statistics(
+        [tuple(steps) + (0,) * (5 - len(steps)) for steps in draws("facial_components", 0.5, count)],
+        SUBSETS["facial_components"],
+        profile.recipes,
+    )["fakes_from_a_recipe_set"]
     expected = 0.5 + 0.5 * uniform_hit
     assert abs(share - expected) < 4 * np.sqrt(expected * (1 - expected) / count)
 
@@ -113,6 +115,7 @@ def test_editing_habits_changes_the_label_graph() -> None:
     """Uniform sequences make P(j | i) about 0.6 for every pair, so ML-GCN's t = 0.4 keeps all 20 edges;
     editing habits at 0.9 keep the habitual pairs only, and make 'Beard with Bangs' rare (it comes only
     from the 10% uniform draws: about 0.18 instead of 0.6)."""
+
     def graph(subset: str, profile: str, strength: float):
         labels = SUBSETS[subset]
         targets = np.zeros((4000, len(labels)), np.int64)
@@ -133,10 +136,20 @@ def test_editing_habits_changes_the_label_graph() -> None:
 
 def test_synth_json_records_the_profile_and_its_statistics(tmp_path: Path) -> None:
     profile = tmp_path / "mine.json"
-    profile.write_text(json.dumps({"recipes": [{"labels": ["nose", "lip"], "weight": 3}, {"labels": ["hair"], "weight": 1}],
-                                   "real_fraction": 0.25}))
-    config = SynthConfig(out=tmp_path / "root", subsets=("facial_components",), train=40, val=0, test=0, size=32,
-                         workers=1, cooccurrence=str(profile), cooccurrence_strength=1.0)
+    profile.write_text(
+        json.dumps({"recipes": [{"labels": ["nose", "lip"], "weight": 3}, {"labels": ["hair"], "weight": 1}], "real_fraction": 0.25})
+    )
+    config = SynthConfig(
+        out=tmp_path / "root",
+        subsets=("facial_components",),
+        train=40,
+        val=0,
+        test=0,
+        size=32,
+        workers=1,
+        cooccurrence=str(profile),
+        cooccurrence_strength=1.0,
+    )
     generate(config)
     info = json.loads((tmp_path / "root" / "facial_components" / "synth.json").read_text(encoding="utf-8"))
     record = info["cooccurrence"]
@@ -176,9 +189,29 @@ def test_a_bad_profile_is_exit_code_2_naming_the_file(tmp_path: Path, content: s
     profile = tmp_path / "profile.json"
     profile.write_text(content, encoding="utf-8")
     root = tmp_path / "root"
-    result = CliRunner().invoke(app, ["synth", "--out", str(root), "--subset", "facial_components", "--train", "2",
-                                      "--val", "0", "--test", "0", "--size", "32", "--workers", "1", "--quiet",
-                                      "--cooccurrence", str(profile)])
+    result = CliRunner().invoke(
+        app,
+        [
+            "synth",
+            "--out",
+            str(root),
+            "--subset",
+            "facial_components",
+            "--train",
+            "2",
+            "--val",
+            "0",
+            "--test",
+            "0",
+            "--size",
+            "32",
+            "--workers",
+            "1",
+            "--quiet",
+            "--cooccurrence",
+            str(profile),
+        ],
+    )
     assert result.exit_code == 2, result.output
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and str(profile) in lines[0] and message in lines[0], result.output
@@ -208,16 +241,38 @@ def test_prepare_and_build_graph_show_the_observed_conditional_probabilities(tmp
     summaries show P(lip | nose) = 1, where uniform sequences give about 0.6."""
     runner = CliRunner()
     root, prepared = tmp_path / "root", tmp_path / "prepared"
-    result = runner.invoke(app, ["synth", "--out", str(root), "--subset", "facial_components", "--train", "40", "--val", "0",
-                                 "--test", "0", "--size", "32", "--workers", "1", "--quiet", "--cooccurrence", EDITING_HABITS])
+    result = runner.invoke(
+        app,
+        [
+            "synth",
+            "--out",
+            str(root),
+            "--subset",
+            "facial_components",
+            "--train",
+            "40",
+            "--val",
+            "0",
+            "--test",
+            "0",
+            "--size",
+            "32",
+            "--workers",
+            "1",
+            "--quiet",
+            "--cooccurrence",
+            EDITING_HABITS,
+        ],
+    )
     assert result.exit_code == 0, result.output
-    result = runner.invoke(app, ["prepare", "--root", str(root), "--out", str(prepared), "--subset", "facial_components",
-                                 "--splits", "train"])
+    result = runner.invoke(
+        app, ["prepare", "--root", str(root), "--out", str(prepared), "--subset", "facial_components", "--splits", "train"]
+    )
     assert result.exit_code == 0, result.output
-    table = result.output[result.output.index("train: P(j | i)"):]
+    table = result.output[result.output.index("train: P(j | i)") :]
     nose_row = next(line for line in table.splitlines() if line.startswith("│ nose"))
     assert nose_row.split("│")[5].strip() == "1.00"  # the columns: i, nose, eye, eyebrow, lip, hair
     result = runner.invoke(app, ["build-graph", "--prepared", str(prepared / "facial_components"), "--out", str(tmp_path / "g.npz")])
     assert result.exit_code == 0, result.output
-    table = result.output[result.output.index("P(j | i)"):]
+    table = result.output[result.output.index("P(j | i)") :]
     assert "1.000" in next(line for line in table.splitlines() if line.startswith("│ nose")).split("│")[5]

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from toy import write_toy_prepared
 from typer.testing import CliRunner
 
 from mlcdf.cli.main import app
-from mlcdf.train.distributed import DistInfo
 from mlcdf.config import TrainConfig
 from mlcdf.train.callbacks import SilentCallbacks
+from mlcdf.train.distributed import DistInfo
 from mlcdf.train.stage import train
-from toy import write_toy_prepared
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -24,7 +24,10 @@ runner = CliRunner()
 EPOCHS = 3
 #: The TensorBoard tags and the log.jsonl key each must equal.
 TAGS = {
-    "train/loss": "train_loss", "train/lr": "lr", "val/mAP": "val_mAP", "val/mAP_ema": "val_mAP_ema",
+    "train/loss": "train_loss",
+    "train/lr": "lr",
+    "val/mAP": "val_mAP",
+    "val/mAP_ema": "val_mAP_ema",
     "throughput/images_per_s": "images_per_s",
 }
 
@@ -58,8 +61,17 @@ def toy(tmp_path_factory) -> Path:
 
 
 def config_for(toy: Path, out: Path, **overrides) -> TrainConfig:
-    values = dict(prepared=str(toy), model="timm:test_resnet", out=str(out), epochs=EPOCHS, batch_size=4,
-                  image_size=16, workers=0, device="cpu", patience=0)
+    values = dict(
+        prepared=str(toy),
+        model="timm:test_resnet",
+        out=str(out),
+        epochs=EPOCHS,
+        batch_size=4,
+        image_size=16,
+        workers=0,
+        device="cpu",
+        patience=0,
+    )
     return TrainConfig(**(values | overrides))
 
 
@@ -98,9 +110,30 @@ def assert_board_mirrors_log(log_dir: Path, run: Path) -> None:
 @needs_tensorboard
 def test_cli_writes_every_epoch_with_the_logged_values(toy, tmp_path):
     run, board = tmp_path / "run", tmp_path / "tb" / "run"
-    args = ["train", "--prepared", str(toy), "--model", "timm:test_resnet", "--out", str(run), "--epochs", str(EPOCHS),
-            "--batch-size", "4", "--image-size", "16", "--workers", "0", "--device", "cpu", "--patience", "0",
-            "--tensorboard", str(board), "--quiet"]
+    args = [
+        "train",
+        "--prepared",
+        str(toy),
+        "--model",
+        "timm:test_resnet",
+        "--out",
+        str(run),
+        "--epochs",
+        str(EPOCHS),
+        "--batch-size",
+        "4",
+        "--image-size",
+        "16",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--patience",
+        "0",
+        "--tensorboard",
+        str(board),
+        "--quiet",
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert_board_mirrors_log(board, run)
@@ -134,8 +167,22 @@ def test_missing_extra_is_one_line_naming_the_install_command(toy, tmp_path, mon
     # None in sys.modules makes the import fail, as when the package is not installed.
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
     run = tmp_path / "run"
-    result = runner.invoke(app, ["train", "--prepared", str(toy), "--model", "timm:test_resnet", "--out", str(run),
-                                 "--device", "cpu", "--tensorboard", str(tmp_path / "tb")])
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--prepared",
+            str(toy),
+            "--model",
+            "timm:test_resnet",
+            "--out",
+            str(run),
+            "--device",
+            "cpu",
+            "--tensorboard",
+            str(tmp_path / "tb"),
+        ],
+    )
     assert result.exit_code == 2, result.output
     assert result.stderr.strip().splitlines() == ["error: --tensorboard needs the TensorBoard extra: pip install 'mlcdf[tensorboard]'"]
     assert not run.exists() and not (tmp_path / "tb").exists()  # refused before any work

@@ -6,15 +6,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from toy import write_toy_prepared
 from typer.testing import CliRunner
 
-from mlcdf.train.checkpoint import load_checkpoint
 from mlcdf.cli.main import app
-from mlcdf.train.engine import NonFiniteLossError
-from mlcdf.errors import MlcdfError
 from mlcdf.config import TrainConfig
+from mlcdf.errors import MlcdfError
+from mlcdf.train.checkpoint import load_checkpoint
+from mlcdf.train.engine import NonFiniteLossError
 from mlcdf.train.stage import train
-from toy import write_toy_prepared
 
 runner = CliRunner()
 TINY = "timm:test_resnet"
@@ -27,8 +27,16 @@ def toy(tmp_path_factory) -> Path:
 
 def tiny_config(prepared: Path, out: Path, **overrides) -> TrainConfig:
     values = dict(
-        prepared=str(prepared), model=TINY, out=str(out), epochs=2, batch_size=8, image_size=32,
-        lr=3e-3, workers=0, device="cpu", patience=0,
+        prepared=str(prepared),
+        model=TINY,
+        out=str(out),
+        epochs=2,
+        batch_size=8,
+        image_size=32,
+        lr=3e-3,
+        workers=0,
+        device="cpu",
+        patience=0,
     )
     values.update(overrides)
     return TrainConfig(**values)
@@ -42,8 +50,28 @@ def test_cli_train_writes_a_complete_run(toy, tmp_path):
     run = tmp_path / "run"
     result = runner.invoke(
         app,
-        ["train", "--prepared", str(toy), "--model", TINY, "--out", str(run), "--epochs", "2", "--batch-size", "8",
-         "--image-size", "32", "--device", "cpu", "--workers", "0", "--asl", "--lr", "0.003"],
+        [
+            "train",
+            "--prepared",
+            str(toy),
+            "--model",
+            TINY,
+            "--out",
+            str(run),
+            "--epochs",
+            "2",
+            "--batch-size",
+            "8",
+            "--image-size",
+            "32",
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+            "--asl",
+            "--lr",
+            "0.003",
+        ],
     )
     assert result.exit_code == 0, result.output
     assert "best val mAP" in result.output
@@ -126,9 +154,7 @@ def test_nan_guard_keeps_last_good_checkpoint(toy, tmp_path, monkeypatch):
 
 def test_config_file_and_flag_override(toy, tmp_path):
     config_file = tmp_path / "train.toml"
-    config_file.write_text(
-        f'prepared = "{toy}"\nmodel = "{TINY}"\nepochs = 1\nbatch_size = 8\nimage_size = 32\nworkers = 0\nlr = 0.01\n'
-    )
+    config_file.write_text(f'prepared = "{toy}"\nmodel = "{TINY}"\nepochs = 1\nbatch_size = 8\nimage_size = 32\nworkers = 0\nlr = 0.01\n')
     run = tmp_path / "run"
     result = runner.invoke(app, ["train", "--config", str(config_file), "--out", str(run), "--device", "cpu", "--lr", "0.002"])
     assert result.exit_code == 0, result.output
@@ -174,17 +200,39 @@ def test_torchrun_ddp_matches_single_process(toy, tmp_path):
     adjacency = rng.random((5, 5)) + np.eye(5)
     labels = ("nose", "eye", "eyebrow", "lip", "hair")
     graph_file = tmp_path / "graph.npz"
-    save_graph(graph_file, LabelGraph(labels, np.ones(5), np.zeros((5, 5)), np.eye(5), adjacency / adjacency.sum(1, keepdims=True), rng.standard_normal((5, 16))))
-    graph_config = tiny_config(toy, tmp_path / "single", model="ml_gcn", backbone="convnext_atto", graph=str(graph_file), epochs=1, batch_size=48)
+    save_graph(
+        graph_file,
+        LabelGraph(
+            labels, np.ones(5), np.zeros((5, 5)), np.eye(5), adjacency / adjacency.sum(1, keepdims=True), rng.standard_normal((5, 16))
+        ),
+    )
+    graph_config = tiny_config(
+        toy, tmp_path / "single", model="ml_gcn", backbone="convnext_atto", graph=str(graph_file), epochs=1, batch_size=48
+    )
     norm_config = tiny_config(toy, tmp_path / "ddp-bn", epochs=1)
     configs = []
     for name, config in (("ddp-graph", dataclasses.replace(graph_config, out=str(tmp_path / "ddp-graph"))), ("ddp-bn", norm_config)):
         configs.append(tmp_path / f"{name}.json")
         configs[-1].write_text(json.dumps(dataclasses.asdict(config)))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")]),
+    }
     completed = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(Path(__file__).with_name("ddp_runs.py")), *map(str, configs)],
-        capture_output=True, text=True, env=env, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            str(Path(__file__).with_name("ddp_runs.py")),
+            *map(str, configs),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     single = train(graph_config)
@@ -193,7 +241,9 @@ def test_torchrun_ddp_matches_single_process(toy, tmp_path):
     (ddp_record,), (single_record,) = read_log(tmp_path / "ddp-graph"), single.history
     assert abs(ddp_record["train_loss"] - single_record["train_loss"]) < 1e-5 * single_record["train_loss"]
     best = load_checkpoint(tmp_path / "ddp-bn" / "checkpoints" / "best.pt")
-    result = runner.invoke(app, ["evaluate", "--run", str(tmp_path / "ddp-bn"), "--split", "val", "--checkpoint", "best", "--device", "cpu"])
+    result = runner.invoke(
+        app, ["evaluate", "--run", str(tmp_path / "ddp-bn"), "--split", "val", "--checkpoint", "best", "--device", "cpu"]
+    )
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "ddp-bn" / "eval" / "val" / "metrics.json").read_text())
     assert metrics["mAP"] / 100 == pytest.approx(best["val_mAP"], abs=1e-6)
@@ -221,8 +271,30 @@ def test_asl_settings_reach_the_loss_and_the_run_config(toy, tmp_path, monkeypat
     run = tmp_path / "run"
     result = runner.invoke(
         app,
-        ["train", "--prepared", str(toy), "--model", TINY, "--out", str(run), "--epochs", "1", "--batch-size", "8",
-         "--image-size", "32", "--device", "cpu", "--workers", "0", "--asl", "--asl-gamma-neg", "1", "--asl-clip", "0"],
+        [
+            "train",
+            "--prepared",
+            str(toy),
+            "--model",
+            TINY,
+            "--out",
+            str(run),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--image-size",
+            "32",
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+            "--asl",
+            "--asl-gamma-neg",
+            "1",
+            "--asl-clip",
+            "0",
+        ],
     )
     assert result.exit_code == 0, result.output
     assert built == [("asl", {"gamma_neg": 1.0, "gamma_pos": 0.0, "clip": 0.0})]
@@ -235,7 +307,9 @@ def test_asl_settings_reach_the_loss_and_the_run_config(toy, tmp_path, monkeypat
 
 def test_asl_settings_without_asl_are_refused(toy, tmp_path):
     run = tmp_path / "run"
-    result = runner.invoke(app, ["train", "--prepared", str(toy), "--model", TINY, "--out", str(run), "--device", "cpu", "--asl-gamma-neg", "1"])
+    result = runner.invoke(
+        app, ["train", "--prepared", str(toy), "--model", TINY, "--out", str(run), "--device", "cpu", "--asl-gamma-neg", "1"]
+    )
     assert result.exit_code == 2 and "--asl-gamma-neg" in result.output and "add --asl" in result.output
     assert not run.exists()
     with pytest.raises(MlcdfError, match="asl_clip must be in"):

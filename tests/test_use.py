@@ -7,11 +7,11 @@ import os
 import numpy as np
 import pytest
 from PIL import Image
+from toy import toy_image
 from typer.testing import CliRunner
 
 from mlcdf.cli.main import app
 from mlcdf.inference.export import model_opset, supported_opsets
-from toy import toy_image
 
 runner = CliRunner()
 
@@ -32,7 +32,7 @@ def test_predict_skips_unreadable_and_writes_csv_and_json(toy_run, images, tmp_p
     result = runner.invoke(app, ["predict", str(toy_run), str(images), "--out", str(out), "--device", "cpu", "--workers", "0"])
     assert result.exit_code == 0, result.output
     assert "broken.png: skipped" in result.output.replace("\n", "")
-    rows = list(csv.DictReader(open(out)))
+    rows = list(csv.DictReader(out.read_text(encoding="utf-8").splitlines()))
     assert [r["file_path"].rsplit("/", 1)[1] for r in rows] == ["a.png", "b.jpg"]
     for row in rows:
         scores = [float(row[f"score_{name}"]) for name in ("nose", "eye", "eyebrow", "lip", "hair")]
@@ -49,7 +49,9 @@ def test_explain_writes_one_overlay_per_label(toy_run, images, tmp_path):
     for name in ("nose", "eye", "eyebrow", "lip", "hair", "all"):
         with Image.open(tmp_path / "x" / f"b_{name}.png") as picture:
             assert picture.width >= 80
-    result = runner.invoke(app, ["explain", str(toy_run), str(images / "a.png"), "--out", str(tmp_path / "y"), "--label", "beard", "--device", "cpu"])
+    result = runner.invoke(
+        app, ["explain", str(toy_run), str(images / "a.png"), "--out", str(tmp_path / "y"), "--label", "beard", "--device", "cpu"]
+    )
     assert result.exit_code == 2 and "unknown label" in result.output
 
 
@@ -63,7 +65,11 @@ def test_bombs_are_skipped_by_predict_and_refused_by_explain(toy_run, images, tm
     result = runner.invoke(app, ["predict", str(toy_run), str(images), "--out", str(tmp_path / "p.csv"), *args])
     assert result.exit_code == 0, result.output
     assert "bomb.png: skipped, cannot read the image" in result.output.replace("\n", "")
-    assert [r["file_path"].rsplit("/", 1)[1] for r in csv.DictReader(open(tmp_path / "p.csv"))] == ["a.png", "b.jpg", "big.jpg"]
+    assert [r["file_path"].rsplit("/", 1)[1] for r in csv.DictReader((tmp_path / "p.csv").read_text(encoding="utf-8").splitlines())] == [
+        "a.png",
+        "b.jpg",
+        "big.jpg",
+    ]
     # --max-pixels: the 2000x1500 image is over a limit of 1 million pixels.
     result = runner.invoke(app, ["predict", str(toy_run), str(big), "--max-pixels", "1000000", *args])
     assert result.exit_code == 2 and "exceeds the limit of 1,000,000 pixels" in result.output.replace("\n", "")
@@ -125,8 +131,10 @@ def test_predict_writes_file_names_that_are_not_utf8_escaped(toy_run, tmp_path):
     folder.mkdir()
     Image.fromarray(toy_image(np.array([1, 0, 0, 0, 0]), np.random.default_rng(2), size=32)).save(folder / os.fsdecode(b"caf\xe9.png"))
     for name in ("p.csv", "p.json"):
-        result = runner.invoke(app, ["predict", str(toy_run), str(folder), "--out", str(tmp_path / name), "--device", "cpu", "--workers", "0"])
+        result = runner.invoke(
+            app, ["predict", str(toy_run), str(folder), "--out", str(tmp_path / name), "--device", "cpu", "--workers", "0"]
+        )
         assert result.exit_code == 0, result.output
     expected = f"{folder}/caf\\xe9.png"
-    assert [row["file_path"] for row in csv.DictReader(open(tmp_path / "p.csv", encoding="utf-8"))] == [expected]
+    assert [row["file_path"] for row in csv.DictReader((tmp_path / "p.csv").read_text(encoding="utf-8").splitlines())] == [expected]
     assert [row["file_path"] for row in json.loads((tmp_path / "p.json").read_text(encoding="utf-8"))["predictions"]] == [expected]

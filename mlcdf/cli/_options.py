@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -38,9 +38,7 @@ class Checkpoint(str, Enum):
 SubsetOpt = Annotated[Subset, typer.Option("--subset", help="Which Seq-DeepFake subset; 'all' means both.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
-DeviceOpt = Annotated[
-    Device, typer.Option("--device", help="Where to compute: 'auto' takes CUDA when present, else the CPU.")
-]
+DeviceOpt = Annotated[Device, typer.Option("--device", help="Where to compute: 'auto' takes CUDA when present, else the CPU.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed.")]
 PreparedOpt = Annotated[
     Path,
@@ -50,9 +48,7 @@ PreparedOpt = Annotated[
         file_okay=False,
     ),
 ]
-CheckpointOpt = Annotated[
-    Checkpoint, typer.Option("--checkpoint", help="Weights to use: best (chosen on validation), last, or ema.")
-]
+CheckpointOpt = Annotated[Checkpoint, typer.Option("--checkpoint", help="Weights to use: best (chosen on validation), last, or ema.")]
 RunArg = Annotated[Path, typer.Argument(help="A run folder written by 'mlcdf train'.", file_okay=False)]
 
 
@@ -63,7 +59,7 @@ def given_on_command_line(ctx: typer.Context, name: str) -> bool:
     return source is not None and source.name == "COMMANDLINE"
 
 
-def _put_max_pixels_in_force(ctx: typer.Context, value: Optional[int]) -> Optional[int]:
+def _put_max_pixels_in_force(ctx: typer.Context, value: int | None) -> int | None:
     """Set the pixel limit for this command, its threads and its worker processes (which inherit the
     environment), until the command ends: the decoders read it there, so no command passes it along."""
     if value is not None:
@@ -81,7 +77,7 @@ def _put_max_pixels_in_force(ctx: typer.Context, value: Optional[int]) -> Option
 
 
 MaxPixelsOpt = Annotated[
-    Optional[int],
+    int | None,
     typer.Option(
         "--max-pixels",
         min=1,

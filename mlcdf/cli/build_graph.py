@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -20,17 +20,13 @@ from mlcdf.io import check_output_apart
 MAX_LABELS_PRINTED_AS_MATRIX = 12
 
 #: Options that only mean something for --embedding image (named as the function's parameters).
-_IMAGE_ONLY = (
-    "backbone", "weights", "pretrained", "from_run", "dim", "image_size", "batch_size", "workers", "cache", "device", "seed"
-)
+_IMAGE_ONLY = ("backbone", "weights", "pretrained", "from_run", "dim", "image_size", "batch_size", "workers", "cache", "device", "seed")
 
 
 def build_graph_command(
     ctx: typer.Context,
     prepared: PreparedOpt,
-    out_path: Annotated[
-        Path, typer.Option("--out", help="Graph file to write (.npz); its .json goes beside it.", dir_okay=False)
-    ],
+    out_path: Annotated[Path, typer.Option("--out", help="Graph file to write (.npz); its .json goes beside it.", dir_okay=False)],
     embedding: Annotated[
         str,
         typer.Option(
@@ -40,38 +36,34 @@ def build_graph_command(
             "the paper's; needs internet once) or 'image' (mean training-image feature per label).",
         ),
     ] = "glove",
-    t: Annotated[
-        float, typer.Option("--t", help="Edge threshold: keep i -> j where P(j | i) >= t. Higher t, fewer edges.")
-    ] = 0.4,
+    t: Annotated[float, typer.Option("--t", help="Edge threshold: keep i -> j where P(j | i) >= t. Higher t, fewer edges.")] = 0.4,
     p: Annotated[
         float,
         typer.Option("--p", help="Weight the neighbours of a node share, against 1 for the node itself."),
     ] = 0.25,
     label_phrases: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option(
             "--label-phrases",
             help='JSON file {"label": "phrase"} overriding the default phrases (word embeddings).',
             dir_okay=False,
         ),
     ] = None,
-    backbone: Annotated[
-        str, typer.Option("--backbone", help="timm model for image embeddings (IML-GCN's by default).")
-    ] = DEFAULT_BACKBONE,
+    backbone: Annotated[str, typer.Option("--backbone", help="timm model for image embeddings (IML-GCN's by default).")] = DEFAULT_BACKBONE,
     weights: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option("--weights", help="Local .safetensors/.pth weights for --backbone.", dir_okay=False, exists=True),
     ] = None,
     pretrained: Annotated[
         bool, typer.Option("--pretrained", help="timm's pretrained weights for --backbone (local cache, else download).")
     ] = False,
     from_run: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option("--from-run", help="Use the trained model of this run folder instead of --backbone.", file_okay=False),
     ] = None,
     dim: Annotated[int, typer.Option("--dim", min=1, help="PCA dimension of image embeddings.")] = 128,
     image_size: Annotated[
-        Optional[int],
+        int | None,
         typer.Option("--image-size", min=8, help="Input size (default: the backbone's, or the size the run trained at)."),
     ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 64,
@@ -144,8 +136,6 @@ def build_graph_command(
         _print_summary(result)
 
 
-
-
 def _embedding_detail(info: dict, label: str) -> str:
     entry = info["per_label"][label]
     if info["kind"] == "image":
@@ -167,10 +157,7 @@ def _print_summary(result: GraphResult) -> None:
         source = f"{embedding['source']} ({embedding['file']})"
     else:
         weights = "[bold red]RANDOM WEIGHTS[/]" if embedding["random_init"] else embedding["weights"]
-        source = (
-            f"image features of {embedding['backbone']} ({weights}), "
-            f"PCA {embedding['feature_dim']} -> {embedding['dim']}"
-        )
+        source = f"image features of {embedding['backbone']} ({weights}), PCA {embedding['feature_dim']} -> {embedding['dim']}"
     out.print(f"node embeddings: {embedding['dim']}-d, {source}", highlight=False)
     nodes = Table(title="Nodes", title_justify="left")
     nodes.add_column("label")

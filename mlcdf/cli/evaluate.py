@@ -51,9 +51,7 @@ def _check_options(
 
 
 def evaluate_command(
-    run: Annotated[
-        Path | None, typer.Option("--run", help="A run folder written by 'mlcdf train'.", exists=True, file_okay=False)
-    ] = None,
+    run: Annotated[Path | None, typer.Option("--run", help="A run folder written by 'mlcdf train'.", exists=True, file_okay=False)] = None,
     predictions: Annotated[
         Path | None,
         typer.Option(
@@ -68,9 +66,7 @@ def evaluate_command(
         typer.Option("--out", help="Evaluation folder to write. Required with --predictions; with --run, RUN/eval/SPLIT.", file_okay=False),
     ] = None,
     # The four inference options default to None so that giving one with --predictions can be refused.
-    split: Annotated[
-        Split | None, typer.Option("--split", help="With --run: the prepared split to evaluate (default: test).")
-    ] = None,
+    split: Annotated[Split | None, typer.Option("--split", help="With --run: the prepared split to evaluate (default: test).")] = None,
     checkpoint: Annotated[
         Checkpoint | None,
         typer.Option(
@@ -90,7 +86,9 @@ def evaluate_command(
     ] = False,
     val_predictions: Annotated[
         Path | None,
-        typer.Option("--val-predictions", help="With --predictions: validation predictions to tune the thresholds on.", exists=True, dir_okay=False),
+        typer.Option(
+            "--val-predictions", help="With --predictions: validation predictions to tune the thresholds on.", exists=True, dir_okay=False
+        ),
     ] = None,
     device: Annotated[
         Device | None, typer.Option("--device", help="With --run: where to infer; 'auto' (the default) takes CUDA when present.")
@@ -110,7 +108,12 @@ def evaluate_command(
     ] = None,
     perturb_seed: Annotated[int, typer.Option("--perturb-seed", help="With --perturb: seed of the random noise and blocks.")] = 0,
     workers: Annotated[
-        int | None, typer.Option("--workers", min=0, help="With --perturb: processes decoding and perturbing images (default: min(16, CPUs); the perturbations, not the model, are the cost).")
+        int | None,
+        typer.Option(
+            "--workers",
+            min=0,
+            help="With --perturb: processes decoding and perturbing images (default: min(16, CPUs); the perturbations, not the model, are the cost).",
+        ),
     ] = None,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
@@ -133,8 +136,14 @@ def evaluate_command(
 
         mlcdf evaluate --run runs/r101_asl --perturb all
     """
-    inference = {"split": split, "checkpoint": checkpoint, "device": device, "batch_size": batch_size, "perturb": perturb,
-                 "workers": workers}
+    inference = {
+        "split": split,
+        "checkpoint": checkpoint,
+        "device": device,
+        "batch_size": batch_size,
+        "perturb": perturb,
+        "workers": workers,
+    }
     _check_options(
         run,
         predictions,
@@ -145,9 +154,9 @@ def evaluate_command(
     )
     # Imported here, not at the top: scikit-learn takes about a second to import, and every other
     # command would pay for it.
+    from mlcdf.data.perturb import parse_spec
     from mlcdf.evaluation.evaluate import evaluate_predictions_file
     from mlcdf.evaluation.runs import evaluate_run
-    from mlcdf.data.perturb import parse_spec
 
     if run is not None:
         # Options not given are left out, so that evaluate_run's defaults apply (they are stated once).
@@ -176,9 +185,11 @@ def evaluate_command(
         from mlcdf.evaluation.robustness import ROBUSTNESS_CSV, read_robustness, summarise
 
         summary = summarise(read_robustness(out_dir / ROBUSTNESS_CSV))
-        note(f"robustness: clean mAP {format_percent(summary['clean_mAP'])}, mean over {summary['conditions']} conditions "
-             f"{format_percent(summary['mean_mAP'])}, worst {summary['worst']} ({format_percent(summary['worst_mAP'])}); "
-             "see robustness.md")
+        note(
+            f"robustness: clean mAP {format_percent(summary['clean_mAP'])}, mean over {summary['conditions']} conditions "
+            f"{format_percent(summary['mean_mAP'])}, worst {summary['worst']} ({format_percent(summary['worst_mAP'])}); "
+            "see robustness.md"
+        )
     note(f"wrote {out_dir}")
 
 
@@ -193,12 +204,22 @@ def _print_metrics(metrics: dict) -> None:
     out.print(summary)
 
     per_label = Table(title="per label", title_justify="left")
-    for name, justify in (("label", "left"), ("support", "right"), ("AP", "right"), ("precision", "right"),
-                          ("recall", "right"), ("F1", "right"), ("threshold", "right")):
+    for name, justify in (
+        ("label", "left"),
+        ("support", "right"),
+        ("AP", "right"),
+        ("precision", "right"),
+        ("recall", "right"),
+        ("F1", "right"),
+        ("threshold", "right"),
+    ):
         per_label.add_column(name, justify=justify)
     for label, row in metrics["per_label"].items():
         per_label.add_row(
-            label, str(row["support"]), *(format_percent(row[key]) for key in ("AP", "precision", "recall", "F1")), f"{row['threshold']:.4g}"
+            label,
+            str(row["support"]),
+            *(format_percent(row[key]) for key in ("AP", "precision", "recall", "F1")),
+            f"{row['threshold']:.4g}",
         )
     out.print(per_label)
 

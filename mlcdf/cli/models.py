@@ -16,9 +16,7 @@ from mlcdf.errors import MlcdfError
 def models_command(
     pattern: Annotated[str, typer.Argument(help="Shell-style wildcard over model names, e.g. '*gcn'.")] = "*",
     num_labels: Annotated[int, typer.Option("--num-labels", min=1, help="Labels to count the head for.")] = 5,
-    embedding_dim: Annotated[
-        int, typer.Option("--embedding-dim", min=1, help="Node-feature width graph models are counted with.")
-    ] = 300,
+    embedding_dim: Annotated[int, typer.Option("--embedding-dim", min=1, help="Node-feature width graph models are counted with.")] = 300,
     as_json: JsonOpt = False,
 ) -> None:
     """List the models 'mlcdf train --model' accepts, with their parameter counts.

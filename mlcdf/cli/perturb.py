@@ -27,8 +27,12 @@ def perturb_command(
     ],
     subset: SubsetOpt = Subset.all,
     splits: Annotated[str, typer.Option("--splits", help="Comma-separated splits to copy.")] = "test",
-    seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of the random draws (noise, blocks, and the conditions of 'random').")] = 0,
-    workers: Annotated[int | None, typer.Option("--workers", min=1, help="Threads decoding, perturbing and encoding (default: min(8, CPUs)).")] = None,
+    seed: Annotated[
+        int, typer.Option("--seed", min=0, help="Seed of the random draws (noise, blocks, and the conditions of 'random').")
+    ] = 0,
+    workers: Annotated[
+        int | None, typer.Option("--workers", min=1, help="Threads decoding, perturbing and encoding (default: min(8, CPUs)).")
+    ] = None,
     max_pixels: MaxPixelsOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
@@ -49,7 +53,13 @@ def perturb_command(
     if not split_names:
         raise MlcdfError("--splits is empty; give e.g. test or train,val,test")
     for result in perturb_dataset(
-        root, out_dir, spec, subsets=subset.names(), splits=split_names, seed=seed, workers=workers,
+        root,
+        out_dir,
+        spec,
+        subsets=subset.names(),
+        splits=split_names,
+        seed=seed,
+        workers=workers,
         progress=rich_progress(quiet=quiet),
     ):
         counts = ", ".join(f"{split} {count:,}" for split, count in result.images.items())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -30,8 +30,17 @@ MAX_LABEL_COLUMNS = 10
 def predict_command(
     run: RunArg,
     inputs: Annotated[list[Path], typer.Argument(help="Image files and/or folders (searched recursively).")],
-    out_file: Annotated[Optional[Path], typer.Option("--out", help="Write every prediction to FILE.csv or FILE.json (bytes of a file name that are not UTF-8 as \\xNN).", dir_okay=False)] = None,
-    threshold: Annotated[float, typer.Option("--threshold", min=0.0, max=1.0, help="A manipulation is predicted when its probability is at least this.")] = 0.5,
+    out_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Write every prediction to FILE.csv or FILE.json (bytes of a file name that are not UTF-8 as \\xNN).",
+            dir_okay=False,
+        ),
+    ] = None,
+    threshold: Annotated[
+        float, typer.Option("--threshold", min=0.0, max=1.0, help="A manipulation is predicted when its probability is at least this.")
+    ] = 0.5,
     checkpoint: CheckpointOpt = Checkpoint.best,
     device: DeviceOpt = Device.auto,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 64,
@@ -55,8 +64,14 @@ def predict_command(
     from mlcdf.inference.runs import predict_images
 
     result = predict_images(
-        run, inputs, checkpoint=checkpoint.value, device=device.value, batch_size=batch_size,
-        threshold=threshold, workers=workers, progress=rich_progress(quiet=quiet),
+        run,
+        inputs,
+        checkpoint=checkpoint.value,
+        device=device.value,
+        batch_size=batch_size,
+        threshold=threshold,
+        workers=workers,
+        progress=rich_progress(quiet=quiet),
     )
     for path, reason in result.unreadable:
         warn(f"{path_text(path)}: skipped, cannot read the image ({reason})")
@@ -137,7 +152,11 @@ def is_predictions_file(path: Path) -> bool:
     except (OSError, UnicodeDecodeError, csv.Error):
         return False
     scores = header[1:-2]
-    return header[:1] + header[-2:] == ["file_path", "fake_score", "predicted"] and bool(scores) and all(name.startswith("score_") for name in scores)
+    return (
+        header[:1] + header[-2:] == ["file_path", "fake_score", "predicted"]
+        and bool(scores)
+        and all(name.startswith("score_") for name in scores)
+    )
 
 
 def explain_command(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -15,8 +15,7 @@ from mlcdf.data.own_csv import DEFAULT_PATH_COLUMN, CsvPrepareConfig, CsvSummary
 from mlcdf.data.prepared import SPLITS, load_prepared
 from mlcdf.data.seqdeepfake import PrepareConfig, SubsetSummary, prepare
 from mlcdf.errors import MlcdfError
-from mlcdf.labels import conditional_probabilities, count_cooccurrence
-from mlcdf.labels import MAX_STEPS
+from mlcdf.labels import MAX_STEPS, conditional_probabilities, count_cooccurrence
 
 
 class Format(str, Enum):
@@ -54,15 +53,17 @@ def prepare_command(
         Format, typer.Option("--format", help="'seqdeepfake': the official release; 'csv': your own CSV (--csv).")
     ] = Format.seqdeepfake,
     csv_file: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option("--csv", help="csv: the annotation file (one row per image).", dir_okay=False),
     ] = None,
-    name: Annotated[Optional[str], typer.Option("--name", help="csv: the dataset's name and folder under OUT (default: the CSV's stem).")] = None,
+    name: Annotated[
+        str | None, typer.Option("--name", help="csv: the dataset's name and folder under OUT (default: the CSV's stem).")
+    ] = None,
     path_column: Annotated[
         str, typer.Option("--path-column", help="csv: the column of image paths, relative to --root (e.g. image_id).")
     ] = DEFAULT_PATH_COLUMN,
     labels: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(
             "--labels",
             help="csv: comma-separated label names, in order: the label columns to read (one column per label), or the "
@@ -70,21 +71,30 @@ def prepare_command(
         ),
     ] = None,
     split_column: Annotated[
-        Optional[str], typer.Option("--split-column", help="csv: the column holding train/val/test (default: 'split').")
+        str | None, typer.Option("--split-column", help="csv: the column holding train/val/test (default: 'split').")
     ] = None,
     split_ratios: Annotated[
-        Optional[str],
-        typer.Option("--split-ratios", help="csv without a split column: train,val,test fractions of a multi-label stratified split, e.g. 0.8,0.1,0.1."),
+        str | None,
+        typer.Option(
+            "--split-ratios",
+            help="csv without a split column: train,val,test fractions of a multi-label stratified split, e.g. 0.8,0.1,0.1.",
+        ),
     ] = None,
     seed: Annotated[int, typer.Option("--seed", help="csv: seed of the --split-ratios split.")] = 0,
     subset: SubsetOpt = Subset.all,
     splits: Annotated[str, typer.Option("--splits", help="Comma-separated splits to read; absent ones are skipped.")] = ",".join(SPLITS),
     check_images: Annotated[
         CheckImages,
-        typer.Option("--check-images", help="'exists' checks every image file is there, 'decode' also decodes each one (parallel), 'none' trusts the CSV."),
+        typer.Option(
+            "--check-images",
+            help="'exists' checks every image file is there, 'decode' also decodes each one (parallel), 'none' trusts the CSV.",
+        ),
     ] = CheckImages.exists,
     skip_missing: Annotated[
-        bool, typer.Option("--skip-missing", help="Drop rows whose image is missing or unreadable instead of failing; they are counted in the summary.")
+        bool,
+        typer.Option(
+            "--skip-missing", help="Drop rows whose image is missing or unreadable instead of failing; they are counted in the summary."
+        ),
     ] = False,
     workers: Annotated[int, typer.Option("--workers", min=1, help="Threads for --check-images decode.")] = 8,
     max_pixels: MaxPixelsOpt = None,

@@ -29,17 +29,23 @@ def report_command(
         ),
     ],
     split: Annotated[Split, typer.Option("--split", help="Which evaluation of each run folder to report.")] = Split.test,
-    fmt: Annotated[Format, typer.Option("--format", help="Markdown or a LaTeX tabular per subset (one decimal, as the paper), or CSV (6 decimals).")] = Format.md,
+    fmt: Annotated[
+        Format, typer.Option("--format", help="Markdown or a LaTeX tabular per subset (one decimal, as the paper), or CSV (6 decimals).")
+    ] = Format.md,
     out_file: Annotated[Path | None, typer.Option("--out", help="Write the table to this file instead of stdout.", dir_okay=False)] = None,
     paper: Annotated[
         bool,
         typer.Option(
-            "--paper", help="Add the paper's published rows for each subset, and our difference from them (and the paper's bars to --figure)."
+            "--paper",
+            help="Add the paper's published rows for each subset, and our difference from them (and the paper's bars to --figure).",
         ),
     ] = False,
     robustness: Annotated[
         bool,
-        typer.Option("--robustness", help="Add a section comparing the runs' robustness (from 'evaluate --perturb'): clean mAP, mean mAP over the conditions, worst condition. Markdown only."),
+        typer.Option(
+            "--robustness",
+            help="Add a section comparing the runs' robustness (from 'evaluate --perturb'): clean mAP, mean mAP over the conditions, worst condition. Markdown only.",
+        ),
     ] = False,
     figure: Annotated[
         Path | None,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.live import Live
@@ -27,7 +27,7 @@ class PlanMonitor:
         self.live = Live(console=err, transient=True, auto_refresh=False)
         self.enabled = not quiet and err.is_terminal
 
-    def __enter__(self) -> "PlanMonitor":
+    def __enter__(self) -> PlanMonitor:
         if self.enabled:
             self.live.__enter__()
         return self
@@ -45,37 +45,116 @@ class PlanMonitor:
         for run in running:
             done, epochs, val_map = run.progress()
             minutes, seconds = divmod(int(time.monotonic() - run.started), 60)
-            table.add_row(run.job.label, run.device, f"{done}/{epochs}", "-" if val_map is None else f"{100 * val_map:.2f}", f"{minutes}:{seconds:02d}")
+            table.add_row(
+                run.job.label,
+                run.device,
+                f"{done}/{epochs}",
+                "-" if val_map is None else f"{100 * val_map:.2f}",
+                f"{minutes}:{seconds:02d}",
+            )
         self.live.update(table, refresh=True)
 
 
 def reproduce_command(
-    data: Annotated[Optional[Path], typer.Option("--data", help="The Seq-DeepFake root (SUBSET/annotations, SUBSET/images); the plan's subsets are prepared from it.", file_okay=False)] = None,
-    out_dir: Annotated[Path, typer.Option("--out", help="Folder for prepared data, graphs, runs and reports.", file_okay=False)] = Path("reproduce"),
-    plan_file: Annotated[Optional[Path], typer.Option("--plan", help="A plan file (TOML, see the README's 'Plans'); default: the paper's Tables I and II.", dir_okay=False)] = None,
-    smoke: Annotated[bool, typer.Option("--smoke", help="The same plan on a synthetic stand-in: 1 epoch, 32 px, no pretrained weights. Checks the pipeline; its numbers mean nothing.")] = False,
-    subset: Annotated[Optional[list[str]], typer.Option("--subset", help="Only this subset of the plan (repeatable); 'all' (default) means every one.")] = None,
-    only: Annotated[Optional[list[str]], typer.Option("--only", help="Only the runs whose name matches this glob, e.g. 'resnet*' or '*-image' (repeatable).")] = None,
-    seeds: Annotated[Optional[int], typer.Option("--seeds", min=1, help="Train each configuration N times, seeds 0..N-1 (folders RUN-s0, RUN-s1, ...; 1 keeps RUN).")] = None,
-    device: Annotated[Optional[Device], typer.Option("--device", help="'auto' takes CUDA when present (default: the plan's).")] = None,
-    epochs: Annotated[Optional[int], typer.Option("--epochs", min=1, help="Maximum epochs (paper: 40; early stopping on val mAP).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Batch size (paper: 128).")] = None,
-    image_size: Annotated[Optional[int], typer.Option("--image-size", min=8, help="Input size (paper: 224).")] = None,
-    word_embedding: Annotated[Optional[str], typer.Option("--word-embedding", help=f"Node features of the word graphs (paper: {PAPER_WORD_EMBEDDING}, GloVe 300-d; 'glove' is the embedded 50-d subset).")] = None,
-    workers: Annotated[Optional[int], typer.Option("--workers", min=0, help="DataLoader worker processes.")] = None,
-    tensorboard: Annotated[bool, typer.Option("--tensorboard", help="Each run also writes TensorBoard event files to OUT/tensorboard/<subset>/<run> (view all with 'tensorboard --logdir OUT/tensorboard'). Needs pip install 'mlcdf[tensorboard]'.")] = False,
-    keep_last: Annotated[bool, typer.Option("--keep-last", help="Keep checkpoints/last.pt (optimizer and EMA state, 4x the weights) of evaluated runs; by default only best.pt stays.")] = False,
-    jobs: Annotated[Optional[int], typer.Option("--jobs", min=1, help="Runs at once, each in its own process (local: one per device of --devices, else 1 in this process; Slurm: jobs queued at once, default all).")] = None,
-    devices: Annotated[Optional[str], typer.Option("--devices", help="Devices the runs take turns on, e.g. 0,1,2,3 or cpu,cpu; each run gets its own.")] = None,
-    gpus_per_run: Annotated[int, typer.Option("--gpus-per-run", min=1, help="GPUs of one run (DDP through torchrun); --devices lists them all.")] = 1,
-    launcher: Annotated[str, typer.Option("--launcher", help="local (this machine) or slurm (each run a Slurm job through submitit: pip install 'mlcdf[slurm]').")] = "local",
-    partition: Annotated[Optional[str], typer.Option("--partition", help="Slurm partition.", rich_help_panel=_SLURM)] = None,
-    time_min: Annotated[Optional[int], typer.Option("--time", min=1, help="Slurm time limit of each run, in minutes.", rich_help_panel=_SLURM)] = None,
-    gpus: Annotated[Optional[int], typer.Option("--gpus", min=0, help="GPUs per Slurm job (default: --gpus-per-run).", rich_help_panel=_SLURM)] = None,
-    cpus_per_task: Annotated[Optional[int], typer.Option("--cpus-per-task", min=1, help="CPUs per Slurm job.", rich_help_panel=_SLURM)] = None,
-    account: Annotated[Optional[str], typer.Option("--account", help="Slurm account.", rich_help_panel=_SLURM)] = None,
-    cluster: Annotated[Optional[str], typer.Option("--slurm-cluster", help="submitit cluster: slurm (default), or local (the jobs as local processes, for testing).", rich_help_panel=_SLURM)] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and each run's status (from the run folders), and stop.")] = False,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            "--data",
+            help="The Seq-DeepFake root (SUBSET/annotations, SUBSET/images); the plan's subsets are prepared from it.",
+            file_okay=False,
+        ),
+    ] = None,
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for prepared data, graphs, runs and reports.", file_okay=False)] = Path(
+        "reproduce"
+    ),
+    plan_file: Annotated[
+        Path | None,
+        typer.Option("--plan", help="A plan file (TOML, see the README's 'Plans'); default: the paper's Tables I and II.", dir_okay=False),
+    ] = None,
+    smoke: Annotated[
+        bool,
+        typer.Option(
+            "--smoke",
+            help="The same plan on a synthetic stand-in: 1 epoch, 32 px, no pretrained weights. Checks the pipeline; its numbers mean nothing.",
+        ),
+    ] = False,
+    subset: Annotated[
+        list[str] | None, typer.Option("--subset", help="Only this subset of the plan (repeatable); 'all' (default) means every one.")
+    ] = None,
+    only: Annotated[
+        list[str] | None,
+        typer.Option("--only", help="Only the runs whose name matches this glob, e.g. 'resnet*' or '*-image' (repeatable)."),
+    ] = None,
+    seeds: Annotated[
+        int | None,
+        typer.Option("--seeds", min=1, help="Train each configuration N times, seeds 0..N-1 (folders RUN-s0, RUN-s1, ...; 1 keeps RUN)."),
+    ] = None,
+    device: Annotated[Device | None, typer.Option("--device", help="'auto' takes CUDA when present (default: the plan's).")] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", min=1, help="Maximum epochs (paper: 40; early stopping on val mAP).")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, help="Batch size (paper: 128).")] = None,
+    image_size: Annotated[int | None, typer.Option("--image-size", min=8, help="Input size (paper: 224).")] = None,
+    word_embedding: Annotated[
+        str | None,
+        typer.Option(
+            "--word-embedding",
+            help=f"Node features of the word graphs (paper: {PAPER_WORD_EMBEDDING}, GloVe 300-d; 'glove' is the embedded 50-d subset).",
+        ),
+    ] = None,
+    workers: Annotated[int | None, typer.Option("--workers", min=0, help="DataLoader worker processes.")] = None,
+    tensorboard: Annotated[
+        bool,
+        typer.Option(
+            "--tensorboard",
+            help="Each run also writes TensorBoard event files to OUT/tensorboard/<subset>/<run> (view all with 'tensorboard --logdir OUT/tensorboard'). Needs pip install 'mlcdf[tensorboard]'.",
+        ),
+    ] = False,
+    keep_last: Annotated[
+        bool,
+        typer.Option(
+            "--keep-last",
+            help="Keep checkpoints/last.pt (optimizer and EMA state, 4x the weights) of evaluated runs; by default only best.pt stays.",
+        ),
+    ] = False,
+    jobs: Annotated[
+        int | None,
+        typer.Option(
+            "--jobs",
+            min=1,
+            help="Runs at once, each in its own process (local: one per device of --devices, else 1 in this process; Slurm: jobs queued at once, default all).",
+        ),
+    ] = None,
+    devices: Annotated[
+        str | None, typer.Option("--devices", help="Devices the runs take turns on, e.g. 0,1,2,3 or cpu,cpu; each run gets its own.")
+    ] = None,
+    gpus_per_run: Annotated[
+        int, typer.Option("--gpus-per-run", min=1, help="GPUs of one run (DDP through torchrun); --devices lists them all.")
+    ] = 1,
+    launcher: Annotated[
+        str,
+        typer.Option(
+            "--launcher", help="local (this machine) or slurm (each run a Slurm job through submitit: pip install 'mlcdf[slurm]')."
+        ),
+    ] = "local",
+    partition: Annotated[str | None, typer.Option("--partition", help="Slurm partition.", rich_help_panel=_SLURM)] = None,
+    time_min: Annotated[
+        int | None, typer.Option("--time", min=1, help="Slurm time limit of each run, in minutes.", rich_help_panel=_SLURM)
+    ] = None,
+    gpus: Annotated[
+        int | None, typer.Option("--gpus", min=0, help="GPUs per Slurm job (default: --gpus-per-run).", rich_help_panel=_SLURM)
+    ] = None,
+    cpus_per_task: Annotated[int | None, typer.Option("--cpus-per-task", min=1, help="CPUs per Slurm job.", rich_help_panel=_SLURM)] = None,
+    account: Annotated[str | None, typer.Option("--account", help="Slurm account.", rich_help_panel=_SLURM)] = None,
+    cluster: Annotated[
+        str | None,
+        typer.Option(
+            "--slurm-cluster",
+            help="submitit cluster: slurm (default), or local (the jobs as local processes, for testing).",
+            rich_help_panel=_SLURM,
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the plan and each run's status (from the run folders), and stop.")
+    ] = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Train, evaluate and tabulate every run of a plan: by default the paper's Tables I and II.
@@ -100,16 +179,30 @@ def reproduce_command(
     overrides = {
         name: value
         for name, value in dict(
-            epochs=epochs, batch_size=batch_size, image_size=image_size, word_embedding=word_embedding, workers=workers,
-            seeds=seeds, device=device.value if device else None, keep_last=keep_last or None, tensorboard=tensorboard or None,
+            epochs=epochs,
+            batch_size=batch_size,
+            image_size=image_size,
+            word_embedding=word_embedding,
+            workers=workers,
+            seeds=seeds,
+            device=device.value if device else None,
+            keep_last=keep_last or None,
+            tensorboard=tensorboard or None,
         ).items()
         if value is not None
     }
     slurm = dict(partition=partition, time=time_min, gpus=gpus, cpus_per_task=cpus_per_task, account=account, cluster=cluster)
     common = dict(
-        data=data, plan_file=plan_file, subsets=None if not subset or subset == ["all"] else tuple(subset), only=tuple(only or ()),
-        jobs=jobs, devices=tuple(d.strip() for d in devices.split(",")) if devices else (), gpus_per_run=gpus_per_run,
-        launcher=launcher, slurm={key: value for key, value in slurm.items() if value is not None}, **overrides,
+        data=data,
+        plan_file=plan_file,
+        subsets=None if not subset or subset == ["all"] else tuple(subset),
+        only=tuple(only or ()),
+        jobs=jobs,
+        devices=tuple(d.strip() for d in devices.split(",")) if devices else (),
+        gpus_per_run=gpus_per_run,
+        launcher=launcher,
+        slurm={key: value for key, value in slurm.items() if value is not None},
+        **overrides,
     )
     config = ReproduceConfig.smoke_test(out_dir, **common) if smoke else ReproduceConfig(out=out_dir, **common)
     if dry_run:

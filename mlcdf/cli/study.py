@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -14,9 +14,7 @@ from mlcdf.errors import MlcdfError
 
 _SLURM = "Slurm (--launcher slurm)"
 
-study_app = typer.Typer(
-    help="Studies that go past the paper: each one a plan of runs plus its analysis.", no_args_is_help=True
-)
+study_app = typer.Typer(help="Studies that go past the paper: each one a plan of runs plus its analysis.", no_args_is_help=True)
 
 
 class Preset(str, Enum):
@@ -38,27 +36,34 @@ def cooccurrence_command(
     seeds: Annotated[int, typer.Option("--seeds", min=1, help="Training seeds per model and strength.")] = 3,
     preset: Annotated[
         Preset,
-        typer.Option("--preset", help="cpu: ResNet-18 from scratch at 48 px, 6 epochs, 800 training images (about 1 min per run on 2 cores with --jobs 2 --devices cpu,cpu). gpu: the paper's sizes "
-                     "(ResNet-101 ImageNet-pretrained, 224 px, up to 40 epochs, GloVe 300-d, 4000 training images)."),
+        typer.Option(
+            "--preset",
+            help="cpu: ResNet-18 from scratch at 48 px, 6 epochs, 800 training images (about 1 min per run on 2 cores with --jobs 2 --devices cpu,cpu). gpu: the paper's sizes "
+            "(ResNet-101 ImageNet-pretrained, 224 px, up to 40 epochs, GloVe 300-d, 4000 training images).",
+        ),
     ] = Preset.cpu,
-    profile: Annotated[str, typer.Option("--profile", help="Co-occurrence profile: editing-habits or a profile JSON file.")] = "editing-habits",
+    profile: Annotated[
+        str, typer.Option("--profile", help="Co-occurrence profile: editing-habits or a profile JSON file.")
+    ] = "editing-habits",
     subset: Annotated[Subset, typer.Option("--subset", help="The synthetic subset (its labels).")] = Subset.facial_components,
-    backbone: Annotated[Optional[str], typer.Option("--backbone", help="timm backbone of every model (default: the preset's).")] = None,
+    backbone: Annotated[str | None, typer.Option("--backbone", help="timm backbone of every model (default: the preset's).")] = None,
     models: Annotated[str, typer.Option("--models", help="direct and graph models, comma-separated.")] = "direct,ml_gcn,ml_agcn",
-    train: Annotated[Optional[int], typer.Option("--train", min=1, help="Training images per dataset.")] = None,
-    val: Annotated[Optional[int], typer.Option("--val", min=1, help="Validation images per dataset.")] = None,
-    test: Annotated[Optional[int], typer.Option("--test", min=1, help="Test images per dataset.")] = None,
-    data_size: Annotated[Optional[int], typer.Option("--data-size", min=32, max=2048, help="Side of the synthetic images.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Batch size.")] = None,
-    epochs: Annotated[Optional[int], typer.Option("--epochs", min=1, help="Maximum epochs.")] = None,
-    image_size: Annotated[Optional[int], typer.Option("--image-size", min=8, help="Training input size.")] = None,
+    train: Annotated[int | None, typer.Option("--train", min=1, help="Training images per dataset.")] = None,
+    val: Annotated[int | None, typer.Option("--val", min=1, help="Validation images per dataset.")] = None,
+    test: Annotated[int | None, typer.Option("--test", min=1, help="Test images per dataset.")] = None,
+    data_size: Annotated[int | None, typer.Option("--data-size", min=32, max=2048, help="Side of the synthetic images.")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, help="Batch size.")] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", min=1, help="Maximum epochs.")] = None,
+    image_size: Annotated[int | None, typer.Option("--image-size", min=8, help="Training input size.")] = None,
     device: Annotated[Device, typer.Option("--device", help="'auto' takes CUDA when present.")] = Device.auto,
-    jobs: Annotated[Optional[int], typer.Option("--jobs", min=1, help="Runs at once, each in its own process.")] = None,
-    devices: Annotated[Optional[str], typer.Option("--devices", help="Devices the runs take turns on, e.g. 0,1,2,3 or cpu,cpu.")] = None,
+    jobs: Annotated[int | None, typer.Option("--jobs", min=1, help="Runs at once, each in its own process.")] = None,
+    devices: Annotated[str | None, typer.Option("--devices", help="Devices the runs take turns on, e.g. 0,1,2,3 or cpu,cpu.")] = None,
     launcher: Annotated[str, typer.Option("--launcher", help="local, or slurm (each run a Slurm job through submitit).")] = "local",
-    partition: Annotated[Optional[str], typer.Option("--partition", help="Slurm partition.", rich_help_panel=_SLURM)] = None,
-    time_min: Annotated[Optional[int], typer.Option("--time", min=1, help="Slurm time limit of each run, in minutes.", rich_help_panel=_SLURM)] = None,
-    account: Annotated[Optional[str], typer.Option("--account", help="Slurm account.", rich_help_panel=_SLURM)] = None,
+    partition: Annotated[str | None, typer.Option("--partition", help="Slurm partition.", rich_help_panel=_SLURM)] = None,
+    time_min: Annotated[
+        int | None, typer.Option("--time", min=1, help="Slurm time limit of each run, in minutes.", rich_help_panel=_SLURM)
+    ] = None,
+    account: Annotated[str | None, typer.Option("--account", help="Slurm account.", rich_help_panel=_SLURM)] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print each run's status and stop.")] = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -81,11 +86,18 @@ def cooccurrence_command(
     from mlcdf.cli.train import RichTrainCallbacks
     from mlcdf.experiments.study import PRESETS, StudyConfig, run_study
 
-    chosen = dict(backbone=backbone, train=train, val=val, test=test, data_size=data_size, batch_size=batch_size, epochs=epochs, image_size=image_size)
+    chosen = dict(
+        backbone=backbone, train=train, val=val, test=test, data_size=data_size, batch_size=batch_size, epochs=epochs, image_size=image_size
+    )
     overrides = {name: value for name, value in chosen.items() if value is not None}
     config = StudyConfig(
-        out=out_dir, strengths=_numbers(strengths, "--strengths"), seeds=seeds, profile=profile, subset=subset.value,
-        models=tuple(model.strip() for model in models.split(",") if model.strip()), device=device.value,
+        out=out_dir,
+        strengths=_numbers(strengths, "--strengths"),
+        seeds=seeds,
+        profile=profile,
+        subset=subset.value,
+        models=tuple(model.strip() for model in models.split(",") if model.strip()),
+        device=device.value,
         **{**PRESETS[preset.value], **overrides},
     )
     slurm = {key: value for key, value in dict(partition=partition, time=time_min, account=account).items() if value is not None}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -21,9 +21,7 @@ class ImageFormat(str, Enum):
 
 
 def synth_command(
-    out_dir: Annotated[
-        Path, typer.Option("--out", help="Dataset root to write; each subset goes to OUT/SUBSET.", file_okay=False)
-    ],
+    out_dir: Annotated[Path, typer.Option("--out", help="Dataset root to write; each subset goes to OUT/SUBSET.", file_okay=False)],
     subset: SubsetOpt = Subset.all,
     train: Annotated[int, typer.Option("--train", min=0, help="Training images per subset.")] = 1000,
     val: Annotated[int, typer.Option("--val", min=0, help="Validation images per subset.")] = 200,
@@ -41,7 +39,7 @@ def synth_command(
         ),
     ] = 1.0,
     real_fraction: Annotated[
-        Optional[float],
+        float | None,
         typer.Option(
             "--real-fraction",
             min=0.0,
@@ -60,7 +58,7 @@ def synth_command(
         ),
     ] = UNIFORM,
     cooccurrence_strength: Annotated[
-        Optional[float],
+        float | None,
         typer.Option(
             "--cooccurrence-strength",
             min=0.0,
@@ -69,11 +67,9 @@ def synth_command(
             "(else the uniform process). Default 1 with a profile.",
         ),
     ] = None,
-    workers: Annotated[
-        Optional[int], typer.Option("--workers", min=1, help="Processes drawing images; default: one per CPU core.")
-    ] = None,
+    workers: Annotated[int | None, typer.Option("--workers", min=1, help="Processes drawing images; default: one per CPU core.")] = None,
     preview: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option(
             "--preview",
             dir_okay=False,
@@ -122,9 +118,7 @@ def _print_summary(result: SynthResult) -> None:
         table.add_column(split, justify="right")
     table.add_column("of which real", justify="right")
     for subset, images in result.images.items():
-        table.add_row(
-            subset, *(f"{images[split]:,}" for split in SPLITS), f"{sum(result.reals[subset].values()):,}"
-        )
+        table.add_row(subset, *(f"{images[split]:,}" for split in SPLITS), f"{sum(result.reals[subset].values()):,}")
     out.print(table)
     rate = result.total / result.seconds if result.seconds > 0 else float("inf")
     note(f"{result.total:,} images in {result.seconds:.1f} s ({rate:.0f} images/s)")

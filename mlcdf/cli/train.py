@@ -7,7 +7,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.progress import Progress, TextColumn
@@ -40,7 +40,7 @@ class RichTrainCallbacks:
         self.task = None
         self.epochs = 0
 
-    def __enter__(self) -> "RichTrainCallbacks":
+    def __enter__(self) -> RichTrainCallbacks:
         self.progress.__enter__()
         return self
 
@@ -93,40 +93,118 @@ _CLI_TO_FIELD = {"asl": "loss"}
 
 def train_command(
     ctx: typer.Context,
-    prepared: Annotated[Optional[Path], typer.Option("--prepared", help="Prepared subset folder (PREPARED/SUBSET).", file_okay=False)] = None,
-    model: Annotated[Optional[str], typer.Option("--model", help="Model name (see 'mlcdf models'), e.g. resnet101, tresnet_m, ml_gcn, timm:convnext_tiny.")] = None,
-    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Run folder to write.", file_okay=False)] = None,
+    prepared: Annotated[Path | None, typer.Option("--prepared", help="Prepared subset folder (PREPARED/SUBSET).", file_okay=False)] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", help="Model name (see 'mlcdf models'), e.g. resnet101, tresnet_m, ml_gcn, timm:convnext_tiny.")
+    ] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Run folder to write.", file_okay=False)] = None,
     asl: Annotated[bool, typer.Option("--asl", help="Train with the Asymmetric Loss instead of binary cross-entropy.")] = False,
-    asl_gamma_neg: Annotated[float, typer.Option("--asl-gamma-neg", min=0.0, help="ASL's focusing exponent of negatives, γ-: a negative's loss is weighted by p^γ-. 4 suits sparse labels (COCO: 3 of 80 positive); lower it when most labels are positive, or uncertain scores sit above 0.5.")] = 4.0,
+    asl_gamma_neg: Annotated[
+        float,
+        typer.Option(
+            "--asl-gamma-neg",
+            min=0.0,
+            help="ASL's focusing exponent of negatives, γ-: a negative's loss is weighted by p^γ-. 4 suits sparse labels (COCO: 3 of 80 positive); lower it when most labels are positive, or uncertain scores sit above 0.5.",
+        ),
+    ] = 4.0,
     asl_gamma_pos: Annotated[float, typer.Option("--asl-gamma-pos", min=0.0, help="ASL's focusing exponent of positives, γ+.")] = 0.0,
-    asl_clip: Annotated[float, typer.Option("--asl-clip", min=0.0, max=0.999, help="ASL's probability margin m: negatives scoring below m cost nothing (0 disables).")] = 0.05,
-    backbone: Annotated[Optional[str], typer.Option("--backbone", help="Graph models: the timm backbone under the GCN head (default: the paper's).")] = None,
-    graph: Annotated[Optional[Path], typer.Option("--graph", help="Label graph (.npz from 'mlcdf build-graph'); needed by graph models.", dir_okay=False)] = None,
-    recipe: Annotated[str, typer.Option("--recipe", help="Optimisation recipe: asl or mlgcn. 'asl': AdamW + OneCycle, lr 1e-4. 'mlgcn': SGD 0.9, lr 0.1 (backbone 0.01), step decay, clip 10.")] = "asl",
+    asl_clip: Annotated[
+        float,
+        typer.Option(
+            "--asl-clip", min=0.0, max=0.999, help="ASL's probability margin m: negatives scoring below m cost nothing (0 disables)."
+        ),
+    ] = 0.05,
+    backbone: Annotated[
+        str | None, typer.Option("--backbone", help="Graph models: the timm backbone under the GCN head (default: the paper's).")
+    ] = None,
+    graph: Annotated[
+        Path | None, typer.Option("--graph", help="Label graph (.npz from 'mlcdf build-graph'); needed by graph models.", dir_okay=False)
+    ] = None,
+    recipe: Annotated[
+        str,
+        typer.Option(
+            "--recipe",
+            help="Optimisation recipe: asl or mlgcn. 'asl': AdamW + OneCycle, lr 1e-4. 'mlgcn': SGD 0.9, lr 0.1 (backbone 0.01), step decay, clip 10.",
+        ),
+    ] = "asl",
     epochs: Annotated[int, typer.Option("--epochs", min=1, help="Maximum epochs.")] = 40,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Global batch size (split over torchrun processes).")] = 128,
     image_size: Annotated[int, typer.Option("--image-size", min=8, help="Square input size in pixels.")] = 224,
-    lr: Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate (default: the recipe's).")] = None,
+    lr: Annotated[float | None, typer.Option("--lr", help="Peak learning rate (default: the recipe's).")] = None,
     weight_decay: Annotated[float, typer.Option("--weight-decay", help="Decoupled weight decay on weights (not biases or norms).")] = 1e-4,
-    patience: Annotated[int, typer.Option("--patience", min=0, help="Stop after this many epochs without a better validation mAP (0: never).")] = 10,
-    ema_decay: Annotated[float, typer.Option("--ema-decay", min=0.0, max=1.0, help="Weight EMA decay (0 disables); plain and EMA weights are both validated.")] = 0.9997,
+    patience: Annotated[
+        int, typer.Option("--patience", min=0, help="Stop after this many epochs without a better validation mAP (0: never).")
+    ] = 10,
+    ema_decay: Annotated[
+        float,
+        typer.Option("--ema-decay", min=0.0, max=1.0, help="Weight EMA decay (0 disables); plain and EMA weights are both validated."),
+    ] = 0.9997,
     device: Annotated[Device, typer.Option("--device", help="'auto' takes CUDA when present.")] = Device.auto,
     seed: Annotated[int, typer.Option("--seed", help="Random seed (initialisation, shuffling, augmentation).")] = 0,
-    pretrained: Annotated[bool, typer.Option("--pretrained", help="Start from timm's ImageNet weights (needs internet or a warm cache).")] = False,
-    weights: Annotated[Optional[Path], typer.Option("--weights", help="Start the backbone from a local .pth/.safetensors file.", dir_okay=False, exists=True)] = None,
-    workers: Annotated[Optional[int], typer.Option("--workers", min=0, help="DataLoader worker processes, at most 64 (default: min(4, CPUs)).")] = None,
-    amp: Annotated[Optional[bool], typer.Option("--amp/--no-amp", help="Mixed precision (default: on for CUDA; bf16, or fp16 with a grad scaler).", show_default=False)] = None,
-    channels_last: Annotated[Optional[bool], typer.Option("--channels-last/--no-channels-last", help="channels_last memory format (default: on for CUDA).", show_default=False)] = None,
+    pretrained: Annotated[
+        bool, typer.Option("--pretrained", help="Start from timm's ImageNet weights (needs internet or a warm cache).")
+    ] = False,
+    weights: Annotated[
+        Path | None, typer.Option("--weights", help="Start the backbone from a local .pth/.safetensors file.", dir_okay=False, exists=True)
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option("--workers", min=0, help="DataLoader worker processes, at most 64 (default: min(4, CPUs)).")
+    ] = None,
+    amp: Annotated[
+        bool | None,
+        typer.Option(
+            "--amp/--no-amp", help="Mixed precision (default: on for CUDA; bf16, or fp16 with a grad scaler).", show_default=False
+        ),
+    ] = None,
+    channels_last: Annotated[
+        bool | None,
+        typer.Option("--channels-last/--no-channels-last", help="channels_last memory format (default: on for CUDA).", show_default=False),
+    ] = None,
     compile_model: Annotated[bool, typer.Option("--compile", help="torch.compile the model.")] = False,
     sync_bn: Annotated[bool, typer.Option("--sync-bn", help="SyncBatchNorm across torchrun processes (CUDA only).")] = False,
-    cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Decode and resize each image once into PREPARED/SUBSET/cache (default) instead of every epoch.")] = True,
-    val_fraction: Annotated[float, typer.Option("--val-fraction", help="Share of train held out for validation when there is no val split.")] = 0.1,
+    cache: Annotated[
+        bool,
+        typer.Option(
+            "--cache/--no-cache", help="Decode and resize each image once into PREPARED/SUBSET/cache (default) instead of every epoch."
+        ),
+    ] = True,
+    val_fraction: Annotated[
+        float, typer.Option("--val-fraction", help="Share of train held out for validation when there is no val split.")
+    ] = 0.1,
     flip: Annotated[bool, typer.Option("--flip/--no-flip", help="Random horizontal flips.")] = True,
-    jitter: Annotated[float, typer.Option("--jitter", min=0.0, max=0.5, help="Brightness/contrast/saturation jitter strength (0 disables).")] = 0.1,
-    augment_perturb: Annotated[float, typer.Option("--augment-perturb", min=0.0, max=1.0, help="Probability per training image of a random perturbation (mlcdf.data.perturb: any type, any level), drawn per (seed, epoch, image); applied at the input size.")] = 0.0,
-    tensorboard: Annotated[Optional[Path], typer.Option("--tensorboard", help="Also write each epoch's loss, learning rate, val mAP (plain and EMA) and images/s as TensorBoard event files into this folder (one per run; view with 'tensorboard --logdir PARENT'). Needs pip install 'mlcdf[tensorboard]'; a --resume may set or change it.", file_okay=False)] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out (where it is now, even if copied or moved) from checkpoints/last.pt, with its saved options; --device, --workers and --tensorboard may change.")] = False,
-    config: Annotated[Optional[Path], typer.Option("--config", help="TOML or JSON file of these options (snake_case keys); flags override it.", dir_okay=False, exists=True)] = None,
+    jitter: Annotated[
+        float, typer.Option("--jitter", min=0.0, max=0.5, help="Brightness/contrast/saturation jitter strength (0 disables).")
+    ] = 0.1,
+    augment_perturb: Annotated[
+        float,
+        typer.Option(
+            "--augment-perturb",
+            min=0.0,
+            max=1.0,
+            help="Probability per training image of a random perturbation (mlcdf.data.perturb: any type, any level), drawn per (seed, epoch, image); applied at the input size.",
+        ),
+    ] = 0.0,
+    tensorboard: Annotated[
+        Path | None,
+        typer.Option(
+            "--tensorboard",
+            help="Also write each epoch's loss, learning rate, val mAP (plain and EMA) and images/s as TensorBoard event files into this folder (one per run; view with 'tensorboard --logdir PARENT'). Needs pip install 'mlcdf[tensorboard]'; a --resume may set or change it.",
+            file_okay=False,
+        ),
+    ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue the run in --out (where it is now, even if copied or moved) from checkpoints/last.pt, with its saved options; --device, --workers and --tensorboard may change.",
+        ),
+    ] = False,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config", help="TOML or JSON file of these options (snake_case keys); flags override it.", dir_okay=False, exists=True
+        ),
+    ] = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Train a multi-label classifier and write RUN/{config.json, log.jsonl, checkpoints/{last,best}.pt}.
@@ -141,13 +219,13 @@ def train_command(
         torchrun --nproc_per_node=4 -m mlcdf train --prepared prepared/facial_attributes --model tresnet_m --out runs/tm
     """
     # Imported here, not at the top: torch and timm take seconds, which --help and other commands need not pay.
-    from mlcdf.train.distributed import launched_by_torchrun
     from mlcdf.config import RESUME_OVERRIDES, TrainConfig
+    from mlcdf.train.distributed import launched_by_torchrun
     from mlcdf.train.stage import saved_run_options, train
 
     values: dict[str, Any] = _read_config_file(config) if config else {}
     for name, value in ctx.params.items():
-        if name in ("config", "quiet", "resume") or getattr(ctx.get_parameter_source(name), 'name', None) != 'COMMANDLINE':
+        if name in ("config", "quiet", "resume") or getattr(ctx.get_parameter_source(name), "name", None) != "COMMANDLINE":
             continue
         field = _CLI_TO_FIELD.get(name, {"out_dir": "out", "compile_model": "compile"}.get(name, name))
         if field == "loss":

@@ -103,20 +103,25 @@ def build_image_cache(
     try:
         with atomic_path(path) as tmp:
             array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(table), size, size, 3))
-
-            def decode(index: int) -> int:
-                array[index] = read_image(prepared.image_path(table.file_paths[index]), size)
-                return index
-
-            with ThreadPoolExecutor(max_workers=workers) as pool:
-                for _ in progress(pool.map(decode, range(len(table))), f"Caching {split} at {size}px", total=len(table)):
-                    pass
+            _decode_into(array, [prepared.image_path(p) for p in table.file_paths], size, workers, progress, f"Caching {split} at {size}px")
             array.flush()
-            del array
+            del array  # unmaps the file before it is renamed into place
         write_json(path.with_suffix(".json"), {"rows": len(table), "size": size, "fingerprint": _fingerprint(table)})
     except OSError as error:  # a read-only or full disk: the stale cache cannot be replaced
         raise MlcdfError(f"{path}: cannot write the image cache ({error.strerror or error})") from None
     return path
+
+
+def _decode_into(array: np.ndarray, paths: list[Path], size: int, workers: int, progress: ProgressFn, description: str) -> None:
+    """Decode ``paths[i]`` at ``size`` into ``array[i]``, ``workers`` threads at a time."""
+
+    def decode(index: int) -> int:
+        array[index] = read_image(paths[index], size)
+        return index
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for _ in progress(pool.map(decode, range(len(paths))), description, total=len(paths)):
+            pass
 
 
 def read_image(path: Path, size: int) -> np.ndarray:

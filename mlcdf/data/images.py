@@ -81,13 +81,13 @@ def open_image(path: str | Path, max_pixels: int | None = None) -> Iterator[Imag
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(path)
     except Image.DecompressionBombError:
-        raise OSError(f"declares more than {2 * Image.MAX_IMAGE_PIXELS:,} pixels, which exceeds the limit of {limit:,} pixels (--max-pixels)") from None
+        raise OSError(
+            f"declares more than {2 * Image.MAX_IMAGE_PIXELS:,} pixels, which exceeds the limit of {limit:,} pixels (--max-pixels)"
+        ) from None
     with image:
         width, height = image.size
         if width * height > limit:
-            raise OSError(
-                f"{width}x{height} = {width * height:,} pixels exceeds the limit of {limit:,} pixels (--max-pixels)"
-            )
+            raise OSError(f"{width}x{height} = {width * height:,} pixels exceeds the limit of {limit:,} pixels (--max-pixels)")
         yield image
 
 

@@ -176,12 +176,11 @@ def _read_header(path: Path, header: list[str], config: CsvPrepareConfig) -> _He
     else:
         split_index = columns.index(DEFAULT_SPLIT_COLUMN) if DEFAULT_SPLIT_COLUMN in columns else None
     if split_index is not None and config.split_ratios is not None:
-        raise SchemaError(
-            path, f"the file has a split column {columns[split_index]!r} and --split-ratios was given; use one", line=1
-        )
+        raise SchemaError(path, f"the file has a split column {columns[split_index]!r} and --split-ratios was given; use one", line=1)
     if split_index is None and config.split_ratios is None:
         raise SchemaError(
-            path, f"no {DEFAULT_SPLIT_COLUMN!r} column; add one (train/val/test), name it with --split-column, "
+            path,
+            f"no {DEFAULT_SPLIT_COLUMN!r} column; add one (train/val/test), name it with --split-column, "
             "or give --split-ratios 0.8,0.1,0.1",
             line=1,
         )
@@ -249,9 +248,7 @@ def _present_labels(path: Path, line: int, header: _Header, columns: list[str], 
         return names
     unknown = [name for name in names if name not in header.vocabulary]
     if unknown:
-        raise SchemaError(
-            path, f"unknown label(s) {', '.join(map(repr, unknown))}; --labels has {', '.join(header.vocabulary)}", line=line
-        )
+        raise SchemaError(path, f"unknown label(s) {', '.join(map(repr, unknown))}; --labels has {', '.join(header.vocabulary)}", line=line)
     return names
 
 
@@ -329,9 +326,7 @@ def stratified_split(targets: np.ndarray, ratios: tuple[float, float, float], se
     try:
         from iterstrat.ml_stratifiers import IterativeStratification
     except ModuleNotFoundError:
-        raise MlcdfError(
-            f"--split-ratios needs the iterative-stratification package: pip install 'mlcdf[{STRATIFY_EXTRA}]'"
-        ) from None
+        raise MlcdfError(f"--split-ratios needs the iterative-stratification package: pip install 'mlcdf[{STRATIFY_EXTRA}]'") from None
     rng = np.random.RandomState(seed)
     order = np.arange(len(targets))
     rng.shuffle(order)
@@ -369,8 +364,13 @@ def prepare_csv(config: CsvPrepareConfig, progress: ProgressFn = silent) -> CsvS
     root = config.root.resolve()
     annotated = AnnotatedSplit(csv_path, _table(rows, vocabulary), rows.lines)
     checked = check_images(
-        annotated, root, mode=config.check_images, skip_missing=config.skip_missing, workers=config.workers,
-        progress=progress, name=csv_path.name,
+        annotated,
+        root,
+        mode=config.check_images,
+        skip_missing=config.skip_missing,
+        workers=config.workers,
+        progress=progress,
+        name=csv_path.name,
     )
     table = checked.table
     if len(table) == 0:
@@ -379,9 +379,7 @@ def prepare_csv(config: CsvPrepareConfig, progress: ProgressFn = silent) -> CsvS
         split_of = np.array(SPLITS)[stratified_split(table.targets, config.split_ratios, config.seed)]
     else:
         split_of = np.array(rows.splits)[checked.kept]
-    tables = {
-        split: table.subset(np.flatnonzero(split_of == split)) for split in SPLITS if (split_of == split).any()
-    }
+    tables = {split: table.subset(np.flatnonzero(split_of == split)) for split in SPLITS if (split_of == split).any()}
     summary = CsvSummary(
         name=config.dataset_name,
         out=out,

@@ -19,6 +19,7 @@ earlier output of this command (its ``perturb.json``).
 from __future__ import annotations
 
 import csv
+import functools
 import os
 import shutil
 import zlib
@@ -28,10 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from mlcdf.data.images import open_image
+from mlcdf.data.perturb import Condition, apply, describe, draw_condition, parse_spec
 from mlcdf.data.seqdeepfake import annotation_path, read_annotations
 from mlcdf.errors import MlcdfError, SchemaError
 from mlcdf.io import atomic_dir, atomic_open, check_output_apart, check_replaceable, holds_file, write_json
-from mlcdf.data.perturb import Condition, apply, describe, draw_condition, parse_spec
 from mlcdf.progress import ProgressFn, silent
 
 RANDOM = "random"
@@ -80,6 +81,24 @@ class PerturbedSubset:
     images: dict[str, int] = field(default_factory=dict)  # per split
 
 
+def _perturb_one(
+    file_path: str, *, root: Path, building: Path, subset: str, condition: Condition | None, seed: int
+) -> tuple[str, Condition]:
+    """Perturb the image ``root/file_path`` into the copy being built; ``condition`` None draws one per image."""
+    drawn = condition or draw_condition(image_seed(seed, file_path))
+    target = building / PurePosixPath(file_path).relative_to(subset)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    source = root / file_path
+    try:
+        with open_image(source) as image:
+            source_format = image.format
+            rgb = image.convert("RGB")
+    except OSError as error:
+        raise MlcdfError(f"{source}: cannot decode ({error})") from None
+    _save_like(apply(rgb, drawn, image_seed(seed, file_path)), source_format, target)
+    return file_path, drawn
+
+
 def perturb_dataset(
     root: str | Path,
     out: str | Path,
@@ -102,9 +121,7 @@ def perturb_dataset(
     for subset in subsets:
         check_output_apart(out / subset, ("--root", root))
         check_replaceable(out / subset, **_PERTURBED_OUTPUT)
-    annotated = {
-        subset: {split: read_annotations(annotation_path(root, subset, split), subset) for split in splits} for subset in subsets
-    }
+    annotated = {subset: {split: read_annotations(annotation_path(root, subset, split), subset) for split in splits} for subset in subsets}
     workers = workers or min(8, os.cpu_count() or 1)
     results = []
     for subset, splits_of in annotated.items():
@@ -112,28 +129,17 @@ def perturb_dataset(
             outside = next((p for p in split_annotations.table.file_paths if not PurePosixPath(p).is_relative_to(subset)), None)
             if outside is not None:
                 line = split_annotations.lines[split_annotations.table.file_paths.index(outside)]
-                raise SchemaError(split_annotations.csv_path, f"file_path {outside!r} lies outside {subset}/, which is what is copied", line=line)
+                raise SchemaError(
+                    split_annotations.csv_path, f"file_path {outside!r} lies outside {subset}/, which is what is copied", line=line
+                )
     for subset in subsets:
         result = PerturbedSubset(subset, out / subset)
         with atomic_dir(out / subset, **_PERTURBED_OUTPUT) as building:
             for split, split_annotations in annotated[subset].items():
                 file_paths = split_annotations.table.file_paths
 
-                def write_one(file_path: str) -> tuple[str, Condition]:
-                    drawn = condition or draw_condition(image_seed(seed, file_path))
-                    target = building / PurePosixPath(file_path).relative_to(subset)
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    source = root / file_path
-                    try:
-                        with open_image(source) as image:
-                            source_format = image.format
-                            rgb = image.convert("RGB")
-                    except OSError as error:
-                        raise MlcdfError(f"{source}: cannot decode ({error})") from None
-                    _save_like(apply(rgb, drawn, image_seed(seed, file_path)), source_format, target)
-                    return file_path, drawn
-
                 with ThreadPoolExecutor(max_workers=workers) as pool:
+                    write_one = functools.partial(_perturb_one, root=root, building=building, subset=subset, condition=condition, seed=seed)
                     done = list(progress(pool.map(write_one, file_paths), f"Perturbing {subset}/{split}", total=len(file_paths)))
                 (building / "annotations").mkdir(exist_ok=True)
                 shutil.copyfile(split_annotations.csv_path, building / "annotations" / f"{split}.csv")
@@ -143,13 +149,16 @@ def perturb_dataset(
                     for file_path, drawn in done:
                         writer.writerow([file_path, drawn.name, drawn.level, "" if drawn.parameter is None else f"{drawn.parameter:g}"])
                 result.images[split] = len(done)
-            write_json(building / PERTURB_JSON, {
-                "spec": spec if condition is None else str(condition),
-                "condition": RANDOM if condition is None else describe(condition),
-                "seed": seed,
-                "source_root": str(root.resolve()),
-                "splits": result.images,
-                "jpeg_quality": JPEG_QUALITY,
-            })
+            write_json(
+                building / PERTURB_JSON,
+                {
+                    "spec": spec if condition is None else str(condition),
+                    "condition": RANDOM if condition is None else describe(condition),
+                    "seed": seed,
+                    "source_root": str(root.resolve()),
+                    "splits": result.images,
+                    "jpeg_quality": JPEG_QUALITY,
+                },
+            )
         results.append(result)
     return results

@@ -79,11 +79,9 @@ class SplitTable:
         """Number of manipulation steps per image (0 for real images)."""
         return np.array([len(s.split(SEQUENCE_SEPARATOR)) if s else 0 for s in self.sequences], dtype=np.int64)
 
-    def subset(self, indices: np.ndarray) -> "SplitTable":
+    def subset(self, indices: np.ndarray) -> SplitTable:
         """The rows at ``indices``, in that order."""
-        return SplitTable(
-            [self.file_paths[i] for i in indices], [self.sequences[i] for i in indices], self.targets[indices]
-        )
+        return SplitTable([self.file_paths[i] for i in indices], [self.sequences[i] for i in indices], self.targets[indices])
 
 
 @dataclass(frozen=True)
@@ -225,9 +223,7 @@ def check_images(
             index, problem = first_bad[0], f"image {table.file_paths[first_bad[0]]} is unreadable ({first_bad[1]})"
         others = len(missing) + len(unreadable) - 1
         more = f" (and {others} more)" if others else ""
-        raise SchemaError(
-            annotated.csv_path, f"{problem}{more}; use --skip-missing to drop such rows", line=annotated.lines[index]
-        )
+        raise SchemaError(annotated.csv_path, f"{problem}{more}; use --skip-missing to drop such rows", line=annotated.lines[index])
     drop = set(missing) | {i for i, _ in unreadable}
     if not drop:
         return CheckedImages(table, everything)

@@ -194,9 +194,7 @@ def prepare(config: PrepareConfig, progress: ProgressFn = silent) -> list[Subset
             tables[split] = table
             summary.splits[split] = split_summary
         if not tables:
-            raise MissingArtifactError(
-                root / subset / "annotations", f"no {'/'.join(config.splits)} CSV found for subset {subset}"
-            )
+            raise MissingArtifactError(root / subset / "annotations", f"no {'/'.join(config.splits)} CSV found for subset {subset}")
         staged.append((summary, tables))
     for summary, tables in staged:
         _write_subset(summary, tables, root, config)
@@ -207,8 +205,13 @@ def _check_images(
     annotated: AnnotatedSplit, root: Path, config: PrepareConfig, progress: ProgressFn, name: str
 ) -> tuple[SplitTable, SplitSummary]:
     checked = check_images(
-        annotated, root, mode=config.check_images, skip_missing=config.skip_missing, workers=config.workers,
-        progress=progress, name=name,
+        annotated,
+        root,
+        mode=config.check_images,
+        skip_missing=config.skip_missing,
+        workers=config.workers,
+        progress=progress,
+        name=name,
     )
     summary = SplitSummary(rows=len(checked.table), dropped_missing=checked.missing, dropped_unreadable=checked.unreadable)
     return checked.table, summary
@@ -223,10 +226,7 @@ def _write_subset(summary: SubsetSummary, tables: dict[str, SplitTable], root: P
         "splits": {split: len(table) for split, table in tables.items()},
         "max_steps": MAX_STEPS,
         "check_images": config.check_images,
-        "dropped": {
-            split: {"missing": s.dropped_missing, "unreadable": s.dropped_unreadable}
-            for split, s in summary.splits.items()
-        },
+        "dropped": {split: {"missing": s.dropped_missing, "unreadable": s.dropped_unreadable} for split, s in summary.splits.items()},
         "mlcdf_version": __version__,
     }
     write_prepared(summary.out, tables, labels, meta)

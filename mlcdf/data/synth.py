@@ -176,8 +176,7 @@ class SynthConfig:
             raise MlcdfError(f"--cooccurrence-strength {strength}: expected 0 to 1")
         if self.cooccurrence == UNIFORM and strength:
             raise MlcdfError(
-                f"--cooccurrence-strength {strength} needs a profile (--cooccurrence editing-habits or FILE.json); "
-                "uniform has none"
+                f"--cooccurrence-strength {strength} needs a profile (--cooccurrence editing-habits or FILE.json); uniform has none"
             )
         for subset in self.subsets:
             self.cooccurrence_of(subset)  # a bad profile file is an error before anything is written
@@ -509,9 +508,7 @@ def _warp(
     return rows[:, :, cols_low] * (1 - col_weight) + rows[:, :, cols_high] * col_weight
 
 
-def _paste(
-    pixels: np.ndarray, content: np.ndarray, blend: faces.Region, trace: _Trace, rng: np.random.Generator, size: int
-) -> None:
+def _paste(pixels: np.ndarray, content: np.ndarray, blend: faces.Region, trace: _Trace, rng: np.random.Generator, size: int) -> None:
     """Blend ``content`` (pixels of ``blend.window``) into ``pixels``, in place, through ``blend``, with
     ``trace``."""
     top, bottom, left, right = blend.window
@@ -706,9 +703,7 @@ def _write_annotations(path: Path, rows: list[tuple[str, tuple[int, ...]]]) -> N
             writer.writerow([file_path, format_label_ids(ids)])
 
 
-def _provenance(
-    config: SynthConfig, subset: str, images: dict[str, int], reals: dict[str, int], cooccurrence: Cooccurrence | None
-) -> dict:
+def _provenance(config: SynthConfig, subset: str, images: dict[str, int], reals: dict[str, int], cooccurrence: Cooccurrence | None) -> dict:
     return {
         "generator": "mlcdf synth",
         "mlcdf_version": __version__,
@@ -814,8 +809,7 @@ def write_preview(path: str | Path, config: SynthConfig) -> Path:
     font = ImageFont.load_default()
     draw.text(
         (2 * pad, pad),
-        f"mlcdf synth: seed {config.seed}, {config.size} px, strength {config.strength}. "
-        "Each example: before | after | difference x4",
+        f"mlcdf synth: seed {config.seed}, {config.size} px, strength {config.strength}. Each example: before | after | difference x4",
         fill="black",
         font=font,
     )
@@ -833,9 +827,7 @@ def write_preview(path: str | Path, config: SynthConfig) -> Path:
     return path
 
 
-def _preview_indices(
-    config: SynthConfig, subset: str, split: str, cooccurrence: Cooccurrence | None, scan: int = 500
-) -> list[int]:
+def _preview_indices(config: SynthConfig, subset: str, split: str, cooccurrence: Cooccurrence | None, scan: int = 500) -> list[int]:
     """Image indices for the preview, chosen from the sequences alone (no image is drawn to choose)."""
     count = min(scan, config.split_sizes()[split])
     real_fraction = config.real_fraction_of(subset, cooccurrence)

@@ -25,9 +25,8 @@ from typing import Any
 import numpy as np
 
 from mlcdf.errors import MissingArtifactError, SchemaError
-from mlcdf.labels import conditional_probabilities, count_cooccurrence
 from mlcdf.io import read_json_object
-from mlcdf.labels import SUBSETS, steps_of
+from mlcdf.labels import SUBSETS, conditional_probabilities, count_cooccurrence, steps_of
 
 UNIFORM = "uniform"
 EDITING_HABITS = "editing-habits"
@@ -149,7 +148,7 @@ def parse_profile(document: Mapping[str, Any], source: str, subset: str, strengt
         raise fail(f"unknown key {unknown[0]!r} (expected {', '.join(_PROFILE_KEYS)})")
     entries = document.get("recipes")
     if not isinstance(entries, list) or not entries:
-        raise fail("'recipes' must be a non-empty list of {\"labels\": [...], \"weight\": w}")
+        raise fail('\'recipes\' must be a non-empty list of {"labels": [...], "weight": w}')
     vocabulary = SUBSETS[subset]
     recipes = []
     for number, entry in enumerate(entries):
@@ -201,6 +200,7 @@ def label_statistics(label_ids: Iterable[Iterable[int]], labels: tuple[str, ...]
         "fake_images": len(fakes),
         "positives": {label: int(count) for label, count in zip(labels, counts)},
         "fakes_from_a_recipe_set": round(sum(steps in recipe_sets for steps in fakes) / len(fakes), 6) if fakes else 0.0,
-        "p_j_given_i": {label: {other: round(float(conditional[i, j]), 4) for j, other in enumerate(labels) if j != i}
-                        for i, label in enumerate(labels)},
+        "p_j_given_i": {
+            label: {other: round(float(conditional[i, j]), 4) for j, other in enumerate(labels) if j != i} for i, label in enumerate(labels)
+        },
     }

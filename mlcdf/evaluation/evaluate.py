@@ -30,7 +30,6 @@ written all at once (:func:`mlcdf.io.atomic_dir`). It holds:
 from __future__ import annotations
 
 import csv
-import functools
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -41,6 +40,8 @@ import numpy as np
 from sklearn.metrics import precision_recall_curve
 
 from mlcdf import __version__
+from mlcdf.errors import MissingArtifactError, MlcdfError, SchemaError
+from mlcdf.io import atomic_dir, atomic_open, check_output_apart, check_replaceable, holds_file, read_csv_rows, read_json_object, write_json
 from mlcdf.metrics import (
     UndefinedMetricWarning,
     average_precision,
@@ -54,9 +55,6 @@ from mlcdf.metrics import (
     real_fake_roc_auc,
     tune_thresholds,
 )
-from mlcdf.errors import MissingArtifactError, MlcdfError, SchemaError
-from mlcdf.io import atomic_dir, atomic_open, check_output_apart, check_replaceable, holds_file, read_csv_rows, read_json_object, write_json
-from mlcdf.progress import ProgressFn, silent
 
 PREDICTIONS_FILE = "predictions.csv"
 METRICS_FILE = "metrics.json"
@@ -146,8 +144,7 @@ def _labels_from_header(path: Path, header: list[str]) -> tuple[tuple[str, ...],
     if not targets or set(targets) != set(scores):
         raise SchemaError(
             path,
-            f"need a target_<label> and a score_<label> column for each label; got targets {targets} and "
-            f"scores {scores}",
+            f"need a target_<label> and a score_<label> column for each label; got targets {targets} and scores {scores}",
             line=1,
         )
     return (
@@ -311,9 +308,7 @@ def compute_metrics(
         "exact_match": _percent(exact_match),
         "hamming_loss": _percent(hamming),
         "real_vs_fake": real_vs_fake,
-        "mAP_by_num_steps": {
-            str(k): {"num_images": int((steps == k).sum()), "mAP": _percent(value)} for k, value in by_steps.items()
-        },
+        "mAP_by_num_steps": {str(k): {"num_images": int((steps == k).sum()), "mAP": _percent(value)} for k, value in by_steps.items()},
         "warnings": list(dict.fromkeys(str(w.message) for w in undefined)),
         "mlcdf_version": __version__,
     }
@@ -356,10 +351,7 @@ def format_percent(value: float | None, digits: int = 2) -> str:
 def _threshold_sentence(metrics: dict) -> str:
     tuning = metrics["threshold_tuning"]
     if tuning is not None:
-        return (
-            f"Per-label thresholds tuned for F1 on {tuning['tuned_on']} ({tuning['num_images']} images); "
-            "see the per-label table."
-        )
+        return f"Per-label thresholds tuned for F1 on {tuning['tuned_on']} ({tuning['num_images']} images); see the per-label table."
     if isinstance(metrics["threshold"], dict):
         return "Per-label thresholds; see the per-label table."
     return f"A label is predicted when its score is >= {metrics['threshold']:g}."

@@ -100,7 +100,7 @@ class ResultRow:
     @property
     def title(self) -> str:
         """The method as the paper names it, e.g. ``ResNet101 + ASL`` or ``IML-GCN + ASL (word)``."""
-        title = self.method + (" + ASL" + self.loss[len("asl"):] if self.loss and self.loss.startswith("asl") else "")
+        title = self.method + (" + ASL" + self.loss[len("asl") :] if self.loss and self.loss.startswith("asl") else "")
         return title + (f" ({self.embedding})" if self.embedding else "")
 
     @property
@@ -154,7 +154,11 @@ def _loss_name(options: dict) -> str | None:
     if loss != "asl":
         return loss
     paper = asl_defaults()
-    changed = [f"{symbol}={options[key]:g}" for key, symbol in _ASL_SYMBOLS.items() if isinstance(options.get(key), (int, float)) and options[key] != paper[key]]
+    changed = [
+        f"{symbol}={options[key]:g}"
+        for key, symbol in _ASL_SYMBOLS.items()
+        if isinstance(options.get(key), (int, float)) and options[key] != paper[key]
+    ]
     return f"asl ({', '.join(changed)})" if changed else loss
 
 
@@ -184,9 +188,7 @@ def load_result(path: str | Path, *, split: str = "test") -> ResultRow:
         if not metrics_path.is_file():
             raise MissingArtifactError(metrics_path, f"run 'mlcdf evaluate --run {path} --split {split}' first")
     else:
-        raise MlcdfError(
-            f"{path}: neither a run folder (no {RUN_CONFIG_FILE}) nor an evaluation folder (no {METRICS_FILE})"
-        )
+        raise MlcdfError(f"{path}: neither a run folder (no {RUN_CONFIG_FILE}) nor an evaluation folder (no {METRICS_FILE})")
     metrics = read_metrics(metrics_path)
     values = {name: metrics[name] for name in PAPER_METRICS}
     single_run = {name: None if value is None else 0.0 for name, value in values.items()}
@@ -278,8 +280,7 @@ def seed_groups(rows: Sequence[ResultRow]) -> list[list[ResultRow]]:
         twin = next((run for run in group if run.seed == row.seed), None)
         if twin is not None:
             raise MlcdfError(
-                f"{twin.source} and {row.source}: the same configuration trained with the same seed {row.seed}; "
-                "report only one of them"
+                f"{twin.source} and {row.source}: the same configuration trained with the same seed {row.seed}; report only one of them"
             )
         group.append(row)
     return list(groups.values())
@@ -340,11 +341,7 @@ def _best(lines: Sequence[ResultRow], digits: int) -> dict[str, float | None]:
     """Best (highest) value per metric as displayed, over the result rows (not the differences)."""
     best = {}
     for name in PAPER_METRICS:
-        shown = [
-            round(row.values[name], digits)
-            for row in lines
-            if row.source != DELTA_SOURCE and row.values[name] is not None
-        ]
+        shown = [round(row.values[name], digits) for row in lines if row.source != DELTA_SOURCE and row.values[name] is not None]
         best[name] = max(shown, default=None)
     return best
 
@@ -398,9 +395,7 @@ def _markdown(tables: dict[str, list[ResultRow]], digits: int) -> str:
             "| --- | --- | --- |" + " ---: |" * (len(header) - 3),
             *(
                 "| "
-                + " | ".join(
-                    f"**{escape(text)}**" if is_best else escape(text) for text, is_best in _cells(row, best, digits, seeds)
-                )
+                + " | ".join(f"**{escape(text)}**" if is_best else escape(text) for text, is_best in _cells(row, best, digits, seeds))
                 + " |"
                 for row in lines
             ),
@@ -586,8 +581,7 @@ def category_statistics(rows: Sequence[ResultRow], *, paper: bool = False) -> li
     configurations = [row for row in group_over_seeds(rows) if row.category in CATEGORIES]
     if not configurations:
         raise MlcdfError(
-            "the category figure needs runs of direct or indirect (graph) models; "
-            "none of the given folders is a run of a known model"
+            "the category figure needs runs of direct or indirect (graph) models; none of the given folders is a run of a known model"
         )
     sources = [(OURS_SOURCE, configurations)] + ([(PAPER_SOURCE, paper_results())] if paper else [])
     bars = []
@@ -695,7 +689,5 @@ def write_category_figure(
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(FIGURE_CSV_HEADER)
         for bar in bars:
-            writer.writerow(
-                [bar.subset, bar.category, bar.metric, bar.source, _csv_number(bar.mean), _csv_number(bar.std), bar.n]
-            )
+            writer.writerow([bar.subset, bar.category, bar.metric, bar.source, _csv_number(bar.mean), _csv_number(bar.std), bar.n])
     return bars

@@ -32,15 +32,15 @@ from PIL import Image
 
 from mlcdf.data.dataset import no_augmentation, to_model_input
 from mlcdf.data.images import load_rgb, resize
+from mlcdf.data.perturb import CLEAN_CONDITION, PERTURBATIONS, Condition, apply, describe
 from mlcdf.data.prepared import load_prepared
 from mlcdf.devices import resolve_device
-from mlcdf.train.engine import predict
 from mlcdf.errors import MissingArtifactError, MlcdfError, SchemaError
 from mlcdf.evaluation.evaluate import PAPER_METRICS, Predictions, compute_metrics, format_percent
 from mlcdf.inference.runs import load_run_model, read_run
 from mlcdf.io import atomic_open, read_csv_rows
-from mlcdf.data.perturb import CLEAN_CONDITION, PERTURBATIONS, Condition, apply, describe
 from mlcdf.progress import ProgressFn, silent
+from mlcdf.train.engine import predict
 from mlcdf.train.stage import mixed_precision
 
 ROBUSTNESS_CSV = "robustness.csv"
@@ -58,9 +58,7 @@ def condition_seed(seed: int, row: int, condition: Condition) -> tuple[int, ...]
 def perturbed_views(image: np.ndarray, conditions: Sequence[Condition], size: int, seed: int, row: int) -> np.ndarray:
     """``uint8`` (K, size, size, 3): the decoded ``image`` under each condition, resized to the model's input."""
     stored = Image.fromarray(image)
-    return np.stack(
-        [np.asarray(resize(apply(stored, c, condition_seed(seed, row, c)), (size, size)), dtype=np.uint8) for c in conditions]
-    )
+    return np.stack([np.asarray(resize(apply(stored, c, condition_seed(seed, row, c)), (size, size)), dtype=np.uint8) for c in conditions])
 
 
 class _ConditionViews(torch.utils.data.Dataset):
@@ -117,8 +115,14 @@ class ConditionScores:
 
     def under(self, k: int) -> Predictions:
         clean = self.predictions
-        return Predictions(clean.file_paths, clean.labels, clean.targets, self.scores[:, k], clean.num_steps,
-                           origin=f"{clean.origin}, {describe(self.conditions[k])}")
+        return Predictions(
+            clean.file_paths,
+            clean.labels,
+            clean.targets,
+            self.scores[:, k],
+            clean.num_steps,
+            origin=f"{clean.origin}, {describe(self.conditions[k])}",
+        )
 
 
 def score_conditions(
@@ -169,7 +173,13 @@ def score_conditions(
         return progress(items, f"Scoring {len(table)} images x {count} conditions", total=total)
 
     flat_scores, _, _ = predict(
-        model, loader, torch_device, to_scores=info.task.scores, prepare_input=prepare_input, autocast_dtype=autocast_dtype, progress=labelled
+        model,
+        loader,
+        torch_device,
+        to_scores=info.task.scores,
+        prepare_input=prepare_input,
+        autocast_dtype=autocast_dtype,
+        progress=labelled,
     )
     scores = flat_scores.reshape(len(table), count, -1)
     clean = Predictions(
@@ -188,8 +198,9 @@ def robustness_rows(scored: ConditionScores, *, threshold=0.5, tune_on: Predicti
     rows = []
     for k, condition in enumerate(scored.conditions):
         metrics = compute_metrics(scored.under(k), threshold=threshold, tune_on=tune_on)
-        rows.append({"perturbation": condition.name, "level": condition.level,
-                     **{name: metrics[name] for name in (*PAPER_METRICS, "exact_match")}})
+        rows.append(
+            {"perturbation": condition.name, "level": condition.level, **{name: metrics[name] for name in (*PAPER_METRICS, "exact_match")}}
+        )
     return rows
 
 

@@ -72,9 +72,7 @@ def evaluate_run(
     check_replaceable(out, **EVALUATION_OUTPUT)  # before inference, which may take a while
 
     def predict(name: str) -> tuple[Predictions, int | None]:
-        y_true, y_score, file_paths, num_steps, labels, num_params = predict_split(
-            run_dir, name, checkpoint, device, batch_size, progress
-        )
+        y_true, y_score, file_paths, num_steps, labels, num_params = predict_split(run_dir, name, checkpoint, device, batch_size, progress)
         predictions = Predictions(
             file_paths=list(file_paths),
             labels=tuple(labels),
@@ -91,8 +89,17 @@ def evaluate_run(
     if perturb:
         from mlcdf.evaluation.robustness import robustness_rows, score_conditions, write_robustness
 
-        scored = score_conditions(run_dir, perturb, split=split, checkpoint=checkpoint, device=device, batch_size=batch_size,
-                                  workers=workers, seed=perturb_seed, progress=progress)
+        scored = score_conditions(
+            run_dir,
+            perturb,
+            split=split,
+            checkpoint=checkpoint,
+            device=device,
+            batch_size=batch_size,
+            workers=workers,
+            seed=perturb_seed,
+            progress=progress,
+        )
         write_more = functools.partial(write_robustness, rows=robustness_rows(scored, threshold=threshold, tune_on=tune_on))
 
     return out, write_evaluation(out, predictions, threshold=threshold, tune_on=tune_on, num_params=num_params, write_more=write_more)

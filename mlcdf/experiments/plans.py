@@ -49,14 +49,14 @@ import dataclasses
 import fnmatch
 import re
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from mlcdf.config import TrainConfig, is_option_type
 from mlcdf.errors import MlcdfError, SchemaError
 from mlcdf.graph.embeddings import PAPER_WORD_EMBEDDING
-from mlcdf.config import TrainConfig, is_option_type
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -142,7 +142,7 @@ class Plan:
     source: str = "plan"
 
     @classmethod
-    def from_dict(cls, document: Mapping[str, Any], *, source: str = "plan", base: Path | None = None, text: str | None = None) -> "Plan":
+    def from_dict(cls, document: Mapping[str, Any], *, source: str = "plan", base: Path | None = None, text: str | None = None) -> Plan:
         """The plan in ``document`` (``{"defaults": {...}, "runs": [{...}, ...]}``), checked.
 
         ``base`` is the folder relative paths start from (the plan file's); ``text`` the file's text,
@@ -154,7 +154,7 @@ class Plan:
         """
         return _Parser(source, base or Path("."), text).plan(document)
 
-    def with_defaults(self, **changes: Any) -> "Plan":
+    def with_defaults(self, **changes: Any) -> Plan:
         """This plan with TrainConfig defaults or ``seeds``, ``word_embedding``, ``keep_last``, ``paper``,
         ``tensorboard`` changed (``None`` values are ignored), checked again like the file."""
         document = self.to_dict()
@@ -171,7 +171,10 @@ class Plan:
             if self.data is not None:
                 defaults["data"] = str(self.data)
         defaults.update(
-            seeds=self.seeds, word_embedding=self.word_embedding, keep_last=self.keep_last, paper=self.paper,
+            seeds=self.seeds,
+            word_embedding=self.word_embedding,
+            keep_last=self.keep_last,
+            paper=self.paper,
             tensorboard=self.tensorboard,
         )
         runs = [{"name": run.name, **run.options, **({"embedding": run.embedding} if run.embedding else {})} for run in self.runs]
@@ -323,7 +326,7 @@ class _Parser:
             if isinstance(prepared, str):
                 prepared = {Path(prepared).name: prepared}
             if not isinstance(prepared, Mapping) or not prepared or not all(isinstance(v, str) for v in prepared.values()):
-                raise self.fail("defaults.prepared must be a folder or a table {subset = \"folder\"}", section, "prepared")
+                raise self.fail('defaults.prepared must be a folder or a table {subset = "folder"}', section, "prepared")
             for name in prepared:
                 self._check_name(name, "a subset name", section, "prepared")
             settings["prepared"] = {name: self._path(folder) for name, folder in prepared.items()}
@@ -331,7 +334,11 @@ class _Parser:
             return settings
         subsets = defaults.get("subsets")
         if not isinstance(subsets, list) or not subsets or not all(isinstance(s, str) for s in subsets):
-            raise self.fail("defaults: give prepared (prepared subset folders) or subsets (a list of names, with data)", section, "subsets" if subsets is not None else None)
+            raise self.fail(
+                "defaults: give prepared (prepared subset folders) or subsets (a list of names, with data)",
+                section,
+                "subsets" if subsets is not None else None,
+            )
         if len(set(subsets)) != len(subsets):
             raise self.fail(f"defaults.subsets lists a subset twice: {subsets}", section, "subsets")
         for name in subsets:

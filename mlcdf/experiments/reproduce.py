@@ -32,11 +32,11 @@ from mlcdf.data.prepared import META_FILE, load_prepared
 from mlcdf.data.seqdeepfake import PrepareConfig, prepare
 from mlcdf.data.synth import SynthConfig, generate
 from mlcdf.errors import MlcdfError
+from mlcdf.experiments.plans import PAPER_PLAN, Plan, load_plan
+from mlcdf.experiments.runner import SETUP_LOCK, PlanResult, Running, RunOutcome, run_plan
 from mlcdf.io import file_lock
 from mlcdf.labels import SUBSETS
-from mlcdf.experiments.plans import PAPER_PLAN, Plan, load_plan
 from mlcdf.progress import ProgressFn, silent
-from mlcdf.experiments.runner import SETUP_LOCK, PlanResult, Running, RunOutcome, run_plan
 from mlcdf.train.callbacks import TrainCallbacks
 
 #: The embedded GloVe 6B 50-d subset, for the smoke run (no download).
@@ -46,7 +46,19 @@ SMOKE_SPLITS = {"train": 48, "val": 16, "test": 32}
 SMOKE_SIZE = 32
 
 #: Plan defaults the command line may override (``None``: the plan's).
-PLAN_OVERRIDES = ("device", "epochs", "batch_size", "image_size", "pretrained", "patience", "word_embedding", "workers", "keep_last", "seeds", "tensorboard")
+PLAN_OVERRIDES = (
+    "device",
+    "epochs",
+    "batch_size",
+    "image_size",
+    "pretrained",
+    "patience",
+    "word_embedding",
+    "workers",
+    "keep_last",
+    "seeds",
+    "tensorboard",
+)
 
 
 @dataclass(frozen=True)
@@ -93,11 +105,16 @@ class ReproduceConfig:
     slurm: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def smoke_test(cls, out: Path, **overrides) -> "ReproduceConfig":
+    def smoke_test(cls, out: Path, **overrides) -> ReproduceConfig:
         """The smoke variant: synthetic data, 1 epoch, tiny images, no pretrained weights, embedded GloVe."""
         settings = dict(
-            smoke=True, epochs=1, batch_size=16, image_size=SMOKE_SIZE, pretrained=False,
-            word_embedding=SMOKE_WORD_EMBEDDING, workers=0,
+            smoke=True,
+            epochs=1,
+            batch_size=16,
+            image_size=SMOKE_SIZE,
+            pretrained=False,
+            word_embedding=SMOKE_WORD_EMBEDDING,
+            workers=0,
         )
         return cls(out=Path(out), **{**settings, **overrides})
 
@@ -114,12 +131,16 @@ class ReproduceConfig:
                 raise MlcdfError(f"{plan.source} names its prepared folders; drop {'--smoke' if self.smoke else '--data'}")
             return plan
         if self.data is None and not self.smoke and plan.data is None:
-            raise MlcdfError("give the Seq-DeepFake root (--data / DATA=...), or run the synthetic smoke variant (--smoke, REPRODUCE_SMOKE=1)")
+            raise MlcdfError(
+                "give the Seq-DeepFake root (--data / DATA=...), or run the synthetic smoke variant (--smoke, REPRODUCE_SMOKE=1)"
+            )
         if self.data is not None and self.smoke:
             raise MlcdfError("the smoke variant makes its own synthetic data; drop --data")
         unknown = [name for name in plan.subsets if name not in SUBSETS]
         if unknown:
-            raise MlcdfError(f"{plan.source}: subsets {unknown} are not Seq-DeepFake subsets ({', '.join(SUBSETS)}); give prepared folders instead")
+            raise MlcdfError(
+                f"{plan.source}: subsets {unknown} are not Seq-DeepFake subsets ({', '.join(SUBSETS)}); give prepared folders instead"
+            )
         data = Path(self.out) / "data" if self.smoke else Path(self.data if self.data is not None else plan.data)
         if not self.smoke and not data.is_dir():
             raise MlcdfError(f"{data}: no such folder (the Seq-DeepFake root)")
@@ -137,8 +158,16 @@ class ReproduceConfig:
     def launch(self, plan: Plan, **hooks: Any) -> PlanResult:
         """``run_plan`` of ``plan`` into OUT with this configuration's selection and launcher."""
         return run_plan(
-            plan, Path(self.out), jobs=self.jobs, devices=self.devices or None, gpus_per_run=self.gpus_per_run,
-            launcher=self.launcher, slurm=self.slurm, only=self.only, subsets=self.subsets, **hooks,
+            plan,
+            Path(self.out),
+            jobs=self.jobs,
+            devices=self.devices or None,
+            gpus_per_run=self.gpus_per_run,
+            launcher=self.launcher,
+            slurm=self.slurm,
+            only=self.only,
+            subsets=self.subsets,
+            **hooks,
         )
 
 
@@ -192,4 +221,3 @@ def _prepare(data: Path, prepared: Path, subset: str, log: Callable[[str], None]
         return
     log(f"{subset}: preparing {root / subset}")
     prepare(PrepareConfig(root=root, out=prepared.parent, subsets=(subset,)), progress)
-

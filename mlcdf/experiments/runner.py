@@ -47,15 +47,10 @@ from typing import Any, Protocol
 
 import torch
 
+from mlcdf.config import RESUME_OVERRIDES, TrainConfig
 from mlcdf.data.prepared import META_FILE
 from mlcdf.errors import MissingArtifactError, MlcdfError, SchemaError, first_line
 from mlcdf.evaluation.evaluate import METRICS_FILE, default_eval_dir
-from mlcdf.evaluation.runs import evaluate_run
-from mlcdf.label_graph import load_graph
-from mlcdf.graph.build import GraphConfig, build_graph
-from mlcdf.io import _process_exists, atomic_open, check_file_replaceable, file_lock, read_json_object, write_json
-from mlcdf.experiments.plans import Plan, PlanEntry, graph_path, run_dir
-from mlcdf.progress import ProgressFn, silent
 from mlcdf.evaluation.report import (
     ResultRow,
     check_figure_replaceable,
@@ -65,10 +60,15 @@ from mlcdf.evaluation.report import (
     runs_csv,
     write_category_figure,
 )
-from mlcdf.train.tensorboard import require_tensorboard
-from mlcdf.config import RESUME_OVERRIDES, TrainConfig
+from mlcdf.evaluation.runs import evaluate_run
+from mlcdf.experiments.plans import Plan, PlanEntry, graph_path, run_dir
+from mlcdf.graph.build import GraphConfig, build_graph
+from mlcdf.io import _process_exists, atomic_open, check_file_replaceable, file_lock, read_json_object, write_json
+from mlcdf.label_graph import load_graph
+from mlcdf.progress import ProgressFn, silent
 from mlcdf.train.callbacks import TrainCallbacks
 from mlcdf.train.stage import CHECKPOINTS, CONFIG_FILE, LOG_FILE, saved_run_options, train
+from mlcdf.train.tensorboard import require_tensorboard
 
 DONE, RESUME, EVALUATE, NEW = "done", "resume", "evaluate", "new"
 #: How a run ended in this launch: trained (and evaluated), skipped (evaluated already, here or by
@@ -254,10 +254,15 @@ class RunJob:
         return Path(self.config.out)
 
     def to_json(self) -> dict[str, Any]:
-        return {"label": self.label, "train": dataclasses.asdict(self.config), "keep_last": self.keep_last, "gpus_per_run": self.gpus_per_run}
+        return {
+            "label": self.label,
+            "train": dataclasses.asdict(self.config),
+            "keep_last": self.keep_last,
+            "gpus_per_run": self.gpus_per_run,
+        }
 
     @classmethod
-    def from_json(cls, path: Path) -> "RunJob":
+    def from_json(cls, path: Path) -> RunJob:
         document = read_json_object(path, "a run job")
         try:
             config = TrainConfig.from_dict(document["train"], source=str(path))
@@ -310,8 +315,18 @@ def _train_with_torchrun(job: RunJob, *, resume: bool) -> None:
     options = job.run_dir.with_name(f".{job.run_dir.name}.train.json")
     write_json(options, {"train": dataclasses.asdict(job.config)})
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={job.gpus_per_run}",
-        "-m", "mlcdf", "train", "--config", str(options), "--quiet", *(["--resume", "--out", job.config.out] if resume else []),
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={job.gpus_per_run}",
+        "-m",
+        "mlcdf",
+        "train",
+        "--config",
+        str(options),
+        "--quiet",
+        *(["--resume", "--out", job.config.out] if resume else []),
     ]
     try:
         finished = subprocess.run(command, capture_output=True, text=True)
@@ -458,7 +473,9 @@ class LocalLauncher:
         devices = list(devices) if devices else ["auto"] * jobs
         if gpus_per_run > 1:
             if any(not d.isdigit() for d in devices) or len(devices) < gpus_per_run:
-                raise MlcdfError(f"--gpus-per-run {gpus_per_run} needs at least that many GPU numbers in --devices, got {','.join(devices)}")
+                raise MlcdfError(
+                    f"--gpus-per-run {gpus_per_run} needs at least that many GPU numbers in --devices, got {','.join(devices)}"
+                )
             devices = [",".join(devices[i : i + gpus_per_run]) for i in range(0, len(devices) - gpus_per_run + 1, gpus_per_run)]
         self.free = devices[:jobs]
         self.gpus_per_run = gpus_per_run
@@ -485,7 +502,11 @@ class LocalLauncher:
         with open(log_file, "w", encoding="utf-8") as output:
             # Its own session: a Ctrl-C reaches the runs once, through stop(), and they end cleanly.
             process = subprocess.Popen(
-                [sys.executable, "-m", "mlcdf.experiments.runner", str(job_file)], stdout=output, stderr=subprocess.STDOUT, env=env, start_new_session=True
+                [sys.executable, "-m", "mlcdf.experiments.runner", str(job_file)],
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
             )
         self.processes[process] = (Running(job, device), job_file, log_file)
 
@@ -654,8 +675,16 @@ def run_plan(
     return result
 
 
-def _check(plan: Plan, out: Path, jobs: int | None, devices: Sequence[str] | None, gpus_per_run: int, launcher: str,
-           only: Sequence[str], subsets: Sequence[str] | None) -> list[PlanEntry]:
+def _check(
+    plan: Plan,
+    out: Path,
+    jobs: int | None,
+    devices: Sequence[str] | None,
+    gpus_per_run: int,
+    launcher: str,
+    only: Sequence[str],
+    subsets: Sequence[str] | None,
+) -> list[PlanEntry]:
     if launcher not in LAUNCHERS:
         raise MlcdfError(f"unknown launcher {launcher!r}; expected {' or '.join(LAUNCHERS)}")
     if jobs is not None and jobs < 1 or gpus_per_run < 1:

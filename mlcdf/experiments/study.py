@@ -41,15 +41,14 @@ from mlcdf.data.synth import SynthConfig, generate
 from mlcdf.data.synth_cooccurrence import EDITING_HABITS
 from mlcdf.errors import MlcdfError
 from mlcdf.evaluation.evaluate import PAPER_METRICS
+from mlcdf.evaluation.report import load_result
+from mlcdf.experiments.plans import Plan, graph_path, run_dir
+from mlcdf.experiments.runner import PlanResult, is_evaluated, run_plan
 from mlcdf.graph.embeddings import PAPER_WORD_EMBEDDING
 from mlcdf.io import atomic_open, atomic_path, check_file_replaceable, png_written_by, read_json_object, write_json
 from mlcdf.labels import SUBSETS
 from mlcdf.models import is_model
-from mlcdf.experiments.plans import Plan, graph_path, run_dir
-from mlcdf.experiments.runner import run_plan
 from mlcdf.progress import ProgressFn, silent
-from mlcdf.evaluation.report import load_result
-from mlcdf.experiments.runner import PlanResult, is_evaluated
 
 COMMAND = "mlcdf study cooccurrence"
 STUDY_JSON, STUDY_CSV, STUDY_MD, STUDY_PNG = "study.json", "study.csv", "study.md", "study.png"
@@ -63,8 +62,23 @@ _MD_TITLE = "# Co-occurrence study"
 #: Settings that make a different study: a rerun into the same OUT must keep them (strengths and seeds
 #: may grow, adding runs).
 _FIXED_SETTINGS = (
-    "profile", "subset", "backbone", "models", "train", "val", "test", "data_size", "trace_strength", "data_seed",
-    "epochs", "batch_size", "image_size", "lr", "pretrained", "patience", "word_embedding",
+    "profile",
+    "subset",
+    "backbone",
+    "models",
+    "train",
+    "val",
+    "test",
+    "data_size",
+    "trace_strength",
+    "data_seed",
+    "epochs",
+    "batch_size",
+    "image_size",
+    "lr",
+    "pretrained",
+    "patience",
+    "word_embedding",
 )
 
 
@@ -153,31 +167,47 @@ class StudyConfig:
 
     def synth_config(self, strength: float) -> SynthConfig:
         return SynthConfig(
-            out=self.data_root(strength), subsets=(self.subset,), train=self.train, val=self.val, test=self.test,
-            size=self.data_size, seed=self.data_seed, strength=self.trace_strength, workers=1,
-            cooccurrence=self.profile, cooccurrence_strength=strength,
+            out=self.data_root(strength),
+            subsets=(self.subset,),
+            train=self.train,
+            val=self.val,
+            test=self.test,
+            size=self.data_size,
+            seed=self.data_seed,
+            strength=self.trace_strength,
+            workers=1,
+            cooccurrence=self.profile,
+            cooccurrence_strength=strength,
         )
 
     def plan(self) -> Plan:
         """The study as a plan: every model on the prepared dataset of every strength, ``seeds`` times."""
         shared = dict(
-            loss="asl", recipe="asl", epochs=self.epochs, batch_size=self.batch_size, image_size=self.image_size,
-            pretrained=self.pretrained, patience=self.patience, device=self.device,
+            loss="asl",
+            recipe="asl",
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            image_size=self.image_size,
+            pretrained=self.pretrained,
+            patience=self.patience,
+            device=self.device,
         )
         shared.update({name: getattr(self, name) for name in ("lr", "workers") if getattr(self, name) is not None})
         # One configuration per model and seed, named <model>-s<k> whatever the number of seeds, so that
         # a study can grow from 1 seed to 3 without training seed 0 again under another folder name.
         runs = [
-            {"name": run_name(model, seed), "seed": seed, **(
-                {"model": self.direct_model} if model == DIRECT
-                else {"model": model, "backbone": self.backbone, "embedding": "word"}
-            )}
+            {
+                "name": run_name(model, seed),
+                "seed": seed,
+                **({"model": self.direct_model} if model == DIRECT else {"model": model, "backbone": self.backbone, "embedding": "word"}),
+            }
             for model in self.models
             for seed in range(self.seeds)
         ]
         defaults = {
             "prepared": {strength_tag(s): str(self.prepared_dir(s)) for s in self.strengths},
-            "word_embedding": self.word_embedding, **shared,
+            "word_embedding": self.word_embedding,
+            **shared,
         }
         return Plan.from_dict({"defaults": defaults, "runs": runs}, source=COMMAND)
 
@@ -187,8 +217,19 @@ class StudyConfig:
 PRESETS: dict[str, dict[str, Any]] = {
     "cpu": {},
     "gpu": dict(
-        backbone="resnet101", train=4000, val=500, test=1000, data_size=256, trace_strength=1.0, epochs=40,
-        batch_size=128, image_size=224, lr=None, pretrained=True, patience=10, word_embedding=PAPER_WORD_EMBEDDING,
+        backbone="resnet101",
+        train=4000,
+        val=500,
+        test=1000,
+        data_size=256,
+        trace_strength=1.0,
+        epochs=40,
+        batch_size=128,
+        image_size=224,
+        lr=None,
+        pretrained=True,
+        patience=10,
+        word_embedding=PAPER_WORD_EMBEDDING,
         workers=None,
     ),
 }
@@ -238,8 +279,7 @@ def run_study(
     write_json(out / STUDY_JSON, config.settings())
     for strength in config.strengths:
         _make_dataset(config, strength, log, progress)
-    result = run_plan(config.plan(), out, jobs=jobs, devices=devices, launcher=launcher, slurm=slurm, log=log,
-                      progress=progress, **hooks)
+    result = run_plan(config.plan(), out, jobs=jobs, devices=devices, launcher=launcher, slurm=slurm, log=log, progress=progress, **hooks)
     rows = collect_rows(config)
     write_study(out, rows, config)
     log(f"{len(rows)} evaluated runs; {out / STUDY_CSV}, {out / STUDY_MD}, {out / STUDY_PNG}")
@@ -304,7 +344,7 @@ class Spread:
     n: int
 
     @classmethod
-    def of(cls, values: Sequence[float]) -> "Spread":
+    def of(cls, values: Sequence[float]) -> Spread:
         return cls(statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else math.nan, len(values))
 
     def text(self, digits: int = 1) -> str:
@@ -378,7 +418,9 @@ def study_markdown(rows: Sequence[StudyRow], config: StudyConfig) -> str:
     lines += ["", "Graph − direct mAP (points; per seed, the graph model minus the direct model of the same seed):", ""]
     lines += ["| strength | model | n | Δ mAP |", "| --- | --- | ---: | ---: |"]
     for (strength, model), spread in sorted(graph_minus_direct(rows).items(), key=lambda i: (i[0][0], _model_order(config, i[0][1]))):
-        lines.append(f"| {strength:g} | {model} | {spread.n} | {spread.mean:+.1f} ± {'–' if math.isnan(spread.std) else f'{spread.std:.1f}'} |")
+        lines.append(
+            f"| {strength:g} | {model} | {spread.n} | {spread.mean:+.1f} ± {'–' if math.isnan(spread.std) else f'{spread.std:.1f}'} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -429,8 +471,14 @@ def _write_figure(path: Path, rows: Sequence[StudyRow], config: StudyConfig) -> 
             stds = [0.0 if math.isnan(spread.std) else spread.std for _, spread in points]
             label = f"direct ({config.direct_model})" if model == DIRECT else model
             (line,) = axes.plot(xs, means, marker="o", label=label)
-            axes.fill_between(xs, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
-                              color=line.get_color(), alpha=0.18, linewidth=0)
+            axes.fill_between(
+                xs,
+                [m - s for m, s in zip(means, stds)],
+                [m + s for m, s in zip(means, stds)],
+                color=line.get_color(),
+                alpha=0.18,
+                linewidth=0,
+            )
         if metric == "mAP":  # the label frequencies change with RHO, and chance with them
             strengths = sorted({row.strength for row in rows})
             axes.plot(strengths, [chance_map(config, s) for s in strengths], color="grey", linestyle="--", label="chance")

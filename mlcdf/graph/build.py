@@ -15,9 +15,9 @@ from mlcdf import __version__
 from mlcdf.data.prepared import PreparedSubset, SplitTable, load_prepared
 from mlcdf.errors import MlcdfError
 from mlcdf.graph.cooccurrence import Adjacency, build_adjacency
-from mlcdf.labels import count_cooccurrence
 from mlcdf.graph.embeddings import LabelEmbeddings, parse_embedding_source, word_embeddings
 from mlcdf.label_graph import LabelGraph, check_graph_replaceable, json_path_for, save_graph
+from mlcdf.labels import count_cooccurrence
 from mlcdf.progress import ProgressFn, silent
 
 #: IML-GCN's backbone (DESIGN.md §4), for image embeddings.
@@ -142,9 +142,7 @@ def build_graph(config: GraphConfig, *, progress: ProgressFn = silent) -> GraphR
     zero_count = [label for label, count in zip(prepared.labels, label_counts) if count == 0]
     warnings = list(embeddings.warnings)
     if zero_count:
-        warnings.append(
-            f"no training image carries {', '.join(zero_count)}: isolated node(s), P(j | i) set to 0 instead of 0/0"
-        )
+        warnings.append(f"no training image carries {', '.join(zero_count)}: isolated node(s), P(j | i) set to 0 instead of 0/0")
     info = {
         "mlcdf_version": __version__,
         "subset": prepared.subset,
@@ -172,9 +170,7 @@ def build_graph(config: GraphConfig, *, progress: ProgressFn = silent) -> GraphR
     return GraphResult(graph=graph, adjacency=adjacency, path=Path(config.out), warnings=tuple(warnings))
 
 
-def _node_embeddings(
-    config: GraphConfig, prepared: PreparedSubset, table: SplitTable, progress: ProgressFn
-) -> LabelEmbeddings:
+def _node_embeddings(config: GraphConfig, prepared: PreparedSubset, table: SplitTable, progress: ProgressFn) -> LabelEmbeddings:
     source = parse_embedding_source(config.embedding)
     if source.is_word:
         return word_embeddings(prepared.labels, source, config.label_phrases)

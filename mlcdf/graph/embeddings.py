@@ -158,7 +158,7 @@ def label_phrases(labels: Sequence[str], phrases_file: str | Path | None = None)
         return phrases
     path = Path(phrases_file)
     if not path.is_file():
-        raise MissingArtifactError(path, "a JSON object such as {\"Bangs\": \"bangs fringe hairstyle\"}")
+        raise MissingArtifactError(path, 'a JSON object such as {"Bangs": "bangs fringe hairstyle"}')
     overrides = read_json_object(path, "a JSON object mapping label names to phrases")
     for label, phrase in overrides.items():
         if label not in phrases:
@@ -311,9 +311,7 @@ def gensim_data_file(name: str) -> Path:
     if folder.is_dir():
         files = [p for p in folder.iterdir() if p.is_file() and p.name != "__init__.py" and not p.name.startswith(".")]
         if len(files) != 1:
-            raise MlcdfError(
-                f"{folder}: expected one gensim-data model file, found {len(files)}; delete the folder and retry"
-            )
+            raise MlcdfError(f"{folder}: expected one gensim-data model file, found {len(files)}; delete the folder and retry")
         return files[0]
     try:
         # gensim prints download progress on stdout, which carries only results (--json).
@@ -325,7 +323,7 @@ def gensim_data_file(name: str) -> Path:
             return Path(api.load(name, return_path=True))
     # gensim reports a failed download as OSError, an unknown name or an unreachable index as ValueError,
     # and an unwritable data folder as a bare Exception: all are the user's environment, not a bug here.
-    except Exception as error:
+    except Exception as error:  # noqa: BLE001  (see above: gensim raises a bare Exception)
         raise MlcdfError(
             f"gensim:{name}: cannot download the model into {api.BASE_DIR} ({error}). It needs internet once; "
             f"offline, use the embedded 'glove' or 'glove:PATH' with a downloaded GloVe/word2vec file"
@@ -353,9 +351,7 @@ def _quiet_logger(logger: logging.Logger) -> Iterator[None]:
         logger.disabled = previous
 
 
-def embed_phrases(
-    vectors: KeyedVectors, phrases: Mapping[str, str], *, source: EmbeddingSource, path: str | Path
-) -> LabelEmbeddings:
+def embed_phrases(vectors: KeyedVectors, phrases: Mapping[str, str], *, source: EmbeddingSource, path: str | Path) -> LabelEmbeddings:
     """Average the word vectors of each label's phrase.
 
     A word is looked up as written, then lower-cased (GloVe's vocabulary is lower case, word2vec's is not).
@@ -406,9 +402,7 @@ def embed_phrases(
     return LabelEmbeddings(embeddings, info, tuple(warnings))
 
 
-def word_embeddings(
-    labels: Sequence[str], source: EmbeddingSource, phrases_file: str | Path | None = None
-) -> LabelEmbeddings:
+def word_embeddings(labels: Sequence[str], source: EmbeddingSource, phrases_file: str | Path | None = None) -> LabelEmbeddings:
     """Word embeddings of ``labels`` from ``source``, with phrases optionally overridden by a JSON file."""
     phrases = label_phrases(labels, phrases_file)
     vectors, path = load_word_vectors(source)

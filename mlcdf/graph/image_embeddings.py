@@ -270,15 +270,10 @@ def image_embeddings(
             "--pretrained, or --from-run RUN for useful image embeddings"
         )
     if k < dim:
-        warnings.append(
-            f"--dim {dim} lowered to {k}: {len(features)} training images and {features.shape[1]} features "
-            "allow no more"
-        )
+        warnings.append(f"--dim {dim} lowered to {k}: {len(features)} training images and {features.shape[1]} features allow no more")
     empty = [label for label, count in zip(prepared.labels, counts) if count == 0]
     if empty:
-        warnings.append(
-            f"no training image for {', '.join(empty)}: embedding set to the centroid of all images (zeros)"
-        )
+        warnings.append(f"no training image for {', '.join(empty)}: embedding set to the centroid of all images (zeros)")
     info = {
         "kind": "image",
         "source": "image",

@@ -78,7 +78,9 @@ def check_export_replaceable(path: Path) -> None:
     check_file_replaceable(path.with_suffix(".json"), command="mlcdf export", is_own=_is_export_record)
 
 
-def export_onnx(run_dir: str | Path, out_path: str | Path, *, checkpoint: str = "best", opset: int = 18, check_batch: int = 2, tolerance: float = 1e-4) -> ExportReport:
+def export_onnx(
+    run_dir: str | Path, out_path: str | Path, *, checkpoint: str = "best", opset: int = 18, check_batch: int = 2, tolerance: float = 1e-4
+) -> ExportReport:
     """Export a run's model to ONNX and compare onnxruntime with PyTorch on one random batch.
 
     The ``.onnx`` and the ``.json`` beside it appear together, and only when every check passes.

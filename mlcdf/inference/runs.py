@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mlcdf.train.checkpoint import load_checkpoint, load_error_summary
+from mlcdf.config import TrainConfig
 from mlcdf.data.dataset import (
     CachedSource,
     EpochSampler,
@@ -27,12 +27,12 @@ from mlcdf.data.dataset import (
 from mlcdf.data.images import IMAGE_EXTENSIONS, load_rgb
 from mlcdf.data.prepared import load_prepared
 from mlcdf.devices import resolve_device
-from mlcdf.train.engine import autocast, predict
 from mlcdf.errors import MissingArtifactError, MlcdfError, SchemaError
 from mlcdf.label_graph import load_graph
 from mlcdf.progress import ProgressFn, silent
 from mlcdf.tasks import Task, create_task
-from mlcdf.config import TrainConfig
+from mlcdf.train.checkpoint import load_checkpoint, load_error_summary
+from mlcdf.train.engine import autocast, predict
 from mlcdf.train.stage import CHECKPOINTS, CONFIG_FILE, GRAPH_FILE, build_model, mixed_precision
 
 CHECKPOINT_CHOICES = ("best", "last", "ema")
@@ -143,7 +143,13 @@ def predict_split(
         return to_model_input(batch, torch_device, info.input_mean, info.input_std, channels_last=torch_device.type == "cuda")
 
     scores, targets, _ = predict(
-        model, loader, torch_device, to_scores=info.task.scores, prepare_input=prepare_input, autocast_dtype=autocast_dtype, progress=progress
+        model,
+        loader,
+        torch_device,
+        to_scores=info.task.scores,
+        prepare_input=prepare_input,
+        autocast_dtype=autocast_dtype,
+        progress=progress,
     )
     return targets.astype(np.uint8), scores, table.file_paths, table.num_steps, info.labels, info.num_params
 

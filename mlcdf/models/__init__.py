@@ -16,7 +16,6 @@ from mlcdf.models._factory import (
     model_config,
     rebuild_model,
 )
-from mlcdf.weights import LoadReport, load_backbone_weights, read_state_dict
 from mlcdf.models._registry import (
     ModelInfo,
     UnknownModelError,
@@ -27,6 +26,7 @@ from mlcdf.models._registry import (
     register_model,
 )
 from mlcdf.models.gcn import GraphTensors, graph_from_state_dict
+from mlcdf.weights import LoadReport, load_backbone_weights, read_state_dict
 
 __all__ = [
     "PAPER_EMBEDDING_DIM",

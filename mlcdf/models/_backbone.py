@@ -93,9 +93,7 @@ class BackboneClassifier(nn.Module, abc.ABC):
                 return self.forward_head(features.float())
         return self.forward_head(features)
 
-    def load_backbone(
-        self, *, pretrained: bool = False, weights: str | Path | None = None, strict: bool = True
-    ) -> LoadReport | None:
+    def load_backbone(self, *, pretrained: bool = False, weights: str | Path | None = None, strict: bool = True) -> LoadReport | None:
         """Load backbone weights: timm's default pretrained tag, or a local file; the head stays as it is.
 
         Args:

@@ -92,9 +92,7 @@ def create_model(
     entry_kwargs = dict(kwargs)
     if info.requires_graph:
         if graph is None:
-            raise MlcdfError(
-                f"model {name!r} needs a label graph: build one with 'mlcdf build-graph' and pass its .npz (--graph)"
-            )
+            raise MlcdfError(f"model {name!r} needs a label graph: build one with 'mlcdf build-graph' and pass its .npz (--graph)")
         entry_kwargs["graph"] = _resolve_graph(graph)
     elif graph is not None:
         raise MlcdfError(f"model {name!r} does not use a label graph; leave out the graph")
@@ -119,9 +117,7 @@ def count_parameters(model: nn.Module) -> int:
     return sum(parameter.numel() for parameter in model.parameters())
 
 
-def meta_model(
-    name: str, num_labels: int = 5, *, embedding_dim: int = PAPER_EMBEDDING_DIM, **kwargs: Any
-) -> BackboneClassifier:
+def meta_model(name: str, num_labels: int = 5, *, embedding_dim: int = PAPER_EMBEDDING_DIM, **kwargs: Any) -> BackboneClassifier:
     """Build a model on the ``meta`` device: shapes only, no memory, no weights; for counting and listing.
 
     Graph models get a placeholder graph of ``num_labels`` nodes with ``embedding_dim``-d features (300

@@ -65,9 +65,7 @@ class ModelInfo:
     paper_params_m: float | None = None
 
 
-def register_model(
-    fn: Callable | None = None, *, requires_graph: bool = False, paper_params_m: float | None = None
-) -> Callable:
+def register_model(fn: Callable | None = None, *, requires_graph: bool = False, paper_params_m: float | None = None) -> Callable:
     """Register a model entry function under its own name; usable bare or with keyword arguments.
 
     The entry function is called as ``fn(num_labels, *, pretrained, weights, **kwargs)`` (plus ``graph=``
@@ -85,7 +83,7 @@ def register_model(
     def decorate(entry: Callable) -> Callable:
         name = entry.__name__
         if name in _model_entrypoints:
-            warnings.warn(f"model {name!r} registered twice; the entry in {entry.__module__} replaces the first")
+            warnings.warn(f"model {name!r} registered twice; the entry in {entry.__module__} replaces the first", stacklevel=2)
         module = sys.modules[entry.__module__]
         exported = getattr(module, "__all__", None)
         if exported is not None and name not in exported:
@@ -136,9 +134,7 @@ def _unknown(name: str) -> UnknownModelError:
         return UnknownModelError(f"unknown timm architecture {arch!r} ({hint})")
     close = list_models(f"*{arch}*")
     known = close or list_models()
-    return UnknownModelError(
-        f"unknown model {name!r}; known: {', '.join(known)} (or timm:<architecture> for any timm backbone)"
-    )
+    return UnknownModelError(f"unknown model {name!r}; known: {', '.join(known)} (or timm:<architecture> for any timm backbone)")
 
 
 def model_entrypoint(name: str) -> Callable:

@@ -69,11 +69,7 @@ class AdaptiveGraphConvolution(GraphConvolution):
 
     def adjacency(self, h: torch.Tensor, a_hat: torch.Tensor) -> torch.Tensor:
         """The layer's C x C adjacency ``Â + α·A_att + β·A_sim`` for node features ``h``."""
-        return (
-            a_hat
-            + self.attention_gate * self.attention_adjacency(h)
-            + self.similarity_gate * self.similarity_adjacency(h)
-        )
+        return a_hat + self.attention_gate * self.attention_adjacency(h) + self.similarity_gate * self.similarity_adjacency(h)
 
     def forward(self, h: torch.Tensor, a_hat: torch.Tensor) -> torch.Tensor:
         return super().forward(h, self.adjacency(h, a_hat))

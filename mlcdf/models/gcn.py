@@ -129,8 +129,7 @@ def _check_graph(graph: Any, num_labels: int) -> None:
     names = f" ({', '.join(graph.labels)})" if getattr(graph, "labels", None) else ""
     if tuple(a_hat.shape) != (size, size) or len(embeddings.shape) != 2 or embeddings.shape[0] != size:
         raise MlcdfError(
-            f"a label graph needs a C x C adjacency and C x D embeddings, got {tuple(a_hat.shape)} "
-            f"and {tuple(embeddings.shape)}"
+            f"a label graph needs a C x C adjacency and C x D embeddings, got {tuple(a_hat.shape)} and {tuple(embeddings.shape)}"
         )
     if size != num_labels:
         raise MlcdfError(
@@ -195,9 +194,7 @@ class GraphClassifier(BackboneClassifier):
         graph = graph if graph is not None else GraphTensors(self.head.A_hat, self.head.embeddings)
         _check_graph(graph, num_labels)
         self.num_labels = num_labels
-        self.head = GraphHead(graph.A_hat, graph.embeddings, self.pooled_features, **self._head_args).to(
-            self.head.A_hat.device
-        )
+        self.head = GraphHead(graph.A_hat, graph.embeddings, self.pooled_features, **self._head_args).to(self.head.A_hat.device)
 
 
 def create_graph_classifier(

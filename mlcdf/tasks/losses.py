@@ -82,10 +82,7 @@ class AsymmetricLoss(nn.Module):
         self.reduction = reduction
 
     def extra_repr(self) -> str:
-        return (
-            f"gamma_neg={self.gamma_neg}, gamma_pos={self.gamma_pos}, clip={self.clip}, eps={self.eps}, "
-            f"reduction={self.reduction!r}"
-        )
+        return f"gamma_neg={self.gamma_neg}, gamma_pos={self.gamma_pos}, clip={self.clip}, eps={self.eps}, reduction={self.reduction!r}"
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """B x C logits and B x C targets in [0, 1] -> the loss (a scalar, or B x C with ``"none"``)."""

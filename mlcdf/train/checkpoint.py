@@ -56,7 +56,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise MissingArtifactError(path, "train a model with 'mlcdf train' first")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several types for corrupt or unsafe files
+    except Exception as error:  # noqa: BLE001  (torch raises several types for corrupt or unsafe files)
         raise SchemaError(path, f"not a readable mlcdf checkpoint ({type(error).__name__}: {first_line(error)})") from None
     if not isinstance(state, dict) or "model" not in state:
         raise SchemaError(path, "not an mlcdf checkpoint (no 'model' entry)")

@@ -12,8 +12,6 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from mlcdf.errors import MlcdfError
-
 
 @dataclass(frozen=True)
 class DistInfo:

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from mlcdf.train.distributed import gather_rows, mean_over_ranks
 from mlcdf.errors import MlcdfError
+from mlcdf.train.distributed import gather_rows, mean_over_ranks
 
 #: Steps between loss reads: reading the loss synchronises the GPU, so it is not done every step.
 LOG_EVERY = 10

@@ -20,14 +20,13 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-import numpy as np
 import timm.layers
 import torch
 
 from mlcdf import __version__
-from mlcdf.train.checkpoint import load_checkpoint, load_error_summary, save_checkpoint
+from mlcdf.config import RECIPES, RESUME_OVERRIDES, TrainConfig
 from mlcdf.data.dataset import (
     Augment,
     CachedSource,
@@ -43,17 +42,17 @@ from mlcdf.data.dataset import (
 )
 from mlcdf.data.prepared import PreparedSubset, load_prepared
 from mlcdf.devices import resolve_device
-from mlcdf.train.distributed import DistInfo, barrier, broadcast_buffers, init_distributed, launch_info, shutdown_distributed
-from mlcdf.train.ema import ModelEma
-from mlcdf.train.engine import StepInfo, predict, train_one_epoch
-from mlcdf.config import MAX_WORKERS, RECIPES, RESUME_OVERRIDES, TrainConfig
 from mlcdf.errors import MlcdfError, SchemaError
-from mlcdf.label_graph import LabelGraph, load_graph, save_graph
 from mlcdf.io import atomic_open, check_output_apart, file_lock, read_json_object, write_json
-from mlcdf.tasks import Task, create_task
+from mlcdf.label_graph import LabelGraph, load_graph, save_graph
 from mlcdf.models import create_model
 from mlcdf.progress import ProgressFn, silent
+from mlcdf.tasks import Task, create_task
 from mlcdf.train.callbacks import SilentCallbacks, TrainCallbacks
+from mlcdf.train.checkpoint import load_checkpoint, load_error_summary, save_checkpoint
+from mlcdf.train.distributed import DistInfo, barrier, broadcast_buffers, init_distributed, launch_info, shutdown_distributed
+from mlcdf.train.ema import ModelEma
+from mlcdf.train.engine import predict, train_one_epoch
 from mlcdf.train.tensorboard import TensorBoardCallbacks, require_tensorboard
 
 CONFIG_FILE = "config.json"
@@ -62,8 +61,22 @@ GRAPH_FILE = "graph.npz"
 CHECKPOINTS = "checkpoints"
 #: What ``last.pt`` must hold to resume a run.
 RESUME_KEYS = (
-    "model", "ema", "optimizer", "scheduler", "scaler", "epoch", "steps_per_epoch", "best_map", "best_epoch",
-    "best_source", "rng", "history", "config", "label_names", "model_name", "mlcdf_version",
+    "model",
+    "ema",
+    "optimizer",
+    "scheduler",
+    "scaler",
+    "epoch",
+    "steps_per_epoch",
+    "best_map",
+    "best_epoch",
+    "best_source",
+    "rng",
+    "history",
+    "config",
+    "label_names",
+    "model_name",
+    "mlcdf_version",
 )
 
 
@@ -108,7 +121,11 @@ def sync_batchnorm(model: torch.nn.Module, device: torch.device) -> torch.nn.Mod
 
 def graph_embedding_kind(graph: LabelGraph) -> str:
     """'image' or 'word', from the graph's recorded source (``build-graph`` writes it)."""
-    source = str(graph.info.get("embedding", {}).get("kind", "") if isinstance(graph.info.get("embedding"), dict) else graph.info.get("embedding", ""))
+    source = str(
+        graph.info.get("embedding", {}).get("kind", "")
+        if isinstance(graph.info.get("embedding"), dict)
+        else graph.info.get("embedding", "")
+    )
     return "image" if source.startswith("image") else "word"
 
 
@@ -116,8 +133,12 @@ def build_model(config: TrainConfig, num_labels: int, graph: LabelGraph | None, 
     """The model a run trains; pretrained or given weights are loaded only for a fresh start."""
     kwargs = {"backbone": config.backbone} if config.backbone else {}
     return create_model(
-        config.model, num_labels, graph=graph, pretrained=config.pretrained and fresh,
-        weights=config.weights if fresh else None, **kwargs,
+        config.model,
+        num_labels,
+        graph=graph,
+        pretrained=config.pretrained and fresh,
+        weights=config.weights if fresh else None,
+        **kwargs,
     )
 
 
@@ -182,10 +203,16 @@ def _build_data(prepared: PreparedSubset, config: TrainConfig, task: Task, dist_
         # the others wait on the lock, which has no timeout, and not in a collective, which has (decoding
         # 1024 px PNGs can outlast NCCL's 10 minutes). The first builds it; the next ones find it done.
         with file_lock(cache_path(prepared, split, config.image_size).with_suffix(".lock")):
-            return CachedSource(build_image_cache(
-                prepared, split, config.image_size, table=table, workers=config.workers,
-                progress=progress if dist_info.is_main else silent,
-            ))
+            return CachedSource(
+                build_image_cache(
+                    prepared,
+                    split,
+                    config.image_size,
+                    table=table,
+                    workers=config.workers,
+                    progress=progress if dist_info.is_main else silent,
+                )
+            )
 
     train_source = source("train", train_table)
     augment = Augment(flip=config.flip, jitter=config.jitter, perturb=config.augment_perturb)
@@ -252,7 +279,9 @@ def _best_checkpoint(state: dict) -> dict:
     """``best.pt`` for the epoch of ``state`` (a ``last.pt``), when that epoch's weights are the best."""
     weights = state["ema"]["module"] if state["best_source"] == "ema" else state["model"]
     return {key: state[key] for key in ("epoch", "config", "label_names", "model_name", "mlcdf_version")} | {
-        "model": weights, "source": state["best_source"], "val_mAP": state["best_map"],
+        "model": weights,
+        "source": state["best_source"],
+        "val_mAP": state["best_map"],
     }
 
 
@@ -292,7 +321,9 @@ def saved_run_options(run_dir: str | Path) -> dict[str, Any] | None:
     return dict(options)
 
 
-def train(config: TrainConfig, *, resume: bool = False, callbacks: TrainCallbacks | None = None, progress: ProgressFn = silent) -> TrainResult:
+def train(
+    config: TrainConfig, *, resume: bool = False, callbacks: TrainCallbacks | None = None, progress: ProgressFn = silent
+) -> TrainResult:
     """Run (or resume) training as ``config`` says; see the module docstring for the outputs.
 
     Raises:
@@ -327,8 +358,7 @@ def train(config: TrainConfig, *, resume: bool = False, callbacks: TrainCallback
     except torch.OutOfMemoryError:
         smaller = max(1, config.batch_size // 2)
         raise MlcdfError(
-            f"CUDA ran out of memory at batch size {config.batch_size} and image size {config.image_size}; "
-            f"try --batch-size {smaller}"
+            f"CUDA ran out of memory at batch size {config.batch_size} and image size {config.image_size}; try --batch-size {smaller}"
         ) from None
     finally:
         if board is not None:
@@ -337,7 +367,13 @@ def train(config: TrainConfig, *, resume: bool = False, callbacks: TrainCallback
 
 
 def _train(
-    config: TrainConfig, task: Task, run_dir: Path, resume_state: dict | None, dist_info: DistInfo, prepared: PreparedSubset, data: _Data,
+    config: TrainConfig,
+    task: Task,
+    run_dir: Path,
+    resume_state: dict | None,
+    dist_info: DistInfo,
+    prepared: PreparedSubset,
+    data: _Data,
     callbacks: TrainCallbacks,
 ) -> TrainResult:
     device = resolve_device(config.device, dist_info.local_rank)
@@ -414,7 +450,9 @@ def _train(
                 "num_params": num_params,
                 "input_mean": list(mean),
                 "input_std": list(std),
-                "graph": {"file": GRAPH_FILE, "embedding": graph_embedding_kind(graph), "source": config.graph} if graph is not None else None,
+                "graph": {"file": GRAPH_FILE, "embedding": graph_embedding_kind(graph), "source": config.graph}
+                if graph is not None
+                else None,
                 "validation": data.val_name,
                 "device": str(device),
                 "world_size": dist_info.world_size,
@@ -439,19 +477,34 @@ def _train(
         train_sampler.set_epoch(epoch)
         callbacks.epoch_start(epoch, config.epochs, len(train_loader))
         stats = train_one_epoch(
-            train_model, criterion, optimizer, train_loader, device, epoch,
-            prepare_input=prepare_input, scheduler=scheduler, scaler=scaler, autocast_dtype=autocast_dtype,
-            ema=ema, clip_grad_norm=config.clip_grad_norm, loss_scale=loss_scale, on_step=callbacks.step,
+            train_model,
+            criterion,
+            optimizer,
+            train_loader,
+            device,
+            epoch,
+            prepare_input=prepare_input,
+            scheduler=scheduler,
+            scaler=scaler,
+            autocast_dtype=autocast_dtype,
+            ema=ema,
+            clip_grad_norm=config.clip_grad_norm,
+            loss_scale=loss_scale,
+            on_step=callbacks.step,
         )
         # Each rank's BatchNorm statistics followed its own share of the batches: validate with rank 0's,
         # which are the ones saved, so the val mAP is the saved model's (evaluate --split val agrees).
         broadcast_buffers(model_without_ddp)
         if ema is not None:
             broadcast_buffers(ema.module)
-        scores, targets, _ = predict(eval_model, val_loader, device, to_scores=task.scores, prepare_input=prepare_input, autocast_dtype=autocast_dtype)
+        scores, targets, _ = predict(
+            eval_model, val_loader, device, to_scores=task.scores, prepare_input=prepare_input, autocast_dtype=autocast_dtype
+        )
         candidates = {"model": task.validation_score(targets, scores)}
         if ema is not None:
-            ema_scores, _, _ = predict(ema.module, val_loader, device, to_scores=task.scores, prepare_input=prepare_input, autocast_dtype=autocast_dtype)
+            ema_scores, _, _ = predict(
+                ema.module, val_loader, device, to_scores=task.scores, prepare_input=prepare_input, autocast_dtype=autocast_dtype
+            )
             candidates["ema"] = task.validation_score(targets, ema_scores)
         source = max(candidates, key=candidates.get)
         improved = candidates[source] > best_map

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING
 from mlcdf.errors import MlcdfError
 
 if TYPE_CHECKING:
-    from mlcdf.train.engine import StepInfo
     from mlcdf.train.callbacks import TrainCallbacks
+    from mlcdf.train.engine import StepInfo
 
 INSTALL = "pip install 'mlcdf[tensorboard]'"
 
