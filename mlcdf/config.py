@@ -157,4 +157,5 @@ def is_option_type(value: Any, type_name: str) -> bool:
 
 def asl_defaults() -> dict[str, float]:
     """The Asymmetric Loss settings of a run that sets none: the ASL paper's, used by Seq-DeepFake too."""
-    return {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.name.startswith(_ASL_PREFIX)}
+    defaults = TrainConfig(prepared="", model="", out="")
+    return {f.name: getattr(defaults, f.name) for f in dataclasses.fields(TrainConfig) if f.name.startswith(_ASL_PREFIX)}

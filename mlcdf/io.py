@@ -276,7 +276,7 @@ def png_written_by(command: str) -> Callable[[Path], bool]:
 
         try:
             with Image.open(path, formats=["PNG"]) as image:  # reads the chunks before the pixels only
-                return image.info.get(PNG_STAMP_KEY) == command
+                return bool(image.info.get(PNG_STAMP_KEY) == command)
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
             return False
 

@@ -11,10 +11,12 @@ No pickle: arrays of strings are stored as fixed-width unicode and the file is r
 from __future__ import annotations
 
 import json
+import os
 import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -89,21 +91,23 @@ def save_graph(path: str | Path, graph: LabelGraph) -> None:
     """
     path = Path(path)
     with atomic_path(path) as tmp:
+        # One dict, so the info array keeps its INFO_ARRAY name; typed Any, as savez's **arrays share the
+        # call with its bool allow_pickle.
+        arrays: dict[str, Any] = {
+            "labels": np.array(graph.labels, dtype=str),
+            "label_counts": np.asarray(graph.label_counts, dtype=np.int64),
+            "cooccurrence": np.asarray(graph.cooccurrence, dtype=np.int64),
+            "A": np.asarray(graph.A, dtype=np.float32),
+            "A_hat": np.asarray(graph.A_hat, dtype=np.float32),
+            "embeddings": np.asarray(graph.embeddings, dtype=np.float32),
+            INFO_ARRAY: np.array(json.dumps(graph.info)),
+        }
         with open(tmp, "wb") as handle:
-            np.savez(
-                handle,
-                labels=np.array(graph.labels, dtype=str),
-                label_counts=np.asarray(graph.label_counts, dtype=np.int64),
-                cooccurrence=np.asarray(graph.cooccurrence, dtype=np.int64),
-                A=np.asarray(graph.A, dtype=np.float32),
-                A_hat=np.asarray(graph.A_hat, dtype=np.float32),
-                embeddings=np.asarray(graph.embeddings, dtype=np.float32),
-                **{INFO_ARRAY: np.array(json.dumps(graph.info))},
-            )
+            np.savez(handle, **arrays)
     write_json(json_path_for(path), graph.info)
 
 
-def load_graph(path: str | Path) -> LabelGraph:
+def load_graph(path: str | os.PathLike[str]) -> LabelGraph:
     """Read a graph written by :func:`save_graph` (or ``mlcdf build-graph``) and check its arrays.
 
     Raises:

@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
+from typing import Literal, overload
 
 import numpy as np
+from numpy.typing import ArrayLike
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
 __all__ = [
@@ -53,7 +55,7 @@ class NoPositivesWarning(UndefinedMetricWarning):
     """A label has no positive sample: its recall and AP are undefined and it is left out of the means."""
 
 
-def _check_multilabel(y_true, y_score, *, labels: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def _check_multilabel(y_true: ArrayLike, y_score: ArrayLike, *, labels: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The single boundary check of this module: return ``(y_true, y_score)`` as int64 and float64 arrays.
 
     The returned arrays may share memory with the inputs. Callers only read them.
@@ -63,24 +65,24 @@ def _check_multilabel(y_true, y_score, *, labels: Sequence[str] | None = None) -
             one label; ``y_true`` holds a value other than 0 and 1; ``y_score`` holds NaN or infinity;
             ``labels`` does not name every column.
     """
-    y_true = np.asarray(y_true)
-    y_score = np.asarray(y_score, dtype=np.float64)
-    if y_true.ndim != 2 or y_score.shape != y_true.shape:
-        raise ValueError(f"y_true and y_score must both have shape (n_samples, n_labels); got {y_true.shape} and {y_score.shape}")
-    if y_true.size == 0:
-        raise ValueError(f"need at least one sample and one label; got shape {y_true.shape}")
-    values = np.unique(y_true)
+    true = np.asarray(y_true)
+    score = np.asarray(y_score, dtype=np.float64)
+    if true.ndim != 2 or score.shape != true.shape:
+        raise ValueError(f"y_true and y_score must both have shape (n_samples, n_labels); got {true.shape} and {score.shape}")
+    if true.size == 0:
+        raise ValueError(f"need at least one sample and one label; got shape {true.shape}")
+    values = np.unique(true)
     if not np.isin(values, (0, 1)).all():
         raise ValueError(f"y_true must hold only 0 and 1; got values {values[:10].tolist()}")
-    bad = np.argwhere(~np.isfinite(y_score))
+    bad = np.argwhere(~np.isfinite(score))
     if len(bad):
         row, column = bad[0]
         raise ValueError(
-            f"y_score must be finite; got {len(bad)} non-finite value(s), the first {y_score[row, column]} at sample {row}, label {column}"
+            f"y_score must be finite; got {len(bad)} non-finite value(s), the first {score[row, column]} at sample {row}, label {column}"
         )
-    if labels is not None and len(labels) != y_true.shape[1]:
-        raise ValueError(f"got {len(labels)} label names {list(labels)} for {y_true.shape[1]} label columns")
-    return y_true.astype(np.int64), y_score
+    if labels is not None and len(labels) != true.shape[1]:
+        raise ValueError(f"got {len(labels)} label names {list(labels)} for {true.shape[1]} label columns")
+    return true.astype(np.int64), score
 
 
 def per_label_thresholds(threshold: float | Sequence[float] | np.ndarray, n_labels: int) -> np.ndarray:
@@ -130,7 +132,7 @@ def _per_label(
 
     A label without positives gets NaN instead, and all of them are named in one warning.
     """
-    has_positives = y_true.any(axis=0)
+    has_positives = np.asarray(y_true.any(axis=0))
     _warn_no_positives(~has_positives, labels, consequence, stacklevel=4)
     return np.array(
         [binary_metric(y_true[:, j], y_score[:, j]) if has_positives[j] else np.nan for j in range(y_true.shape[1])],
@@ -149,7 +151,19 @@ def _validate_average(average: str | None, allowed: tuple[str | None, ...]) -> N
         raise ValueError(f"average must be one of {allowed}; got {average!r}")
 
 
-def average_precision(y_true, y_score, *, average: str | None = "macro", labels: Sequence[str] | None = None) -> float | np.ndarray:
+@overload
+def average_precision(
+    y_true: ArrayLike, y_score: ArrayLike, *, average: Literal["macro"] = ..., labels: Sequence[str] | None = ...
+) -> float: ...
+
+
+@overload
+def average_precision(y_true: ArrayLike, y_score: ArrayLike, *, average: None, labels: Sequence[str] | None = ...) -> np.ndarray: ...
+
+
+def average_precision(
+    y_true: ArrayLike, y_score: ArrayLike, *, average: Literal["macro"] | None = "macro", labels: Sequence[str] | None = None
+) -> float | np.ndarray:
     """Average precision per label and its mean over labels (mAP).
 
     For one label, with the samples ranked by decreasing score, AP is computed by
@@ -210,12 +224,32 @@ def _precision_recall_f1_from_counts(tp: np.ndarray, fp: np.ndarray, fn: np.ndar
     return precision, recall, f1
 
 
+Threshold = float | Sequence[float] | np.ndarray
+
+
+@overload
 def precision_recall_f1(
-    y_true,
-    y_score,
+    y_true: ArrayLike,
+    y_score: ArrayLike,
     *,
-    threshold: float | Sequence[float] | np.ndarray = 0.5,
-    average: str | None = "macro",
+    threshold: Threshold = ...,
+    average: Literal["macro", "micro"] = ...,
+    labels: Sequence[str] | None = ...,
+) -> tuple[float, float, float]: ...
+
+
+@overload
+def precision_recall_f1(
+    y_true: ArrayLike, y_score: ArrayLike, *, threshold: Threshold = ..., average: None, labels: Sequence[str] | None = ...
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+
+
+def precision_recall_f1(
+    y_true: ArrayLike,
+    y_score: ArrayLike,
+    *,
+    threshold: Threshold = 0.5,
+    average: Literal["macro", "micro"] | None = "macro",
     labels: Sequence[str] | None = None,
 ) -> tuple[float, float, float] | tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Precision, recall and F1 at a threshold: per class (CP, CR, CF1) or overall (OP, OR, OF1).
@@ -281,8 +315,8 @@ def precision_recall_f1(
 
 
 def paper_metrics(
-    y_true,
-    y_score,
+    y_true: ArrayLike,
+    y_score: ArrayLike,
     *,
     threshold: float | Sequence[float] | np.ndarray = 0.5,
     labels: Sequence[str] | None = None,
@@ -311,7 +345,7 @@ def paper_metrics(
     }
 
 
-def exact_match_ratio(y_true, y_score, *, threshold: float | Sequence[float] | np.ndarray = 0.5) -> float:
+def exact_match_ratio(y_true: ArrayLike, y_score: ArrayLike, *, threshold: float | Sequence[float] | np.ndarray = 0.5) -> float:
     """Fraction of samples whose predicted label set equals the true set (subset accuracy).
 
     ``EMR = (1/n) sum_i [ yhat_i == y_i ]``, where ``yhat_ij = y_score_ij >= threshold_j``. It is 1 only
@@ -326,7 +360,7 @@ def exact_match_ratio(y_true, y_score, *, threshold: float | Sequence[float] | n
     return float((_predict(y_score, threshold) == (y_true == 1)).all(axis=1).mean())
 
 
-def hamming_loss(y_true, y_score, *, threshold: float | Sequence[float] | np.ndarray = 0.5) -> float:
+def hamming_loss(y_true: ArrayLike, y_score: ArrayLike, *, threshold: float | Sequence[float] | np.ndarray = 0.5) -> float:
     """Fraction of wrong (sample, label) decisions.
 
     ``HL = (1 / (n L)) sum_ij [ yhat_ij != y_ij ]`` for n samples and L labels, where
@@ -341,7 +375,7 @@ def hamming_loss(y_true, y_score, *, threshold: float | Sequence[float] | np.nda
     return float((_predict(y_score, threshold) != (y_true == 1)).mean())
 
 
-def real_fake_roc_auc(y_true, y_score) -> float:
+def real_fake_roc_auc(y_true: ArrayLike, y_score: ArrayLike) -> float:
     """ROC-AUC of real-versus-fake detection derived from the label scores.
 
     An image is fake when it carries any label (``is_fake_i = max_j y_ij``). Its fake score is its
@@ -358,7 +392,7 @@ def real_fake_roc_auc(y_true, y_score) -> float:
         0.875
     """
     y_true, y_score = _check_multilabel(y_true, y_score)
-    is_fake = y_true.any(axis=1)
+    is_fake = np.asarray(y_true.any(axis=1))
     if is_fake.all() or not is_fake.any():
         warnings.warn(
             f"real-vs-fake ROC-AUC is undefined: all {len(is_fake)} images are {'fake' if is_fake.all() else 'real'}",
@@ -369,7 +403,7 @@ def real_fake_roc_auc(y_true, y_score) -> float:
     return float(roc_auc_score(is_fake, y_score.max(axis=1)))
 
 
-def real_fake_accuracy(y_true, y_score, *, threshold: float | Sequence[float] | np.ndarray = 0.5) -> float:
+def real_fake_accuracy(y_true: ArrayLike, y_score: ArrayLike, *, threshold: float | Sequence[float] | np.ndarray = 0.5) -> float:
     """Accuracy of real-versus-fake detection derived from the label decisions.
 
     An image is predicted fake when any label is predicted (``y_score_ij >= threshold_j`` for some j).
@@ -384,7 +418,7 @@ def real_fake_accuracy(y_true, y_score, *, threshold: float | Sequence[float] | 
     return float((_predict(y_score, threshold).any(axis=1) == y_true.any(axis=1)).mean())
 
 
-def average_precision_by_num_steps(y_true, y_score, num_steps) -> dict[int, float]:
+def average_precision_by_num_steps(y_true: ArrayLike, y_score: ArrayLike, num_steps: ArrayLike) -> dict[int, float]:
     """mAP over the images with exactly k manipulation steps, for each k >= 1 present.
 
     For each k the mAP is :func:`average_precision` restricted to the images with ``num_steps == k``. It
@@ -439,7 +473,7 @@ def _best_f1_threshold(y_true: np.ndarray, y_score: np.ndarray) -> float:
     return float(thresholds[np.argmax(f1)])
 
 
-def tune_thresholds(y_true, y_score, *, default: float = 0.5, labels: Sequence[str] | None = None) -> np.ndarray:
+def tune_thresholds(y_true: ArrayLike, y_score: ArrayLike, *, default: float = 0.5, labels: Sequence[str] | None = None) -> np.ndarray:
     """Per-label thresholds that maximise each label's F1 on the data given (typically validation).
 
     For each label ``j`` the candidates are its distinct scores. A label is predicted when

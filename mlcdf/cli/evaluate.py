@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from rich.console import JustifyMethod
 from rich.table import Table
 
 from mlcdf.cli._console import note, out, rich_progress, warn
@@ -160,7 +161,7 @@ def evaluate_command(
 
     if run is not None:
         # Options not given are left out, so that evaluate_run's defaults apply (they are stated once).
-        given = {name: getattr(value, "value", value) for name, value in inference.items() if value is not None}
+        given: dict[str, Any] = {name: getattr(value, "value", value) for name, value in inference.items() if value is not None}
         if perturb:
             given["perturb"] = parse_spec(perturb)  # a bad spec stops here, before any inference
         out_dir, metrics = evaluate_run(
@@ -173,6 +174,7 @@ def evaluate_command(
             progress=rich_progress(quiet=quiet),
         )
     else:
+        assert predictions is not None and out_dir is not None, "_check_options: without --run, --predictions and --out are given"
         metrics = evaluate_predictions_file(predictions, out_dir, threshold=threshold, tune_on_path=val_predictions)
     for message in metrics["warnings"]:
         warn(message)
@@ -204,7 +206,7 @@ def _print_metrics(metrics: dict) -> None:
     out.print(summary)
 
     per_label = Table(title="per label", title_justify="left")
-    for name, justify in (
+    columns: tuple[tuple[str, JustifyMethod], ...] = (
         ("label", "left"),
         ("support", "right"),
         ("AP", "right"),
@@ -212,7 +214,8 @@ def _print_metrics(metrics: dict) -> None:
         ("recall", "right"),
         ("F1", "right"),
         ("threshold", "right"),
-    ):
+    )
+    for name, justify in columns:
         per_label.add_column(name, justify=justify)
     for label, row in metrics["per_label"].items():
         per_label.add_row(

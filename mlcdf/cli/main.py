@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING, Any
 
-import click
 import typer
 from rich.markup import escape
 from typer.core import TyperGroup
@@ -13,6 +13,11 @@ from mlcdf import __version__
 from mlcdf.cli import build_graph, evaluate, models, perturb, predict, prepare, report, reproduce, study, synth, train
 from mlcdf.cli._console import err
 from mlcdf.errors import ENVIRONMENT_ERRNOS, MlcdfError
+
+if TYPE_CHECKING:
+    # The class of the contexts Typer passes: its own copy of click's Context (Typer vendors click, and
+    # exports the class under no public name; typer.Context is a subclass made for command callbacks).
+    from typer._click import Context
 
 DEBUG_ENV = "MLCDF_DEBUG"
 
@@ -26,7 +31,7 @@ class _MlcdfGroup(TyperGroup):
     as a user. ``MLCDF_DEBUG=1`` re-raises with the full traceback.
     """
 
-    def invoke(self, ctx: click.Context):
+    def invoke(self, ctx: Context) -> Any:
         try:
             return super().invoke(ctx)
         except (MlcdfError, OSError) as error:

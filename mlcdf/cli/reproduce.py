@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.live import Live
@@ -69,7 +69,7 @@ def reproduce_command(
     ),
     plan_file: Annotated[
         Path | None,
-        typer.Option("--plan", help="A plan file (TOML, see the README's 'Plans'); default: the paper's Tables I and II.", dir_okay=False),
+        typer.Option("--plan", help="A plan file (TOML, see docs/plans.md); default: the paper's Tables I and II.", dir_okay=False),
     ] = None,
     smoke: Annotated[
         bool,
@@ -192,7 +192,7 @@ def reproduce_command(
         if value is not None
     }
     slurm = dict(partition=partition, time=time_min, gpus=gpus, cpus_per_task=cpus_per_task, account=account, cluster=cluster)
-    common = dict(
+    common: dict[str, Any] = dict(
         data=data,
         plan_file=plan_file,
         subsets=None if not subset or subset == ["all"] else tuple(subset),

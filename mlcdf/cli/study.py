@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -101,7 +101,9 @@ def cooccurrence_command(
         **{**PRESETS[preset.value], **overrides},
     )
     slurm = {key: value for key, value in dict(partition=partition, time=time_min, account=account).items() if value is not None}
-    launch = dict(jobs=jobs, devices=tuple(d.strip() for d in devices.split(",")) if devices else None, launcher=launcher, slurm=slurm)
+    launch: dict[str, Any] = dict(
+        jobs=jobs, devices=tuple(d.strip() for d in devices.split(",")) if devices else None, launcher=launcher, slurm=slurm
+    )
     if dry_run:
         result, _ = run_study(config, dry_run=True, **launch)
         for outcome in result.outcomes:

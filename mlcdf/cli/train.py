@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.progress import Progress, TextColumn
+from rich.progress import Progress, TaskID, TextColumn
 
 from mlcdf.cli._console import err, out, progress_columns, rich_progress
 from mlcdf.cli._options import Device, QuietOpt
@@ -37,7 +37,7 @@ class RichTrainCallbacks:
             transient=True,
             disable=quiet or not show or not err.is_terminal,
         )
-        self.task = None
+        self.task: TaskID | None = None
         self.epochs = 0
 
     def __enter__(self) -> RichTrainCallbacks:
@@ -54,6 +54,7 @@ class RichTrainCallbacks:
         self.task = self.progress.add_task(f"epoch {epoch + 1}/{epochs}", total=steps, loss=0.0, lr=0.0, ips=0.0)
 
     def step(self, info: StepInfo) -> None:
+        assert self.task is not None, "the trainer calls epoch_start before the epoch's steps"
         self.progress.update(self.task, completed=info.step, loss=info.loss, lr=info.lr, ips=info.images_per_s)
 
     def epoch_end(self, record: dict) -> None:

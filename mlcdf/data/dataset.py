@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -248,7 +248,7 @@ class MultiLabelImages(torch.utils.data.Dataset):
         except MlcdfError as error:
             return {UNREADABLE: str(error)}
         if self.augment is not None and self.augment.perturb > 0:
-            images = self._perturb(images, keys)
+            images = self._perturb(images, keys, self.augment.perturb)
         batch = {
             "images": torch.from_numpy(images),
             "targets": torch.from_numpy(self.targets[indices]),
@@ -257,14 +257,14 @@ class MultiLabelImages(torch.utils.data.Dataset):
         batch.update(self._augment_params(keys))
         return batch
 
-    def _perturb(self, images: np.ndarray, keys: list[tuple[int, int]]) -> np.ndarray:
+    def _perturb(self, images: np.ndarray, keys: list[tuple[int, int]], probability: float) -> np.ndarray:
         from PIL import Image
 
         from mlcdf.data.perturb import apply, draw_condition
 
         for row, (epoch, index) in enumerate(keys):
             seed = (self.seed, epoch, index, _PERTURB_STREAM)
-            condition = draw_condition(seed, self.augment.perturb)
+            condition = draw_condition(seed, probability)
             if condition.level:
                 images[row] = np.asarray(apply(Image.fromarray(images[row]), condition, seed), dtype=np.uint8)
         return images
@@ -291,8 +291,15 @@ def no_augmentation(count: int) -> dict[str, torch.Tensor]:
     }
 
 
-def collate_batch(batch: dict) -> dict:
-    """``collate_fn`` for :class:`MultiLabelImages`: ``__getitems__`` already returns a collated batch."""
+_Batch = TypeVar("_Batch")
+
+
+def collate_batch(batch: _Batch) -> _Batch:
+    """``collate_fn`` for :class:`MultiLabelImages`: ``__getitems__`` already returns a collated batch (a dict).
+
+    Generic rather than ``dict -> dict``: the DataLoader's annotation says a collate function gets a list,
+    which is what it gets from a dataset without ``__getitems__``; this one passes whatever it gets through.
+    """
     return batch
 
 
@@ -300,7 +307,7 @@ _GRAY = (0.299, 0.587, 0.114)
 
 
 @functools.lru_cache(maxsize=32)
-def _channel_constant(values: tuple[float, float, float], device: torch.device) -> torch.Tensor:
+def _channel_constant(values: tuple[float, ...], device: torch.device) -> torch.Tensor:
     """A (1, 3, 1, 1) float32 tensor on ``device``, made once rather than copied there every batch."""
     return torch.tensor(values, dtype=torch.float32, device=device).view(1, 3, 1, 1)
 
@@ -308,15 +315,16 @@ def _channel_constant(values: tuple[float, float, float], device: torch.device) 
 def to_model_input(
     batch: dict,
     device: torch.device,
-    mean: tuple[float, float, float],
-    std: tuple[float, float, float],
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
     *,
     channels_last: bool = False,
 ) -> torch.Tensor:
     """Move a batch's uint8 images to ``device`` and augment and normalise them there.
 
     Returns float32 (B, 3, S, S). The uint8 NHWC tensor is permuted, not copied, so the result is in
-    channels_last memory format already; ``channels_last=False`` makes it contiguous NCHW.
+    channels_last memory format already; ``channels_last=False`` makes it contiguous NCHW. ``mean`` and
+    ``std`` hold one value per channel (R, G, B): a model's ``input_mean`` and ``input_std``.
 
     Raises:
         MlcdfError: the batch could not be read (see :class:`MultiLabelImages`), naming the image.

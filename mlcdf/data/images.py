@@ -81,8 +81,10 @@ def open_image(path: str | Path, max_pixels: int | None = None) -> Iterator[Imag
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(path)
     except Image.DecompressionBombError:
+        pillow_limit = Image.MAX_IMAGE_PIXELS
+        assert pillow_limit is not None, "Pillow raises DecompressionBombError only while its limit is set"
         raise OSError(
-            f"declares more than {2 * Image.MAX_IMAGE_PIXELS:,} pixels, which exceeds the limit of {limit:,} pixels (--max-pixels)"
+            f"declares more than {2 * pillow_limit:,} pixels, which exceeds the limit of {limit:,} pixels (--max-pixels)"
         ) from None
     with image:
         width, height = image.size

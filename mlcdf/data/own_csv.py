@@ -138,7 +138,7 @@ def parse_split_ratios(text: str) -> tuple[float, float, float]:
         raise ValueError(f"{text!r}: expected three non-negative fractions (train, val, test) such as 0.8,0.1,0.1")
     if not math.isclose(sum(ratios), 1.0, abs_tol=1e-6) or ratios[0] == 0:
         raise ValueError(f"{text!r}: the fractions must sum to 1, with some for train")
-    return ratios  # type: ignore[return-value]
+    return ratios
 
 
 def label_name_problem(name: str) -> str | None:

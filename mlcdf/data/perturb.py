@@ -195,7 +195,9 @@ def apply(image: Image.Image, condition: Condition, seed: int | Sequence[int] = 
     if image.mode != "RGB":
         image = image.convert("RGB")
     rng = np.random.default_rng(seed)
-    return perturbation.function(image, condition.parameter, rng)
+    parameter = condition.parameter
+    assert parameter is not None, "a condition above level 0 has a parameter"
+    return perturbation.function(image, parameter, rng)
 
 
 def _valid_names() -> str:

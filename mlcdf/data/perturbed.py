@@ -30,6 +30,7 @@ from pathlib import Path, PurePosixPath
 
 from mlcdf.data.images import open_image
 from mlcdf.data.perturb import Condition, apply, describe, draw_condition, parse_spec
+from mlcdf.data.prepared import OutputOwner
 from mlcdf.data.seqdeepfake import annotation_path, read_annotations
 from mlcdf.errors import MlcdfError, SchemaError
 from mlcdf.io import atomic_dir, atomic_open, check_output_apart, check_replaceable, holds_file, write_json
@@ -39,7 +40,7 @@ RANDOM = "random"
 PERTURB_JSON = "perturb.json"
 #: Quality of the JPEG files of the copy (which keeps each file's format).
 JPEG_QUALITY = 95
-_PERTURBED_OUTPUT = {"command": "mlcdf perturb", "is_own": holds_file(PERTURB_JSON)}
+_PERTURBED_OUTPUT: OutputOwner = {"command": "mlcdf perturb", "is_own": holds_file(PERTURB_JSON)}
 
 
 def records_path(folder: Path, split: str) -> Path:

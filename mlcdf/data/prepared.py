@@ -11,9 +11,11 @@ from __future__ import annotations
 import csv
 import os
 import re
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import TypedDict
 
 import numpy as np
 
@@ -220,6 +222,7 @@ def check_images(
         if first_missing is not None and (first_bad is None or first_missing < first_bad[0]):
             index, problem = first_missing, f"image {table.file_paths[first_missing]} is missing"
         else:
+            assert first_bad is not None, "some image is missing or unreadable, and it is not a missing one"
             index, problem = first_bad[0], f"image {table.file_paths[first_bad[0]]} is unreadable ({first_bad[1]})"
         others = len(missing) + len(unreadable) - 1
         more = f" (and {others} more)" if others else ""
@@ -240,8 +243,16 @@ def is_prepared_folder(path: str | Path) -> bool:
     return all(key in meta for key in META_KEYS)
 
 
+class OutputOwner(TypedDict):
+    """Which command writes an output, and how to recognise its earlier output: the keyword arguments of
+    :func:`~mlcdf.io.check_replaceable`, :func:`~mlcdf.io.check_file_replaceable` and :func:`~mlcdf.io.atomic_dir`."""
+
+    command: str
+    is_own: Callable[[Path], bool]
+
+
 #: A prepared folder is replaced only when it is a previous prepared folder.
-PREPARED_OUTPUT = {"command": "mlcdf prepare", "is_own": is_prepared_folder}
+PREPARED_OUTPUT: OutputOwner = {"command": "mlcdf prepare", "is_own": is_prepared_folder}
 
 
 def write_prepared(out: Path, tables: dict[str, SplitTable], labels: tuple[str, ...], meta: dict) -> None:

@@ -45,7 +45,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from mlcdf import __version__
 from mlcdf.data import synth_faces as faces
-from mlcdf.data.prepared import SPLITS, SYNTH_JSON
+from mlcdf.data.prepared import SPLITS, SYNTH_JSON, OutputOwner
 from mlcdf.data.synth_cooccurrence import UNIFORM, Cooccurrence, label_statistics, load_cooccurrence
 from mlcdf.errors import MlcdfError
 from mlcdf.io import (
@@ -83,8 +83,8 @@ _PNG_COMPRESS_LEVEL = 1  # fast; higher levels save little on noisy images and c
 _JPEG_QUALITY = 95
 _README = "README.txt"
 #: A subset folder is replaced only when it is a previous synthetic subset (its synth.json).
-_SYNTH_OUTPUT = {"command": "mlcdf synth", "is_own": holds_file(SYNTH_JSON)}
-_PREVIEW_OUTPUT = {"command": "mlcdf synth", "is_own": png_written_by("mlcdf synth")}
+_SYNTH_OUTPUT: OutputOwner = {"command": "mlcdf synth", "is_own": holds_file(SYNTH_JSON)}
+_PREVIEW_OUTPUT: OutputOwner = {"command": "mlcdf synth", "is_own": png_written_by("mlcdf synth")}
 
 
 # --------------------------------------------------------------------------------------------- config

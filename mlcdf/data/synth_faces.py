@@ -19,7 +19,7 @@ import collections
 import functools
 import math
 from dataclasses import dataclass, replace
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 from PIL import Image, ImageFilter
@@ -104,7 +104,9 @@ class FaceParams:
 
     def toggled(self, attribute: str) -> FaceParams:
         """The same face with one attribute state flipped (``attribute`` from :data:`ATTRIBUTES`)."""
-        return replace(self, **{attribute: not getattr(self, attribute)})
+        # Typed Any: the field is named at run time, so mypy cannot match it to one of replace's fields.
+        changes: dict[str, Any] = {attribute: not getattr(self, attribute)}
+        return replace(self, **changes)
 
     def attribute_states(self) -> dict[str, bool]:
         return {name: bool(getattr(self, name)) for name in ATTRIBUTES}
@@ -299,8 +301,8 @@ class _Face:
     def uv(self, area: _Area) -> tuple[np.ndarray, np.ndarray]:
         return (area.x - self.p.cx) / self.p.fw, (area.y - self.p.cy) / self.p.fh
 
-    def ellipse(self, u: np.ndarray, v: np.ndarray, cu: float, cv: float, ru: float, rv: float) -> np.ndarray:
-        """Coverage of an axis-aligned ellipse given in face units."""
+    def ellipse(self, u: np.ndarray, v: np.ndarray, cu: float, cv: float | np.ndarray, ru: float, rv: float) -> np.ndarray:
+        """Coverage of an axis-aligned ellipse given in face units (``cv`` may vary along ``u``, as the mouth's line)."""
         r = np.sqrt(((u - cu) / ru) ** 2 + ((v - cv) / rv) ** 2)
         return _edge((1 - r) * min(ru, rv * self.p.fh / self.p.fw) / self.px)
 

@@ -35,6 +35,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sklearn.metrics import precision_recall_curve
@@ -56,6 +57,9 @@ from mlcdf.metrics import (
     tune_thresholds,
 )
 
+if TYPE_CHECKING:
+    from mlcdf.data.prepared import OutputOwner
+
 PREDICTIONS_FILE = "predictions.csv"
 METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.md"
@@ -64,7 +68,7 @@ AP_BARS_FILE = "ap_per_label.png"
 #: Beyond this many labels the plots change layout (legend beside the curves, horizontal AP bars).
 MAX_LABELS_IN_PLOT = 10
 #: An evaluation folder is replaced only when it holds a previous evaluation (its metrics.json).
-EVALUATION_OUTPUT = {"command": "mlcdf evaluate", "is_own": holds_file(METRICS_FILE)}
+EVALUATION_OUTPUT: OutputOwner = {"command": "mlcdf evaluate", "is_own": holds_file(METRICS_FILE)}
 
 #: The figures of the paper's tables, in their column order.
 PAPER_METRICS = ("mAP", "CP", "CR", "CF1", "OP", "OR", "OF1")
@@ -252,9 +256,11 @@ def compute_metrics(
     """
     labels = tuple(predictions.labels)
     y_true, y_score = predictions.targets, predictions.scores
+    # The threshold as a float when it is one number (a 0-d array included), None when there is one per label.
+    scalar_threshold = float(np.asarray(threshold)) if np.ndim(threshold) == 0 else None
     if tune_on is not None:
         _check_same_labels(predictions, tune_on)
-        if np.ndim(threshold) != 0:
+        if scalar_threshold is None:
             raise ValueError("with tune_on, threshold must be a scalar: the fallback for labels without positives")
     # Undefined cases (a label without positives, only fakes) are expected in small or custom data:
     # they go into metrics.json and the report once each instead of repeating on stderr.
@@ -263,7 +269,8 @@ def compute_metrics(
         if tune_on is None:
             thresholds = per_label_thresholds(threshold, len(labels))
         else:
-            thresholds = tune_thresholds(tune_on.targets, tune_on.scores, default=float(threshold), labels=labels)
+            assert scalar_threshold is not None, "checked above: with tune_on, the threshold is a scalar"
+            thresholds = tune_thresholds(tune_on.targets, tune_on.scores, default=scalar_threshold, labels=labels)
         summary = paper_metrics(y_true, y_score, threshold=thresholds, labels=labels)
         ap = average_precision(y_true, y_score, average=None, labels=labels)
         precision, recall, f1 = precision_recall_f1(y_true, y_score, threshold=thresholds, average=None, labels=labels)
@@ -285,10 +292,10 @@ def compute_metrics(
     support = np.asarray(y_true, dtype=np.int64).sum(axis=0)
     return {
         **{name: _percent(summary[name]) for name in PAPER_METRICS},
-        "threshold": float(threshold) if tune_on is None and np.ndim(threshold) == 0 else dict(zip(labels, thresholds.tolist())),
+        "threshold": scalar_threshold if tune_on is None and scalar_threshold is not None else dict(zip(labels, thresholds.tolist())),
         "threshold_tuning": None
         if tune_on is None
-        else {"objective": "F1 per label", "tuned_on": tune_on.origin, "num_images": len(tune_on), "default": float(threshold)},
+        else {"objective": "F1 per label", "tuned_on": tune_on.origin, "num_images": len(tune_on), "default": scalar_threshold},
         "num_params": None if num_params is None else round(num_params / 1e6, 4),
         "num_images": len(predictions),
         "labels": list(labels),
@@ -438,7 +445,7 @@ def _plot_precision_recall(path: Path, predictions: Predictions, metrics: dict) 
             continue
         precision, recall, _ = precision_recall_curve(column, predictions.scores[:, j])
         # Many labels: 20 colours, then the same colours dashed and dotted, so that no two curves look alike.
-        style = {} if not many else {"color": tab20(j % 20), "linestyle": ("-", "--", ":")[j // 20 % 3]}
+        style: dict[str, Any] = {} if not many else {"color": tab20(j % 20), "linestyle": ("-", "--", ":")[j // 20 % 3]}
         axes.step(recall, precision, where="post", label=f"{label} (AP {ap:.1f})", **style)
     axes.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02))
     axes.set_title(f"Precision-recall per label (mAP {format_percent(metrics['mAP'], 1)})")

@@ -300,9 +300,8 @@ def seed_summary(runs: Sequence[ResultRow]) -> ResultRow:
         return runs[0]
     means, spreads = {}, {}
     for name in PAPER_METRICS:
-        column = [run.values[name] for run in runs]
-        defined = None not in column
-        means[name], spreads[name] = mean_std(column) if defined else (None, None)
+        defined = [value for run in runs if (value := run.values[name]) is not None]
+        means[name], spreads[name] = mean_std(defined) if len(defined) == len(runs) else (None, None)
     return replace(runs[0], source=configuration_name(runs[0]), seed=None, n=len(runs), values=means, std=spreads)
 
 
@@ -341,7 +340,7 @@ def _best(lines: Sequence[ResultRow], digits: int) -> dict[str, float | None]:
     """Best (highest) value per metric as displayed, over the result rows (not the differences)."""
     best = {}
     for name in PAPER_METRICS:
-        shown = [round(row.values[name], digits) for row in lines if row.source != DELTA_SOURCE and row.values[name] is not None]
+        shown = [round(value, digits) for row in lines if row.source != DELTA_SOURCE and (value := row.values[name]) is not None]
         best[name] = max(shown, default=None)
     return best
 
@@ -592,7 +591,7 @@ def category_statistics(rows: Sequence[ResultRow], *, paper: bool = False) -> li
                 if not members:
                     continue
                 for metric in PAPER_METRICS:
-                    column = [row.values[metric] for row in members if row.values[metric] is not None]
+                    column = [value for row in members if (value := row.values[metric]) is not None]
                     bars.append(CategoryBar(subset, category, metric, source, *mean_std(column), len(column)))
     return bars
 

@@ -96,7 +96,9 @@ class PlanRun:
 
     @property
     def model(self) -> str:
-        return self.options["model"]
+        model = self.options["model"]
+        assert isinstance(model, str), "the plan parser checks that every run names its model"
+        return model
 
 
 @dataclass(frozen=True)

@@ -141,7 +141,12 @@ class ReproduceConfig:
             raise MlcdfError(
                 f"{plan.source}: subsets {unknown} are not Seq-DeepFake subsets ({', '.join(SUBSETS)}); give prepared folders instead"
             )
-        data = Path(self.out) / "data" if self.smoke else Path(self.data if self.data is not None else plan.data)
+        if self.smoke:
+            data = Path(self.out) / "data"
+        else:
+            root = self.data if self.data is not None else plan.data
+            assert root is not None, "checked above: without --smoke, --data or the plan names the root"
+            data = Path(root)
         if not self.smoke and not data.is_dir():
             raise MlcdfError(f"{data}: no such folder (the Seq-DeepFake root)")
         return dataclasses.replace(plan, data=data, prepared={subset: self.prepared_dir(subset) for subset in plan.subsets})
@@ -209,7 +214,8 @@ def _synthesize(root: Path, subsets: tuple[str, ...], log: Callable[[str], None]
     if not missing:
         return
     log(f"synthesizing a stand-in for {', '.join(missing)} in {root}")
-    generate(SynthConfig(out=root, subsets=missing, **SMOKE_SPLITS, size=SMOKE_SIZE, strength=2.0), progress)
+    train, val, test = SMOKE_SPLITS["train"], SMOKE_SPLITS["val"], SMOKE_SPLITS["test"]
+    generate(SynthConfig(out=root, subsets=missing, train=train, val=val, test=test, size=SMOKE_SIZE, strength=2.0), progress)
 
 
 def _prepare(data: Path, prepared: Path, subset: str, log: Callable[[str], None], progress: ProgressFn) -> None:

@@ -689,9 +689,10 @@ def _check(
         raise MlcdfError(f"unknown launcher {launcher!r}; expected {' or '.join(LAUNCHERS)}")
     if jobs is not None and jobs < 1 or gpus_per_run < 1:
         raise MlcdfError("--jobs and --gpus-per-run must be at least 1")
-    for device in devices or ():
+    given_devices = devices or ()
+    for device in given_devices:
         if device != "cpu" and not device.isdigit():
-            raise MlcdfError(f"--devices {','.join(devices)}: each device is a GPU number or cpu")
+            raise MlcdfError(f"--devices {','.join(given_devices)}: each device is a GPU number or cpu")
     unknown = [name for name in subsets or () if name not in plan.subsets]
     if unknown:
         raise MlcdfError(f"{plan.source}: no subset {unknown[0]!r}; the plan's are {', '.join(plan.subsets)}")

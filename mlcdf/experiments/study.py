@@ -356,8 +356,8 @@ def summarise(rows: Sequence[StudyRow], metric: str) -> dict[tuple[float, str], 
     """``metric`` over seeds per (strength, model)."""
     groups: dict[tuple[float, str], list[float]] = {}
     for row in rows:
-        if row.values.get(metric) is not None:
-            groups.setdefault((row.strength, row.model), []).append(float(row.values[metric]))
+        if (value := row.values.get(metric)) is not None:
+            groups.setdefault((row.strength, row.model), []).append(float(value))
     return {key: Spread.of(values) for key, values in sorted(groups.items())}
 
 

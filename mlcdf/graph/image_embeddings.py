@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, cast
 
 import numpy as np
 import torch
@@ -23,6 +24,7 @@ from mlcdf.data.dataset import (
     CachedSource,
     EpochSampler,
     FileSource,
+    ImageSource,
     MultiLabelImages,
     build_image_cache,
     collate_batch,
@@ -49,8 +51,8 @@ class ImageEncoder:
     """
 
     module: torch.nn.Module
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
     image_size: int
     source: str
     weights: str | None
@@ -78,8 +80,15 @@ def _timm_pooled(module: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
     return module(images)
 
 
+class _FeatureModel(Protocol):
+    """What :func:`run_encoder` needs of a run's model (every mlcdf model has it)."""
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
 def _run_pooled(module: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
-    return global_average_pool(module.forward_features(images))
+    # A cast, not a check: run_encoder pairs this function with a run's model only, which has forward_features.
+    return global_average_pool(cast(_FeatureModel, module).forward_features(images))
 
 
 def timm_encoder(
@@ -178,6 +187,7 @@ def extract_features(
         MissingArtifactError: an image file is missing.
         MlcdfError: an image cannot be decoded.
     """
+    source: ImageSource
     if cache:
         source = CachedSource(build_image_cache(prepared, "train", encoder.image_size, table=table, progress=progress))
     else:

@@ -26,6 +26,7 @@ from mlcdf.devices import resolve_device
 from mlcdf.errors import MlcdfError
 from mlcdf.inference.runs import load_run_model, read_run
 from mlcdf.io import check_file_replaceable, png_written_by, save_png
+from mlcdf.models import BackboneClassifier
 
 _EXPLAIN_COMMAND = "mlcdf explain"
 
@@ -35,7 +36,7 @@ OVERLAY_MAX_SIDE = 1024
 MAX_STRIP_PANELS = 6
 
 
-def grad_cam(model: torch.nn.Module, x: torch.Tensor, label_indices: list[int]) -> tuple[np.ndarray, np.ndarray]:
+def grad_cam(model: BackboneClassifier, x: torch.Tensor, label_indices: list[int]) -> tuple[np.ndarray, np.ndarray]:
     """Grad-CAM maps of one image for the given labels.
 
     Args:

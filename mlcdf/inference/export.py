@@ -22,6 +22,9 @@ from mlcdf.io import atomic_path, check_file_replaceable, json_object_with, writ
 class Deployable(torch.nn.Module):
     """A model with its input normalisation and its task's decoding into scores (a sigmoid) built in."""
 
+    mean: torch.Tensor  # buffers, registered in __init__
+    std: torch.Tensor
+
     def __init__(self, model: torch.nn.Module, mean, std, to_scores: Callable[[torch.Tensor], torch.Tensor]) -> None:
         super().__init__()
         self.model = model
@@ -119,6 +122,7 @@ def export_onnx(
             )
         except torch.onnx.errors.OnnxExporterError as error:
             raise MlcdfError(f"torch.onnx cannot export this model at opset {opset}: {first_line(error)}") from None
+        assert program is not None, "torch.onnx.export returns the program with dynamo=True (None is the legacy exporter's)"
         program.save(str(tmp))
         written = model_opset(tmp)
         if written != opset:

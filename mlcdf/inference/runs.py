@@ -18,6 +18,7 @@ from mlcdf.data.dataset import (
     CachedSource,
     EpochSampler,
     FileSource,
+    ImageSource,
     MultiLabelImages,
     build_image_cache,
     collate_batch,
@@ -29,6 +30,7 @@ from mlcdf.data.prepared import load_prepared
 from mlcdf.devices import resolve_device
 from mlcdf.errors import MissingArtifactError, MlcdfError, SchemaError
 from mlcdf.label_graph import load_graph
+from mlcdf.models import BackboneClassifier
 from mlcdf.progress import ProgressFn, silent
 from mlcdf.tasks import Task, create_task
 from mlcdf.train.checkpoint import load_checkpoint, load_error_summary
@@ -76,7 +78,7 @@ def read_run(run_dir: str | Path) -> RunInfo:
         raise SchemaError(path, f"not a run configuration ({type(error).__name__}: {error})") from None
 
 
-def load_run_model(run: str | Path | RunInfo, checkpoint: str = "best", device: str | torch.device = "cpu") -> torch.nn.Module:
+def load_run_model(run: str | Path | RunInfo, checkpoint: str = "best", device: str | torch.device = "cpu") -> BackboneClassifier:
     """The model of a run, with the weights of ``checkpoint``, in eval mode on ``device``.
 
     Args:
@@ -124,6 +126,7 @@ def predict_split(
     prepared = load_prepared(info.config.prepared)
     table = prepared.read_split(split)
     size = info.config.image_size
+    source: ImageSource
     if info.config.cache:
         source = CachedSource(build_image_cache(prepared, split, size, table=table, progress=progress))
     else:

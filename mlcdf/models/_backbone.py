@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 from pathlib import Path
+from typing import Protocol, cast
 
 import timm
 import torch
@@ -13,7 +14,26 @@ from torch import nn
 from mlcdf.errors import MlcdfError
 from mlcdf.weights import LoadReport, load_backbone_weights, load_pretrained_backbone
 
-__all__ = ["BackboneClassifier", "create_backbone"]
+__all__ = ["BackboneClassifier", "TimmModel", "create_backbone", "timm_api"]
+
+
+class TimmModel(Protocol):
+    """The part of timm's model API that mlcdf uses. Every timm architecture has it, by convention: timm
+    declares it in no base class (``timm.create_model`` returns a plain ``nn.Module``)."""
+
+    num_features: int
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor: ...
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None: ...
+
+
+def timm_api(model: nn.Module) -> TimmModel:
+    """``model``, a timm model (:func:`create_backbone`), typed with the API of :class:`TimmModel`."""
+    # A cast, not a check: timm has no base class to check against; every timm model has this API.
+    return cast(TimmModel, model)
 
 
 def create_backbone(arch: str, **kwargs) -> nn.Module:
@@ -56,16 +76,16 @@ class BackboneClassifier(nn.Module, abc.ABC):
         data_config = resolve_model_data_config(backbone)
         self.backbone = backbone
         self.num_labels = num_labels
-        self.num_features = int(backbone.num_features)
-        self.input_mean = tuple(float(value) for value in data_config["mean"])
-        self.input_std = tuple(float(value) for value in data_config["std"])
+        self.num_features = int(timm_api(backbone).num_features)
+        self.input_mean: tuple[float, ...] = tuple(float(value) for value in data_config["mean"])
+        self.input_std: tuple[float, ...] = tuple(float(value) for value in data_config["std"])
         self.model_name = type(self).__name__
         self.model_kwargs: dict = {}
         self.weights_report: LoadReport | None = None
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The backbone's unpooled output, B x C x H x W for CNNs (the layer Grad-CAM hooks)."""
-        return self.backbone.forward_features(x)
+        return timm_api(self.backbone).forward_features(x)
 
     @abc.abstractmethod
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:

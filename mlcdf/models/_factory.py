@@ -24,7 +24,7 @@ PAPER_EMBEDDING_DIM = 300
 """Node-feature width the paper counts graph models with (300-d GloVe word vectors)."""
 
 
-def _resolve_graph(graph: LabelGraph | GraphTensors | str | os.PathLike) -> LabelGraph | GraphTensors:
+def _resolve_graph(graph: LabelGraph | GraphTensors | str | os.PathLike[str]) -> LabelGraph | GraphTensors:
     if isinstance(graph, (str, os.PathLike)):
         return load_graph(graph)
     if not (hasattr(graph, "A_hat") and hasattr(graph, "embeddings")):
@@ -36,7 +36,7 @@ def create_model(
     name: str,
     num_labels: int,
     *,
-    graph: LabelGraph | GraphTensors | str | os.PathLike | None = None,
+    graph: LabelGraph | GraphTensors | str | os.PathLike[str] | None = None,
     pretrained: bool = False,
     weights: str | Path | None = None,
     **kwargs: Any,

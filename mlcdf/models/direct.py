@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mlcdf.models._backbone import BackboneClassifier, create_backbone
+from mlcdf.models._backbone import BackboneClassifier, create_backbone, timm_api
 from mlcdf.models._registry import register_model
 
 __all__ = ["DirectClassifier", "create_direct"]  # the registry appends the entry functions
@@ -29,7 +29,7 @@ class DirectClassifier(BackboneClassifier):
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         # The backbone's own head (built with num_classes=0) pools and applies its dropout; that keeps
         # every timm architecture's pooling right, including token-based ones.
-        x = self.backbone.forward_head(x, pre_logits=True)
+        x = timm_api(self.backbone).forward_head(x, pre_logits=True)
         return x if pre_logits else self.fc(x)
 
     def get_classifier(self) -> nn.Module:

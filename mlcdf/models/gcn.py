@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypedDict
 
 import torch
 from timm.layers.adaptive_avgmax_pool import adaptive_pool_feat_mult
 from torch import nn
 
 from mlcdf.errors import MlcdfError
-from mlcdf.models._backbone import BackboneClassifier, create_backbone
+from mlcdf.models._backbone import BackboneClassifier, create_backbone, timm_api
 from mlcdf.models._registry import register_model
 
 __all__ = [  # the registry appends the entry functions
@@ -85,6 +85,14 @@ class GraphConvolution(nn.Module):
         return a_hat @ (h @ self.weight)
 
 
+class _HeadOptions(TypedDict):
+    """:class:`GraphHead`'s keyword arguments, kept to rebuild the head (:meth:`GraphClassifier.reset_classifier`)."""
+
+    hidden_dim: int
+    negative_slope: float
+    layer: type[GraphConvolution]
+
+
 class GraphHead(nn.Module):
     """Two graph layers map the node features to one classifier vector per label; logits are dot products.
 
@@ -96,6 +104,9 @@ class GraphHead(nn.Module):
         negative_slope: slope of the LeakyReLU between the layers (0.2).
         layer: the graph layer class, called as ``layer(in_features, out_features)`` (GraphConvolution).
     """
+
+    A_hat: torch.Tensor  # buffers, registered in __init__
+    embeddings: torch.Tensor
 
     def __init__(
         self,
@@ -170,15 +181,15 @@ class GraphClassifier(BackboneClassifier):
     ) -> None:
         super().__init__(backbone, num_labels)
         _check_graph(graph, num_labels)
-        backbone.reset_classifier(0, global_pool)
+        timm_api(backbone).reset_classifier(0, global_pool)
         # "catavgmax" concatenates two poolings, so the label classifiers must be twice as wide.
         width = int(getattr(backbone, "head_hidden_size", None) or self.num_features)
         self.pooled_features = width * adaptive_pool_feat_mult(global_pool)
-        self._head_args = {"hidden_dim": hidden_dim, "negative_slope": negative_slope, "layer": layer}
+        self._head_args: _HeadOptions = {"hidden_dim": hidden_dim, "negative_slope": negative_slope, "layer": layer}
         self.head = GraphHead(graph.A_hat, graph.embeddings, self.pooled_features, **self._head_args)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.backbone.forward_head(x, pre_logits=True)
+        x = timm_api(self.backbone).forward_head(x, pre_logits=True)
         return x if pre_logits else self.head(x)
 
     def get_classifier(self) -> nn.Module:

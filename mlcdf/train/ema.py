@@ -29,7 +29,9 @@ class ModelEma:
         # Floating-point weights are averaged, anything else (and every buffer) is copied; grouping them
         # once lets each update be a few multi-tensor kernels instead of one kernel per tensor.
         averaged = [(e, v) for e, v in pairs if e.dtype.is_floating_point and e.dtype == v.dtype]
-        copied = [(e, v) for e, v in pairs if not (e.dtype.is_floating_point and e.dtype == v.dtype)]
+        copied: list[tuple[torch.Tensor, torch.Tensor]] = [
+            (e, v) for e, v in pairs if not (e.dtype.is_floating_point and e.dtype == v.dtype)
+        ]
         copied += list(zip(self.module.buffers(), model.buffers()))
         self._averaged = tuple(list(side) for side in zip(*averaged)) or ([], [])
         self._copied = tuple(list(side) for side in zip(*copied)) or ([], [])

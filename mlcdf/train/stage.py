@@ -20,7 +20,7 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import timm.layers
 import torch
@@ -45,7 +45,7 @@ from mlcdf.devices import resolve_device
 from mlcdf.errors import MlcdfError, SchemaError
 from mlcdf.io import atomic_open, check_output_apart, file_lock, read_json_object, write_json
 from mlcdf.label_graph import LabelGraph, load_graph, save_graph
-from mlcdf.models import create_model
+from mlcdf.models import BackboneClassifier, create_model
 from mlcdf.progress import ProgressFn, silent
 from mlcdf.tasks import Task, create_task
 from mlcdf.train.callbacks import SilentCallbacks, TrainCallbacks
@@ -129,7 +129,7 @@ def graph_embedding_kind(graph: LabelGraph) -> str:
     return "image" if source.startswith("image") else "word"
 
 
-def build_model(config: TrainConfig, num_labels: int, graph: LabelGraph | None, *, fresh: bool = True) -> torch.nn.Module:
+def build_model(config: TrainConfig, num_labels: int, graph: LabelGraph | None, *, fresh: bool = True) -> BackboneClassifier:
     """The model a run trains; pretrained or given weights are loaded only for a fresh start."""
     kwargs = {"backbone": config.backbone} if config.backbone else {}
     return create_model(
@@ -145,6 +145,7 @@ def build_model(config: TrainConfig, num_labels: int, graph: LabelGraph | None, 
 def _param_groups(model: torch.nn.Module, config: TrainConfig) -> list[dict]:
     """Weight decay on weights only (not biases or norm parameters); the mlgcn recipe gives the
     backbone a lower learning rate than the head."""
+    assert config.lr is not None, "TrainConfig.resolve() fills lr"
     backbone = getattr(model, "backbone", None)
     backbone_ids = {id(p) for p in backbone.parameters()} if backbone is not None else set()
     factor = RECIPES[config.recipe].get("backbone_lr_factor", 1.0)
@@ -164,8 +165,13 @@ def _param_groups(model: torch.nn.Module, config: TrainConfig) -> list[dict]:
     ]
 
 
-def _optimizer_and_scheduler(model: torch.nn.Module, config: TrainConfig, steps_per_epoch: int):
+def _optimizer_and_scheduler(
+    model: torch.nn.Module, config: TrainConfig, steps_per_epoch: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     groups = _param_groups(model, config)
+    assert config.lr is not None, "TrainConfig.resolve() fills lr"
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
     if config.recipe == "mlgcn":
         optimizer = torch.optim.SGD(groups, lr=config.lr, momentum=RECIPES["mlgcn"]["momentum"])
         # ML-GCN divides the learning rate by 10 once, late in training (epoch 30 of 40).
@@ -386,9 +392,10 @@ def _train(
     graph = load_graph(graph_path) if graph_path else None
     if graph is not None and graph.labels != labels:
         raise MlcdfError(f"{graph_path}: graph labels {list(graph.labels)} differ from the prepared labels {list(labels)}")
-    model = build_model(config, len(labels), graph, fresh=resume_state is None)
-    num_params = sum(p.numel() for p in model.parameters())
-    mean, std = tuple(model.input_mean), tuple(model.input_std)
+    classifier = build_model(config, len(labels), graph, fresh=resume_state is None)
+    num_params = sum(p.numel() for p in classifier.parameters())
+    mean, std = tuple(classifier.input_mean), tuple(classifier.input_std)
+    model: torch.nn.Module = classifier  # converted (--sync-bn) and wrapped (DDP) below
     model.to(device)
     channels_last = config.channels_last if config.channels_last is not None else device.type == "cuda"
     if channels_last:
@@ -414,8 +421,9 @@ def _train(
     model_without_ddp = model
     if dist_info.enabled:
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    train_model = torch.compile(model) if config.compile else model
-    eval_model = torch.compile(model_without_ddp) if config.compile else model_without_ddp
+    # Casts: torch.compile of a module returns an OptimizedModule (an nn.Module); its stub says only "a callable".
+    train_model = cast(torch.nn.Module, torch.compile(model)) if config.compile else model
+    eval_model = cast(torch.nn.Module, torch.compile(model_without_ddp)) if config.compile else model_without_ddp
 
     start_epoch, best_map, best_epoch, best_source, history = 0, -1.0, -1, "model", []
     if resume_state is not None:
@@ -506,7 +514,7 @@ def _train(
                 ema.module, val_loader, device, to_scores=task.scores, prepare_input=prepare_input, autocast_dtype=autocast_dtype
             )
             candidates["ema"] = task.validation_score(targets, ema_scores)
-        source = max(candidates, key=candidates.get)
+        source = max(candidates, key=candidates.__getitem__)
         improved = candidates[source] > best_map
         if improved:
             best_map, best_epoch, best_source = candidates[source], epoch, source
