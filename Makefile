@@ -15,7 +15,7 @@ REPRODUCE_SMOKE ?=
 OUT ?= $(if $(filter 1,$(REPRODUCE_SMOKE)),reproduce-smoke,reproduce)
 MLCDF ?= $(BIN)/mlcdf
 
-.PHONY: install test test-fast demo reproduce gpu-check mutation clean
+.PHONY: install lint test test-fast demo reproduce gpu-check mutation clean
 
 install: $(STAMP)
 
@@ -28,6 +28,14 @@ $(RUNTIME_STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install $(PIP_FLAGS) -e .
 	touch $(RUNTIME_STAMP)
+
+# ruff (the rules and the format) and mypy, configured in pyproject.toml; .ci/run calls it before make test.
+LINTED := mlcdf tests benchmarks scripts
+
+lint: $(STAMP)
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
+	$(BIN)/mypy
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
