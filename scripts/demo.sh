@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job on the embedded default: synthetic Seq-DeepFake stand-in -> prepare -> build-graph ->
 # train (a direct model and a graph model, both with ASL) -> evaluate -> report + category figure -> Grad-CAM of one
-# test face. Sized to learn the task on a 2-core CPU in minutes (the README's demo section says what each
+# test face. Sized to learn the task on a 2-core CPU in minutes (docs/development.md says what each
 # choice costs); the same commands use CUDA when present.
 set -euo pipefail
 M=${MLCDF:-.venv/bin/mlcdf}

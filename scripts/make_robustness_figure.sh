@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Makes docs/robustness.png and the README's robustness numbers: two ResNet-18 runs on a small synthetic
+# Makes docs/robustness.png and the robustness numbers of docs/robustness.md: two ResNet-18 runs on a small synthetic
 # stand-in (256 px images, 400/100/100), without and with --augment-perturb 0.5, each evaluated under all
 # 40 perturbation conditions. About 20 min of training and 13 min of evaluation per run on the busy 2-core CPU.
 set -euo pipefail

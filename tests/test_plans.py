@@ -360,7 +360,7 @@ def test_the_live_display_reads_each_running_run_from_its_folder(tmp_path):
 
 
 def test_the_readmes_plan_example_is_a_valid_plan(tmp_path):
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    readme = (REPO / "docs" / "plans.md").read_text(encoding="utf-8")
     section = readme[readme.index("## Plans, several GPUs and Slurm") :]
     example = section[section.index("```toml\n") + len("```toml\n") : section.index("```\n", section.index("```toml"))]
     plan = load_plan(write_plan(tmp_path, example, name="sweep.toml"))
