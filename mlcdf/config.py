@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from mlcdf.devices import DEVICE_NAMES, is_device_name
 from mlcdf.errors import MlcdfError
 
 #: The options a resumed run takes from the caller, not from its checkpoint: where it is (``out``: a
@@ -20,13 +21,36 @@ from mlcdf.errors import MlcdfError
 RESUME_OVERRIDES = ("out", "device", "workers", "tensorboard")
 #: The most DataLoader worker processes a run may ask for; each holds a copy of the dataset's state.
 MAX_WORKERS = 64
+#: Upper bounds of the counts a run or a plan takes, far above any real use and low enough that no count
+#: turns into a traceback (an allocation of that many, an integer too large for torch or a file name).
+#: ``seeds`` is a plan's (``--seeds``): each seed is a run folder.
+MAX_COUNTS: dict[str, int] = {
+    "epochs": 100_000,
+    "patience": 100_000,
+    "batch_size": 65_536,
+    "image_size": 8192,
+    "seeds": 1000,
+    "images": 100_000_000,  # of a split that ``mlcdf synth`` writes
+}
 
 #: Optimisation recipes. ``asl``: the ASL/TResNet recipe (AdamW with decoupled weight decay on weights
 #: only, OneCycle). ``mlgcn``: ML-GCN's (SGD with momentum, 10x lower lr for the backbone, step decay,
-#: gradient clipping).
+#: gradient clipping). ``seqfakeformer``: Seq-DeepFake's (configs/r34.json, r50.json and train.py of
+#: github.com/rshaojimmy/SeqDeepFake): AdamW, lr 1e-3 and 1e-4 for the backbone, weight decay on every
+#: parameter, linear warm-up over 20 of 170 epochs then x0.1 at epochs 70 and 120 (scaled to ``epochs``),
+#: gradient clipping at 0.1.
 RECIPES: dict[str, dict[str, Any]] = {
     "asl": {"lr": 1e-4, "clip_grad_norm": None},
     "mlgcn": {"lr": 0.1, "clip_grad_norm": 10.0, "backbone_lr_factor": 0.1, "momentum": 0.9},
+    "seqfakeformer": {
+        "lr": 1e-3,
+        "clip_grad_norm": 0.1,
+        "backbone_lr_factor": 0.1,
+        "decay_all": True,
+        "epochs": 170,
+        "warmup_epochs": 20,
+        "milestones": (70, 120),
+    },
 }
 
 
@@ -91,6 +115,8 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "image_size"):
             if getattr(self, name) < 1:
                 raise MlcdfError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("epochs", "patience", "batch_size", "image_size"):
+            check_count(name, getattr(self, name))
         checks = {
             "seed": (0 <= self.seed < 2**32, "an integer from 0 to 2**32-1"),
             "lr": (self.lr is None or (math.isfinite(self.lr) and self.lr > 0), "a finite number > 0"),
@@ -101,6 +127,7 @@ class TrainConfig:
             ),
             "patience": (self.patience >= 0, "at least 0"),
             "ema_decay": (0 <= self.ema_decay < 1, "in [0, 1)"),
+            "device": (is_device_name(self.device), DEVICE_NAMES),
             "workers": (self.workers is None or 0 <= self.workers <= MAX_WORKERS, f"from 0 to {MAX_WORKERS}"),
             "val_fraction": (0 < self.val_fraction < 1, "in (0, 1)"),
             "jitter": (0 <= self.jitter <= 0.5, "in [0, 0.5]"),
@@ -145,6 +172,18 @@ class TrainConfig:
         return cls(**values)
 
 
+def check_count(name: str, value: int | float, *, option: str | None = None) -> None:
+    """Raise unless ``value`` is at most the bound of ``name`` in :data:`MAX_COUNTS`.
+
+    Raises:
+        MlcdfError: naming the option (``option``, else ``name``), the value (shortened when huge) and the bound.
+    """
+    bound = MAX_COUNTS[name]
+    if value > bound:
+        shown = str(value) if value < 10**15 else f"{float(value):.3g}"
+        raise MlcdfError(f"{option or name} must be at most {bound:,}, got {shown}")
+
+
 def is_option_type(value: Any, type_name: str) -> bool:
     """Whether ``value`` (from JSON, TOML or a checkpoint) fits a TrainConfig field type; bools are not numbers."""
     if type_name == "None":
@@ -153,6 +192,20 @@ def is_option_type(value: Any, type_name: str) -> bool:
         return type_name == "bool"
     accepted = {"str": (str,), "int": (int,), "float": (int, float), "bool": ()}[type_name]
     return isinstance(value, accepted)
+
+
+def check_workers(value: int | None, option: str = "--workers") -> int | None:
+    """``value``, a count of worker processes or threads (None: the command's default), if it is from 0
+    to :data:`MAX_WORKERS`. Every command's ``--workers`` goes through here, so that no count forks until
+    the machine runs out of memory.
+
+    Raises:
+        MlcdfError: naming ``option``, the value (shortened when huge) and the range.
+    """
+    if value is not None and not 0 <= value <= MAX_WORKERS:
+        shown = str(value) if abs(value) < 10**15 else f"a number of {len(str(abs(value)))} digits"
+        raise MlcdfError(f"{option} must be from 0 to {MAX_WORKERS}, got {shown}")
+    return value
 
 
 def asl_defaults() -> dict[str, float]:

@@ -6,12 +6,23 @@ torch is imported only when a device is resolved: importing this module stays ch
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 from mlcdf.errors import MlcdfError
 
 if TYPE_CHECKING:
     import torch
+
+#: The device names a run may ask for, as :func:`resolve_device` takes them.
+DEVICE_NAMES = "auto, cpu, cuda or cuda:N"
+_DEVICE_NAME = re.compile(r"auto|cpu|cuda(:[0-9]{1,4})?")
+
+
+def is_device_name(requested: str) -> bool:
+    """Whether ``requested`` is a device name :func:`resolve_device` knows (:data:`DEVICE_NAMES`), checked
+    without torch, so that plans and options are checked before anything loads it."""
+    return _DEVICE_NAME.fullmatch(requested) is not None
 
 
 def resolve_device(requested: str, local_rank: int = 0) -> torch.device:
@@ -25,6 +36,8 @@ def resolve_device(requested: str, local_rank: int = 0) -> torch.device:
     """
     import torch
 
+    if not is_device_name(requested):
+        raise MlcdfError(f"unknown device {requested!r}; expected {DEVICE_NAMES}")
     if requested == "auto":
         requested = "cuda" if torch.cuda.is_available() else "cpu"
     try:

@@ -16,6 +16,10 @@ ENVIRONMENT_ERRNOS = frozenset(
     {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.ENOTDIR, errno.EISDIR, errno.EEXIST}
 )
 
+#: What an interrupted command (Ctrl-C, a Slurm job stopped) says: every output is written atomically and the
+#: runner resumes from the run folders, so the same command goes on where it stopped.
+INTERRUPTED_MESSAGE = "interrupted; rerun the same command to resume"
+
 
 class MlcdfError(Exception):
     """A problem with the user's input or environment, explained in one line."""
@@ -33,11 +37,14 @@ class SchemaError(MlcdfError):
 
 
 class MissingArtifactError(MlcdfError):
-    """A file or folder an earlier stage should have written is not there."""
+    """A file or folder an earlier stage should have written is not there.
 
-    def __init__(self, path: str | Path, hint: str = "") -> None:
+    ``what`` replaces "not found" when something else is at the place (a folder without the file in it).
+    """
+
+    def __init__(self, path: str | Path, hint: str = "", *, what: str = "not found") -> None:
         self.path = Path(path)
-        message = f"{path}: not found"
+        message = f"{path}: {what}"
         if hint:
             message += f" ({hint})"
         super().__init__(message)

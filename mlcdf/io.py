@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from mlcdf.errors import ENVIRONMENT_ERRNOS, MlcdfError, SchemaError
+from mlcdf.errors import ENVIRONMENT_ERRNOS, MlcdfError, SchemaError, first_line
 
 #: A temporary of another machine (or of an mlcdf before writer names) counts as stale once nothing in
 #: it was modified for this long: no run goes a day without writing its output.
@@ -283,6 +283,64 @@ def png_written_by(command: str) -> Callable[[Path], bool]:
     return is_own
 
 
+#: The longest name (in UTF-8 bytes) of a file or folder that mlcdf makes from a name the user chose
+#: (``prepare --name``, a plan's run and subset names). File systems allow 255 bytes; the rest is room
+#: for what is added to it (``-s<seed>``, ``.outcome.json``, a temporary's ``.NAME.<pid>-<host>.<random>.tmp``).
+MAX_NAME_BYTES = 128
+
+
+def folder_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be the name of one folder made inside an output, or ``None``.
+
+    One plain name: not empty, ``.`` or ``..``, without a path separator or NUL (so the folder cannot land
+    outside the output it is made in), at most :data:`MAX_NAME_BYTES` bytes.
+    """
+    if name in ("", ".", ".."):
+        return "is not a folder name"
+    if "/" in name or "\\" in name or "\0" in name:
+        return "holds a path separator (or NUL); give one folder name, not a path"
+    if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+        return f"is longer than {MAX_NAME_BYTES} bytes"
+    return None
+
+
+def check_folder_name(name: str, option: str) -> None:
+    """Raise unless ``name`` (given as ``option``) can name one folder inside an output (:func:`folder_name_problem`).
+
+    Raises:
+        MlcdfError: naming the option and the name.
+    """
+    problem = folder_name_problem(name)
+    if problem is not None:
+        shown = name if len(name) <= 60 else name[:57] + "..."
+        raise MlcdfError(f"{option} {shown!r} {problem}")
+
+
+def check_output_folder(path: str | Path, option: str = "--out") -> None:
+    """Refuse an output folder that is a file system's root or a home folder (or the folder holding the home
+    folders): a command writes subfolders into its output and may replace them, which has no place there.
+
+    Called by every command that takes an output folder, before anything is written.
+
+    Raises:
+        MlcdfError: naming the option and the folder.
+    """
+    resolved = Path(path).expanduser().resolve()
+    try:
+        home = Path.home().resolve()
+    except (RuntimeError, KeyError):  # no HOME and no user entry: only the root is refused
+        home = Path(resolved.anchor)
+    if resolved == Path(resolved.anchor):
+        what = "the root of the file system"
+    elif resolved == home:
+        what = "your home folder"
+    elif home.parent != Path(home.anchor) and (resolved == home.parent or resolved.parent == home.parent):
+        what = "a home folder" if resolved.parent == home.parent else "the folder of the home folders"
+    else:
+        return
+    raise MlcdfError(f"{option} {path}: is {what}; give a folder of its own for the output (e.g. {Path(path) / 'mlcdf-out'})")
+
+
 def check_output_apart(output: str | Path, *inputs: tuple[str, str | Path | None]) -> None:
     """Refuse an output that is, lies inside, or contains an input, since writing it could overwrite the input.
 
@@ -390,6 +448,12 @@ def read_json_object(path: str | Path, what: str = "a JSON object") -> dict[str,
         document = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
         raise SchemaError(path, f"not valid JSON ({error.msg})", line=error.lineno) from None
+    except RecursionError:
+        raise SchemaError(path, "not a usable JSON document: nested too deeply") from None
+    except UnicodeDecodeError:  # the callers name the encoding
+        raise
+    except ValueError as error:  # an integer of more digits than Python converts (sys.get_int_max_str_digits)
+        raise SchemaError(path, f"not a usable JSON document: {first_line(error)}") from None
     if not isinstance(document, dict):
         raise SchemaError(path, f"expected {what}")
     return document

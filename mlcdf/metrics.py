@@ -19,6 +19,9 @@ Conventions, as in :mod:`sklearn.metrics`:
 Published multi-label code disagrees on these definitions (for example, ML-GCN's code takes CF1 as the
 harmonic mean of CP and CR). The formulas are stated in each docstring. CF1 here is the mean of the
 per-label F1 scores, which is the convention the paper's figures follow.
+
+Seq-DeepFake's sequence metrics, :func:`fixed_accuracy` and :func:`adaptive_accuracy`, take (N, L)
+integer id arrays instead and return percentages, as the authors' code and their published figures do.
 """
 
 from __future__ import annotations
@@ -34,9 +37,11 @@ from sklearn.metrics import average_precision_score, precision_recall_curve, roc
 __all__ = [
     "NoPositivesWarning",
     "UndefinedMetricWarning",
+    "adaptive_accuracy",
     "average_precision",
     "average_precision_by_num_steps",
     "exact_match_ratio",
+    "fixed_accuracy",
     "hamming_loss",
     "paper_metrics",
     "per_label_thresholds",
@@ -507,3 +512,93 @@ def tune_thresholds(y_true: ArrayLike, y_score: ArrayLike, *, default: float = 0
         consequence=f"their threshold stays at the default {default}",
     )
     return np.where(np.isnan(thresholds), default, thresholds)
+
+
+def _check_sequences(true: ArrayLike, pred: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """The boundary check of the sequence metrics: ``(true, pred)`` as int64 arrays of one (N, L) shape.
+
+    Raises:
+        ValueError: the shapes differ or are not (N, L) with N, L >= 1; a value is not an integer or is
+            negative.
+    """
+    arrays = []
+    for name, values in (("true", true), ("pred", pred)):
+        array = np.asarray(values)
+        if array.dtype.kind not in "iub":
+            if array.dtype.kind != "f" or not np.all(np.isfinite(array)) or np.any(array != np.round(array)):
+                raise ValueError(f"{name} must hold integers (0 = none, ids 1..C); got dtype {array.dtype}")
+        arrays.append(array.astype(np.int64))
+    true_ids, pred_ids = arrays
+    if true_ids.ndim != 2 or pred_ids.shape != true_ids.shape:
+        raise ValueError(f"true and pred must both have shape (n_samples, n_positions); got {true_ids.shape} and {pred_ids.shape}")
+    if true_ids.size == 0:
+        raise ValueError(f"need at least one sample and one position; got shape {true_ids.shape}")
+    if (true_ids < 0).any() or (pred_ids < 0).any():
+        raise ValueError("true and pred must hold non-negative ids (0 = none, ids 1..C)")
+    return true_ids, pred_ids
+
+
+def fixed_accuracy(true: ArrayLike, pred: ArrayLike) -> float:
+    """Seq-DeepFake's Fixed-Acc, in percent: the share of the N x L slots where ``pred`` equals ``true``.
+
+    ``true`` and ``pred`` are (N, L) integer arrays as in the release's label lists: position k holds the
+    id (1..C) of the k-th manipulation applied, 0 for none. Every slot counts, the trailing zeros of a
+    short sequence too::
+
+        Fixed-Acc = 100 · #{(i, k) : pred_ik = true_ik} / (N · L)
+
+    This is the accumulation of ``evalute_transformer`` in the authors' ``test.py`` (Shao, Wu, Liu,
+    "Detecting and Recovering Sequential DeepFake Manipulation", ECCV 2022,
+    github.com/rshaojimmy/SeqDeepFake) over images decoded one at a time. Unlike the other functions of
+    this module it returns a percentage, as the published figures are.
+
+    Edge cases: a 0 inside a sequence is an ordinary value (a slot matches when both hold 0); ids beyond
+    C are compared like any other.
+
+    Raises:
+        ValueError: shapes differ or are not (N, L) with N, L >= 1, or a value is not a non-negative integer.
+
+    Examples:
+        >>> fixed_accuracy([[1, 2, 0, 0, 0], [0, 0, 0, 0, 0]], [[2, 1, 0, 0, 0], [0, 0, 0, 0, 0]])
+        80.0
+    """
+    true_ids, pred_ids = _check_sequences(true, pred)
+    return float(100.0 * np.count_nonzero(true_ids == pred_ids) / true_ids.size)
+
+
+def adaptive_accuracy(true: ArrayLike, pred: ArrayLike) -> float:
+    """Seq-DeepFake's Adaptive-Acc, in percent: slots compared only up to the longer of the two lengths.
+
+    ``true`` and ``pred`` are (N, L) integer arrays as for :func:`fixed_accuracy`. For image i let
+    ``n_i = max(#{k : true_ik > 0}, #{k : pred_ik > 0})``: a length is the number of non-zero entries,
+    not the position of the last one. Then::
+
+        Adaptive-Acc = 100 · Σ_i c_i / Σ_i m_i
+        c_i = #{k < n_i : pred_ik = true_ik},  m_i = n_i      when n_i > 0
+        c_i = 1,                              m_i = 1        when n_i = 0
+
+    So a real image predicted empty counts as one correct slot out of one, and only the first ``n_i``
+    positions are compared. This is the accumulation of ``evalute_transformer`` in the authors'
+    ``test.py`` (Shao et al., ECCV 2022, github.com/rshaojimmy/SeqDeepFake), image by image. It returns
+    a percentage, as the published figures are.
+
+    Edge cases, all as the authors' code: a 0 inside a sequence is not counted in its length but is
+    compared where it falls (``pred = [1, 0, 2, 0, 0]`` has length 2 and only positions 0 and 1 are
+    compared); a prediction longer than the truth is compared over its own length, so its extra steps
+    count as wrong slots; an empty prediction for a manipulated image scores 0 over the true length.
+
+    Raises:
+        ValueError: shapes differ or are not (N, L) with N, L >= 1, or a value is not a non-negative integer.
+
+    Examples:
+        >>> round(adaptive_accuracy([[1, 2, 0, 0, 0], [0, 0, 0, 0, 0]], [[2, 1, 0, 0, 0], [0, 0, 0, 0, 0]]), 4)
+        33.3333
+    """
+    true_ids, pred_ids = _check_sequences(true, pred)
+    lengths = np.maximum(np.count_nonzero(true_ids > 0, axis=1), np.count_nonzero(pred_ids > 0, axis=1))
+    compared = np.arange(true_ids.shape[1])[None, :] < lengths[:, None]
+    correct = np.count_nonzero((true_ids == pred_ids) & compared, axis=1)
+    empty = lengths == 0
+    total_correct = int(correct[~empty].sum()) + int(empty.sum())
+    total_slots = int(lengths[~empty].sum()) + int(empty.sum())
+    return float(100.0 * total_correct / total_slots)

@@ -2,6 +2,10 @@
 
 Results go to stdout (``out``); messages, warnings and progress bars go to stderr (``err``), so that
 ``mlcdf ... --json > file`` stays clean.
+
+Printed text holds the user's names (runs, labels, paths), so the consoles replace no ``:emoji:`` codes
+(a run ``a:x:b`` would print as ``a❌b``), and :func:`note`, :func:`warn`, progress descriptions and the
+label names of :func:`matrix_table` are escaped: ``[...]`` in a name is text, not rich markup.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from typing import TypeVar
 
 import numpy as np
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -27,13 +32,13 @@ from mlcdf.progress import ProgressFn
 
 T = TypeVar("T")
 
-out = Console()
-err = Console(stderr=True)
+out = Console(emoji=False)
+err = Console(stderr=True, emoji=False)
 
 
 def progress_columns() -> tuple:
     return (
-        TextColumn("[progress.description]{task.description}"),
+        TextColumn("{task.description}", style="progress.description", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
         TaskProgressColumn(),
@@ -62,17 +67,18 @@ def rich_progress(*, quiet: bool = False) -> ProgressFn:
 
 
 def warn(message: str) -> None:
-    err.print(f"[yellow]warning:[/yellow] {message}", highlight=False)
+    err.print(f"[yellow]warning:[/yellow] {escape(message)}", highlight=False)
 
 
 def note(message: str) -> None:
-    err.print(message, highlight=False)
+    err.print(escape(message), highlight=False)
 
 
 def matrix_table(title: str, labels: tuple[str, ...], matrix: np.ndarray, fmt: str, bold: np.ndarray | None = None) -> Table:
     """A C x C matrix with row/column label names; ``bold`` marks cells (the kept edges)."""
     table = Table(title=title, title_justify="left")
     table.add_column("i \\ j")
+    labels = tuple(escape(label) for label in labels)
     for label in labels:
         table.add_column(label, justify="right")
     for i, label in enumerate(labels):

@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from mlcdf.config import check_workers
 from mlcdf.data.images import DEFAULT_MAX_PIXELS, MAX_PIXELS_ENV
 from mlcdf.labels import SUBSETS
 
@@ -50,6 +51,12 @@ PreparedOpt = Annotated[
 ]
 CheckpointOpt = Annotated[Checkpoint, typer.Option("--checkpoint", help="Weights to use: best (chosen on validation), last, or ema.")]
 RunArg = Annotated[Path, typer.Argument(help="A run folder written by 'mlcdf train'.", file_okay=False)]
+
+
+def check_workers_option(value: int | None) -> int | None:
+    """The callback of every command's ``--workers``: one bound for all (:func:`mlcdf.config.check_workers`),
+    a one-line error (exit code 2) above it."""
+    return check_workers(value, "--workers")
 
 
 def given_on_command_line(ctx: typer.Context, name: str) -> bool:

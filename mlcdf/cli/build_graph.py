@@ -10,7 +10,17 @@ import typer
 from rich.table import Table
 
 from mlcdf.cli._console import matrix_table, out, rich_progress, warn
-from mlcdf.cli._options import Device, DeviceOpt, JsonOpt, MaxPixelsOpt, PreparedOpt, QuietOpt, SeedOpt, given_on_command_line
+from mlcdf.cli._options import (
+    Device,
+    DeviceOpt,
+    JsonOpt,
+    MaxPixelsOpt,
+    PreparedOpt,
+    QuietOpt,
+    SeedOpt,
+    check_workers_option,
+    given_on_command_line,
+)
 from mlcdf.graph.build import DEFAULT_BACKBONE, GraphConfig, GraphResult, build_graph
 from mlcdf.graph.embeddings import parse_embedding_source
 from mlcdf.io import check_output_apart
@@ -67,7 +77,9 @@ def build_graph_command(
         typer.Option("--image-size", min=8, help="Input size (default: the backbone's, or the size the run trained at)."),
     ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 64,
-    workers: Annotated[int, typer.Option("--workers", min=0, help="DataLoader worker processes decoding images.")] = 4,
+    workers: Annotated[
+        int, typer.Option("--workers", min=0, callback=check_workers_option, help="DataLoader worker processes decoding images.")
+    ] = 4,
     cache: Annotated[
         bool,
         typer.Option("--cache", help="Read images through PREPARED/SUBSET/cache (shared with 'mlcdf train'; built if absent)."),

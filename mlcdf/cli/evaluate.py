@@ -9,16 +9,24 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import JustifyMethod
+from rich.markup import escape
 from rich.table import Table
 
 from mlcdf.cli._console import note, out, rich_progress, warn
-from mlcdf.cli._options import Checkpoint, Device, JsonOpt, QuietOpt
+from mlcdf.cli._options import Checkpoint, Device, JsonOpt, QuietOpt, check_workers_option
 
 
 class Split(str, Enum):
     train = "train"
     val = "val"
     test = "test"
+
+
+def _check_perturb_seed(value: int) -> int:
+    """``--perturb-seed`` from 0 to 2**32-1, checked as the options are read (a one-line error)."""
+    from mlcdf.data.perturb import check_seed
+
+    return check_seed(value, "--perturb-seed")
 
 
 def _check_options(
@@ -107,12 +115,15 @@ def evaluate_command(
             metavar="SPEC",
         ),
     ] = None,
-    perturb_seed: Annotated[int, typer.Option("--perturb-seed", help="With --perturb: seed of the random noise and blocks.")] = 0,
+    perturb_seed: Annotated[
+        int, typer.Option("--perturb-seed", callback=_check_perturb_seed, help="With --perturb: seed of the random noise and blocks.")
+    ] = 0,
     workers: Annotated[
         int | None,
         typer.Option(
             "--workers",
             min=0,
+            callback=check_workers_option,
             help="With --perturb: processes decoding and perturbing images (default: min(16, CPUs); the perturbations, not the model, are the cost).",
         ),
     ] = None,
@@ -219,7 +230,7 @@ def _print_metrics(metrics: dict) -> None:
         per_label.add_column(name, justify=justify)
     for label, row in metrics["per_label"].items():
         per_label.add_row(
-            label,
+            escape(label),
             str(row["support"]),
             *(format_percent(row[key]) for key in ("AP", "precision", "recall", "F1")),
             f"{row['threshold']:.4g}",

@@ -12,7 +12,7 @@ from typer.core import TyperGroup
 from mlcdf import __version__
 from mlcdf.cli import build_graph, evaluate, models, perturb, predict, prepare, report, reproduce, study, synth, train
 from mlcdf.cli._console import err
-from mlcdf.errors import ENVIRONMENT_ERRNOS, MlcdfError
+from mlcdf.errors import ENVIRONMENT_ERRNOS, INTERRUPTED_MESSAGE, MlcdfError
 
 if TYPE_CHECKING:
     # The class of the contexts Typer passes: its own copy of click's Context (Typer vendors click, and
@@ -41,6 +41,11 @@ class _MlcdfGroup(TyperGroup):
             # Escaped: a message is plain text; "pip install 'mlcdf[csv]'" must not lose "[csv]" as rich markup.
             err.print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
             raise typer.Exit(code=2) from None
+        except KeyboardInterrupt:
+            if os.environ.get(DEBUG_ENV):
+                raise
+            err.print(INTERRUPTED_MESSAGE, highlight=False)
+            raise typer.Exit(code=130) from None
 
 
 def _user_error_message(error: Exception) -> str | None:

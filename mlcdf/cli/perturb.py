@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from mlcdf.cli._console import note, rich_progress
-from mlcdf.cli._options import MaxPixelsOpt, QuietOpt, Subset, SubsetOpt
+from mlcdf.cli._options import MaxPixelsOpt, QuietOpt, Subset, SubsetOpt, check_workers_option
 from mlcdf.errors import MlcdfError
 
 
@@ -31,7 +31,10 @@ def perturb_command(
         int, typer.Option("--seed", min=0, help="Seed of the random draws (noise, blocks, and the conditions of 'random').")
     ] = 0,
     workers: Annotated[
-        int | None, typer.Option("--workers", min=1, help="Threads decoding, perturbing and encoding (default: min(8, CPUs)).")
+        int | None,
+        typer.Option(
+            "--workers", min=1, callback=check_workers_option, help="Threads decoding, perturbing and encoding (default: min(8, CPUs))."
+        ),
     ] = None,
     max_pixels: MaxPixelsOpt = None,
     quiet: QuietOpt = False,

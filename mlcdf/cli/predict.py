@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from mlcdf.cli._console import err, out, rich_progress, warn
-from mlcdf.cli._options import Checkpoint, CheckpointOpt, Device, DeviceOpt, MaxPixelsOpt, QuietOpt, RunArg
+from mlcdf.cli._options import Checkpoint, CheckpointOpt, Device, DeviceOpt, MaxPixelsOpt, QuietOpt, RunArg, check_workers_option
 from mlcdf.errors import MlcdfError
 from mlcdf.io import atomic_open, check_file_replaceable, check_output_apart, json_object_with
 
@@ -44,7 +45,7 @@ def predict_command(
     checkpoint: CheckpointOpt = Checkpoint.best,
     device: DeviceOpt = Device.auto,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 64,
-    workers: Annotated[int, typer.Option("--workers", min=0, help="Decoding processes.")] = 2,
+    workers: Annotated[int, typer.Option("--workers", min=0, callback=check_workers_option, help="Decoding processes.")] = 2,
     max_pixels: MaxPixelsOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
@@ -98,7 +99,7 @@ def _print_predictions(result: ImagePredictions) -> None:
     table = Table(title=f"{len(result.paths)} image(s), threshold {result.threshold}", title_justify="left")
     table.add_column("image", overflow="fold")
     for label in result.labels if per_label_columns else ():
-        table.add_column(label, justify="right")
+        table.add_column(escape(label), justify="right")
     table.add_column("fake", justify="right")
     table.add_column("predicted")
     for path, row, fake, chosen in list(zip(result.paths, result.scores, result.fake_scores, result.predicted_sets()))[:SHOWN_ROWS]:
@@ -109,7 +110,7 @@ def _print_predictions(result: ImagePredictions) -> None:
             cells = []
             score = dict(zip(result.labels, row))
             predicted = ", ".join(f"{label} {score[label]:.2f}" for label in chosen) or "real"
-        table.add_row(path_text(path), *cells, f"{fake:.2f}", predicted, end_section=not per_label_columns)
+        table.add_row(escape(path_text(path)), *cells, f"{fake:.2f}", escape(predicted), end_section=not per_label_columns)
     out.print(table)
     if not per_label_columns:
         err.print(f"{len(result.labels)} labels: every label's score is in --out FILE")

@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from mlcdf.cli._console import err, matrix_table, out, rich_progress, warn
-from mlcdf.cli._options import MaxPixelsOpt, QuietOpt, Subset, SubsetOpt, given_on_command_line
+from mlcdf.cli._options import MaxPixelsOpt, QuietOpt, Subset, SubsetOpt, check_workers_option, given_on_command_line
 from mlcdf.data.own_csv import DEFAULT_PATH_COLUMN, CsvPrepareConfig, CsvSummary, parse_split_ratios, prepare_csv
 from mlcdf.data.prepared import SPLITS, load_prepared
 from mlcdf.data.seqdeepfake import PrepareConfig, SubsetSummary, prepare
@@ -96,7 +97,7 @@ def prepare_command(
             "--skip-missing", help="Drop rows whose image is missing or unreadable instead of failing; they are counted in the summary."
         ),
     ] = False,
-    workers: Annotated[int, typer.Option("--workers", min=1, help="Threads for --check-images decode.")] = 8,
+    workers: Annotated[int, typer.Option("--workers", min=1, callback=check_workers_option, help="Threads for --check-images decode.")] = 8,
     max_pixels: MaxPixelsOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
@@ -202,7 +203,7 @@ def _print_cooccurrence(summary: SubsetSummary) -> None:
 
 def _print_csv_summary(summary: CsvSummary) -> None:
     if summary.vocabulary_from_file:
-        out.print(f"labels (the names found, sorted): {', '.join(summary.labels)}", highlight=False)
+        out.print(f"labels (the names found, sorted): {escape(', '.join(summary.labels))}", highlight=False)
     splits = list(summary.rows)
     how = "stratified split" if summary.stratified else "split column"
     table = Table(title=f"{summary.name} -> {summary.out} ({len(summary.labels)} labels, {how})", title_justify="left")
@@ -212,7 +213,9 @@ def _print_csv_summary(summary: CsvSummary) -> None:
     table.add_row("rows", *(f"{summary.rows[s]:,}" for s in splits))
     table.add_section()
     for label in summary.labels:
-        table.add_row(label, *(f"{summary.positives[s][label]:,} ({summary.positives[s][label] / summary.rows[s]:.1%})" for s in splits))
+        table.add_row(
+            escape(label), *(f"{summary.positives[s][label]:,} ({summary.positives[s][label] / summary.rows[s]:.1%})" for s in splits)
+        )
     out.print(table)
     if summary.dropped_missing or summary.dropped_unreadable:
         warn(f"dropped {summary.dropped_missing} rows with a missing image, {summary.dropped_unreadable} with an unreadable one")

@@ -74,10 +74,18 @@ def report_command(
         mlcdf report runs/* --paper --figure categories.png
     """
     # Imported here: the evaluate stage pulls in scikit-learn, which every other command would pay for.
-    from mlcdf.evaluation.report import check_figure_replaceable, is_report_file, load_result, results_table, write_category_figure
+    from mlcdf.evaluation.report import (
+        check_figure_replaceable,
+        check_outputs_distinct,
+        is_report_file,
+        load_result,
+        results_table,
+        write_category_figure,
+    )
 
     if robustness and fmt is not Format.md:
         raise typer.BadParameter("the robustness section is Markdown; use --format md", param_hint="'--robustness'")
+    check_outputs_distinct(out_file, figure)
     if out_file is not None:
         check_file_replaceable(out_file, command="mlcdf report", is_own=is_report_file)
     if figure is not None:

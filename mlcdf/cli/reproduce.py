@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from mlcdf.cli._console import err, note, out, rich_progress, warn
-from mlcdf.cli._options import Device, QuietOpt
+from mlcdf.cli._options import Device, QuietOpt, check_workers_option
 from mlcdf.cli.train import RichTrainCallbacks
 from mlcdf.graph.embeddings import PAPER_WORD_EMBEDDING
 
@@ -100,7 +100,9 @@ def reproduce_command(
             help=f"Node features of the word graphs (paper: {PAPER_WORD_EMBEDDING}, GloVe 300-d; 'glove' is the embedded 50-d subset).",
         ),
     ] = None,
-    workers: Annotated[int | None, typer.Option("--workers", min=0, help="DataLoader worker processes.")] = None,
+    workers: Annotated[
+        int | None, typer.Option("--workers", min=0, callback=check_workers_option, help="DataLoader worker processes.")
+    ] = None,
     tensorboard: Annotated[
         bool,
         typer.Option(
@@ -140,7 +142,10 @@ def reproduce_command(
         int | None, typer.Option("--time", min=1, help="Slurm time limit of each run, in minutes.", rich_help_panel=_SLURM)
     ] = None,
     gpus: Annotated[
-        int | None, typer.Option("--gpus", min=0, help="GPUs per Slurm job (default: --gpus-per-run).", rich_help_panel=_SLURM)
+        int | None,
+        typer.Option(
+            "--gpus", min=0, help="GPUs per Slurm job (default: none for a run on device cpu, else --gpus-per-run).", rich_help_panel=_SLURM
+        ),
     ] = None,
     cpus_per_task: Annotated[int | None, typer.Option("--cpus-per-task", min=1, help="CPUs per Slurm job.", rich_help_panel=_SLURM)] = None,
     account: Annotated[str | None, typer.Option("--account", help="Slurm account.", rich_help_panel=_SLURM)] = None,
@@ -229,7 +234,7 @@ def _log(text: str) -> None:
 def _print_plan(config, outcomes) -> None:
     plan = config.plan()
     shared = plan.shared_options()
-    table = Table(title=f"Plan {plan.source} in {config.out}", title_justify="left")
+    table = Table(title=escape(f"Plan {plan.source} in {config.out}"), title_justify="left")
     for column in ("subset", "run", "recipe", "status", "locked by"):
         table.add_column(column)
     for outcome in outcomes:

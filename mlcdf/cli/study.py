@@ -63,6 +63,9 @@ def cooccurrence_command(
     time_min: Annotated[
         int | None, typer.Option("--time", min=1, help="Slurm time limit of each run, in minutes.", rich_help_panel=_SLURM)
     ] = None,
+    gpus: Annotated[
+        int | None, typer.Option("--gpus", min=0, help="GPUs per Slurm job (default: 0 for --device cpu, else 1).", rich_help_panel=_SLURM)
+    ] = None,
     account: Annotated[str | None, typer.Option("--account", help="Slurm account.", rich_help_panel=_SLURM)] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print each run's status and stop.")] = False,
     quiet: QuietOpt = False,
@@ -100,7 +103,7 @@ def cooccurrence_command(
         device=device.value,
         **{**PRESETS[preset.value], **overrides},
     )
-    slurm = {key: value for key, value in dict(partition=partition, time=time_min, account=account).items() if value is not None}
+    slurm = {key: value for key, value in dict(partition=partition, time=time_min, gpus=gpus, account=account).items() if value is not None}
     launch: dict[str, Any] = dict(
         jobs=jobs, devices=tuple(d.strip() for d in devices.split(",")) if devices else None, launcher=launcher, slurm=slurm
     )

@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from mlcdf.cli._console import note, out, rich_progress
-from mlcdf.cli._options import QuietOpt, SeedOpt, Subset, SubsetOpt
+from mlcdf.cli._options import QuietOpt, SeedOpt, Subset, SubsetOpt, check_workers_option
 from mlcdf.data.synth import SPLITS, SynthConfig, SynthResult, default_workers, generate
 from mlcdf.data.synth_cooccurrence import UNIFORM
 
@@ -67,7 +67,10 @@ def synth_command(
             "(else the uniform process). Default 1 with a profile.",
         ),
     ] = None,
-    workers: Annotated[int | None, typer.Option("--workers", min=1, help="Processes drawing images; default: one per CPU core.")] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option("--workers", min=1, callback=check_workers_option, help="Processes drawing images; default: one per CPU core."),
+    ] = None,
     preview: Annotated[
         Path | None,
         typer.Option(

@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.progress import Progress, TaskID, TextColumn
 
 from mlcdf.cli._console import err, out, progress_columns, rich_progress
-from mlcdf.cli._options import Device, QuietOpt
+from mlcdf.cli._options import Device, QuietOpt, check_workers_option
 from mlcdf.errors import MlcdfError
 
 if TYPE_CHECKING:
@@ -71,7 +72,7 @@ class RichTrainCallbacks:
 
     def message(self, text: str) -> None:
         if self.show:
-            self.progress.console.print(text, highlight=False)
+            self.progress.console.print(escape(text), highlight=False)
 
 
 def _read_config_file(path: Path) -> dict[str, Any]:
@@ -125,7 +126,7 @@ def train_command(
         str,
         typer.Option(
             "--recipe",
-            help="Optimisation recipe: asl or mlgcn. 'asl': AdamW + OneCycle, lr 1e-4. 'mlgcn': SGD 0.9, lr 0.1 (backbone 0.01), step decay, clip 10.",
+            help="Optimisation recipe: asl, mlgcn or seqfakeformer. 'asl': AdamW + OneCycle, lr 1e-4. 'mlgcn': SGD 0.9, lr 0.1 (backbone 0.01), step decay, clip 10. 'seqfakeformer': AdamW lr 1e-3 (backbone 1e-4), warm-up then x0.1 steps, clip 0.1 (Seq-DeepFake's; --epochs 170 for theirs).",
         ),
     ] = "asl",
     epochs: Annotated[int, typer.Option("--epochs", min=1, help="Maximum epochs.")] = 40,
@@ -149,7 +150,10 @@ def train_command(
         Path | None, typer.Option("--weights", help="Start the backbone from a local .pth/.safetensors file.", dir_okay=False, exists=True)
     ] = None,
     workers: Annotated[
-        int | None, typer.Option("--workers", min=0, help="DataLoader worker processes, at most 64 (default: min(4, CPUs)).")
+        int | None,
+        typer.Option(
+            "--workers", min=0, callback=check_workers_option, help="DataLoader worker processes, at most 64 (default: min(4, CPUs))."
+        ),
     ] = None,
     amp: Annotated[
         bool | None,

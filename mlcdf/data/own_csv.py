@@ -21,8 +21,9 @@ One header row, then one row per image:
 from __future__ import annotations
 
 import math
+import unicodedata
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
@@ -38,7 +39,7 @@ from mlcdf.data.prepared import (
     write_prepared,
 )
 from mlcdf.errors import MissingArtifactError, MlcdfError, SchemaError
-from mlcdf.io import check_output_apart, check_replaceable, read_csv_rows
+from mlcdf.io import check_folder_name, check_output_apart, check_output_folder, check_replaceable, read_csv_rows
 from mlcdf.labels import SEQUENCE_SEPARATOR, SUBSETS
 from mlcdf.progress import ProgressFn, silent
 
@@ -141,10 +142,27 @@ def parse_split_ratios(text: str) -> tuple[float, float, float]:
     return ratios
 
 
+def normalize_label_name(name: str) -> str:
+    """A label name as it is compared and written: stripped, in Unicode NFC (``café`` typed either way is one label)."""
+    return unicodedata.normalize("NFC", name.strip())
+
+
+def _invisible(character: str) -> bool:
+    """A character that shows as nothing or as blank space other than a plain space (zero-width, controls, other spaces)."""
+    return character != " " and (unicodedata.category(character) in ("Cc", "Cf", "Co", "Cn", "Zl", "Zp", "Zs") or character.isspace())
+
+
 def label_name_problem(name: str) -> str | None:
-    """Why ``name`` cannot be a label (it becomes a column and a step of sequences), or ``None``."""
+    """Why ``name`` cannot be a label (it becomes a column and a step of sequences), or ``None``.
+
+    Invisible characters are refused: ``nose`` with a zero-width space inside would be a second label
+    that prints as ``nose``.
+    """
     if not name:
         return "an empty label name"
+    hidden = next((character for character in name if _invisible(character)), None)
+    if hidden is not None:
+        return f"label name {name!r} holds the invisible character U+{ord(hidden):04X}; type the name without it"
     for separator, role in ((SEQUENCE_SEPARATOR, "steps of a sequence"), (NAMES_SEPARATOR, "names in a labels cell")):
         if separator in name:
             return f"label name {name!r} holds {separator!r}, which separates the {role}"
@@ -160,12 +178,13 @@ def _check_label_name(path: Path, line: int, name: str) -> None:
 
 
 def _read_header(path: Path, header: list[str], config: CsvPrepareConfig) -> _Header:
-    columns = [name.strip() for name in header]
+    columns = [normalize_label_name(name) for name in header]
     repeated = sorted({name for name in columns if columns.count(name) > 1})
     if repeated:
         raise SchemaError(path, f"column(s) {', '.join(map(repr, repeated))} appear more than once in the header", line=1)
 
     def find(name: str, what: str) -> int:
+        name = normalize_label_name(name)
         if name not in columns:
             raise SchemaError(path, f"no {name!r} column ({what}) in the header {columns}", line=1)
         return columns.index(name)
@@ -186,16 +205,17 @@ def _read_header(path: Path, header: list[str], config: CsvPrepareConfig) -> _He
         )
     sequence_index = columns.index(SEQUENCE_COLUMN) if SEQUENCE_COLUMN in columns else None
     reserved = {path_index, split_index, sequence_index}
-    if config.labels is not None:
-        if len(set(config.labels)) != len(config.labels):
-            raise MlcdfError(f"--labels names a label twice: {','.join(config.labels)}")
-        problems = [label_name_problem(name) for name in config.labels]
+    given = None if config.labels is None else tuple(normalize_label_name(name) for name in config.labels)
+    if given is not None:
+        if len(set(given)) != len(given):
+            raise MlcdfError(f"--labels names a label twice: {','.join(given)}")
+        problems = [label_name_problem(name) for name in given]
         if any(problems):
             raise MlcdfError(f"--labels: {next(problem for problem in problems if problem)}")
     if LABELS_COLUMN in columns:
-        return _Header(path_index, split_index, sequence_index, columns.index(LABELS_COLUMN), (), config.labels)
-    if config.labels is not None:
-        label_columns = tuple(find(name, "named by --labels") for name in config.labels)
+        return _Header(path_index, split_index, sequence_index, columns.index(LABELS_COLUMN), (), given)
+    if given is not None:
+        label_columns = tuple(find(name, "named by --labels") for name in given)
     else:
         label_columns = tuple(i for i in range(len(columns)) if i not in reserved)
     if not label_columns:
@@ -217,6 +237,12 @@ class _Rows:
     lines: list[int] = field(default_factory=list)
 
 
+def normalize_image_path(file_path: str) -> str:
+    """One spelling per image: ``./a.png`` and ``sub//a.png`` are ``a.png`` and ``sub/a.png`` (lexically, as
+    :func:`~mlcdf.data.prepared.check_image_path` checks them), so one image cannot appear twice under two names."""
+    return PurePosixPath(file_path).as_posix()
+
+
 def _positive(path: Path, line: int, column: str, cell: str) -> bool:
     value = cell.strip().lower()
     if value in POSITIVE_VALUES:
@@ -229,7 +255,7 @@ def _positive(path: Path, line: int, column: str, cell: str) -> bool:
 def _names_in_cell(path: Path, line: int, cell: str) -> list[str]:
     if not cell.strip():
         return []
-    names = [name.strip() for name in cell.split(NAMES_SEPARATOR)]
+    names = [normalize_label_name(name) for name in cell.split(NAMES_SEPARATOR)]
     if "" in names:
         raise SchemaError(path, f"labels {cell!r} has an empty name (names are joined by '|')", line=line)
     if len(set(names)) != len(names):
@@ -257,7 +283,7 @@ def _given_sequence(path: Path, line: int, header: _Header, record: list[str], n
     if header.sequence is None:
         return []
     cell = record[header.sequence].strip()
-    steps = [step.strip() for step in cell.split(SEQUENCE_SEPARATOR)] if cell else []
+    steps = [normalize_label_name(step) for step in cell.split(SEQUENCE_SEPARATOR)] if cell else []
     if sorted(steps) != sorted(names) or len(set(steps)) != len(steps):
         raise SchemaError(path, f"sequence {cell!r} does not name each present label once ({', '.join(names) or 'none'})", line=line)
     return steps
@@ -269,7 +295,7 @@ def _read_rows(path: Path, config: CsvPrepareConfig) -> tuple[_Header, _Rows]:
     if header_record is None:
         raise SchemaError(path, f"empty file, expected a header row with {config.path_column!r}", line=1)
     header = _read_header(path, header_record, config)
-    columns = [name.strip() for name in header_record]
+    columns = [normalize_label_name(name) for name in header_record]
     rows = _Rows()
     first_line_of: dict[str, int] = {}
     for line, record in records:
@@ -281,8 +307,10 @@ def _read_rows(path: Path, config: CsvPrepareConfig) -> tuple[_Header, _Rows]:
         if not file_path:
             raise SchemaError(path, f"empty {config.path_column}", line=line)
         check_image_path(path, line, file_path)
+        given, file_path = file_path, normalize_image_path(file_path)
         if file_path in first_line_of:
-            raise SchemaError(path, f"{config.path_column} {file_path!r} repeats line {first_line_of[file_path]}", line=line)
+            same = "" if given == file_path else f" (as {file_path!r})"
+            raise SchemaError(path, f"{config.path_column} {given!r}{same} repeats line {first_line_of[file_path]}", line=line)
         names = _present_labels(path, line, header, columns, record)
         steps = _given_sequence(path, line, header, record, names)
         split = ""
@@ -348,6 +376,8 @@ def prepare_csv(config: CsvPrepareConfig, progress: ProgressFn = silent) -> CsvS
     csv_path = config.csv
     if not csv_path.is_file():
         raise MissingArtifactError(csv_path, "the annotation CSV")
+    check_output_folder(config.out)
+    check_folder_name(config.dataset_name, "--name" if config.name is not None else "--name (the CSV's stem)")
     out = config.out / config.dataset_name
     check_output_apart(out, ("--root", config.root), ("--csv", csv_path))
     check_replaceable(out, **PREPARED_OUTPUT)
@@ -405,6 +435,9 @@ def prepare_csv(config: CsvPrepareConfig, progress: ProgressFn = silent) -> CsvS
         ),
         "check_images": config.check_images,
         "dropped": {"missing": checked.missing, "unreadable": checked.unreadable},
+        # Without a sequence column the sequences are the names in vocabulary order, not an order applied:
+        # sequence models refuse such a dataset (mlcdf.tasks.SequenceTask).
+        "ordered": header.sequence is not None,
         "mlcdf_version": __version__,
     }
     write_prepared(out, tables, vocabulary, meta)

@@ -28,12 +28,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from mlcdf.config import check_workers
 from mlcdf.data.images import open_image
-from mlcdf.data.perturb import Condition, apply, describe, draw_condition, parse_spec
+from mlcdf.data.perturb import Condition, apply, check_seed, describe, draw_condition, parse_spec
 from mlcdf.data.prepared import OutputOwner
 from mlcdf.data.seqdeepfake import annotation_path, read_annotations
 from mlcdf.errors import MlcdfError, SchemaError
-from mlcdf.io import atomic_dir, atomic_open, check_output_apart, check_replaceable, holds_file, write_json
+from mlcdf.io import atomic_dir, atomic_open, check_output_apart, check_output_folder, check_replaceable, holds_file, write_json
 from mlcdf.progress import ProgressFn, silent
 
 RANDOM = "random"
@@ -119,6 +120,9 @@ def perturb_dataset(
     """
     root, out = Path(root), Path(out)
     condition = fixed_condition(spec)
+    check_seed(seed, "seed")
+    check_workers(workers, "workers")
+    check_output_folder(out)
     for subset in subsets:
         check_output_apart(out / subset, ("--root", root))
         check_replaceable(out / subset, **_PERTURBED_OUTPUT)

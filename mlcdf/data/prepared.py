@@ -20,7 +20,7 @@ from typing import TypedDict
 import numpy as np
 
 from mlcdf.data.images import verify_image
-from mlcdf.errors import MissingArtifactError, SchemaError
+from mlcdf.errors import MissingArtifactError, MlcdfError, SchemaError
 from mlcdf.io import atomic_dir, atomic_open, read_csv_rows, read_json_object, recover_dir, write_json
 from mlcdf.labels import SEQUENCE_SEPARATOR
 from mlcdf.progress import ProgressFn, silent
@@ -276,11 +276,14 @@ def load_prepared(path: str | Path) -> PreparedSubset:
     path = Path(path)
     recover_dir(path)
     meta_path = path / META_FILE
+    if os.path.lexists(path) and not path.is_dir():
+        raise MlcdfError(f"{path}: is a file, not a prepared folder (a folder with meta.json and the splits' CSVs, from 'mlcdf prepare')")
     if not meta_path.is_file():
-        hint = "run 'mlcdf prepare' first"
-        if path.is_dir() and any((child / META_FILE).is_file() for child in path.iterdir()):
-            hint = "point at PREPARED/<subset>, not PREPARED"
-        raise MissingArtifactError(meta_path, hint)
+        if not path.is_dir():
+            raise MissingArtifactError(meta_path, "run 'mlcdf prepare' first")
+        if any((child / META_FILE).is_file() for child in path.iterdir() if child.is_dir()):
+            raise MlcdfError(f"{path}: not a prepared folder but a folder of them; point at PREPARED/<subset>, not PREPARED")
+        raise MissingArtifactError(path, "run 'mlcdf prepare' first", what=f"not a prepared folder, it has no {META_FILE}")
     meta = read_json_object(meta_path)
     for key in META_KEYS:
         if key not in meta:

@@ -29,7 +29,7 @@ from mlcdf.data.prepared import (
     write_prepared,
 )
 from mlcdf.errors import MissingArtifactError, MlcdfError, SchemaError
-from mlcdf.io import check_output_apart, check_replaceable, read_csv_rows
+from mlcdf.io import check_output_apart, check_output_folder, check_replaceable, read_csv_rows
 from mlcdf.labels import MAX_STEPS, REAL_FOLDER, ids_to_multihot, ids_to_sequence, parse_label_ids, sequence_to_ids, vocabulary
 from mlcdf.progress import ProgressFn, silent
 
@@ -172,6 +172,7 @@ def prepare(config: PrepareConfig, progress: ProgressFn = silent) -> list[Subset
     if unknown:
         raise MlcdfError(f"unknown split(s) {unknown}; expected some of {', '.join(SPLITS)}")
     root = config.root.resolve()
+    check_output_folder(config.out)
     for subset in config.subsets:
         check_output_apart(config.out / subset, ("--root", config.root))
         check_replaceable(config.out / subset, **PREPARED_OUTPUT)

@@ -44,6 +44,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from mlcdf import __version__
+from mlcdf.config import check_count
 from mlcdf.data import synth_faces as faces
 from mlcdf.data.prepared import SPLITS, SYNTH_JSON, OutputOwner
 from mlcdf.data.synth_cooccurrence import UNIFORM, Cooccurrence, label_statistics, load_cooccurrence
@@ -52,6 +53,7 @@ from mlcdf.io import (
     atomic_dir,
     atomic_open,
     check_file_replaceable,
+    check_output_folder,
     check_replaceable,
     holds_file,
     png_written_by,
@@ -157,6 +159,7 @@ class SynthConfig:
         for split, count in self.split_sizes().items():
             if count < 0:
                 raise MlcdfError(f"--{split} {count}: the number of images cannot be negative")
+            check_count("images", count, option=f"--{split}")
         if sum(self.split_sizes().values()) == 0:
             raise MlcdfError("--train, --val and --test are all 0: nothing to generate")
         if not _SIZE_RANGE[0] <= self.size <= _SIZE_RANGE[1]:
@@ -647,6 +650,7 @@ def generate(config: SynthConfig, progress: ProgressFn = silent) -> SynthResult:
     """
     config.check()
     root = Path(config.out)
+    check_output_folder(root)
     for subset in config.subsets:
         check_replaceable(root / subset, **_SYNTH_OUTPUT)
     readme = root / _README

@@ -16,7 +16,6 @@ so the label process can be checked on millions of draws without rendering a fac
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from mlcdf.errors import MissingArtifactError, SchemaError
+from mlcdf.errors import MissingArtifactError, MlcdfError, SchemaError
 from mlcdf.io import read_json_object
 from mlcdf.labels import SUBSETS, conditional_probabilities, count_cooccurrence, steps_of
 
@@ -34,6 +33,8 @@ BUILT_IN_PROFILES = (UNIFORM, EDITING_HABITS)
 
 _PROFILE_KEYS = ("recipes", "real_fraction")
 _RECIPE_KEYS = ("labels", "weight")
+#: The largest recipe weight: weights are relative, and the sum of many must stay a finite float.
+MAX_WEIGHT = 1e12
 
 #: The built-in ``editing-habits`` profile, in the file format. Made up to look like what editing apps
 #: encourage (not measured on any real data): parts edited as a group (the mouth and nose together, the
@@ -127,7 +128,11 @@ def load_cooccurrence(profile: str, subset: str, strength: float) -> Cooccurrenc
         return None
     if profile == EDITING_HABITS:
         return parse_profile(EDITING_HABITS_PROFILES[subset], EDITING_HABITS, subset, strength)
+    if not profile.strip():
+        raise MlcdfError(f"an empty co-occurrence profile name; expected {', '.join(BUILT_IN_PROFILES)} or a JSON file")
     path = Path(profile)
+    if path.is_dir():
+        raise MlcdfError(f"{path}: is a folder, not a co-occurrence profile (expected {' or '.join(BUILT_IN_PROFILES)} or a JSON file)")
     if not path.is_file():
         raise MissingArtifactError(path, f"a co-occurrence profile: {' or '.join(BUILT_IN_PROFILES)} or a JSON file")
     try:
@@ -170,8 +175,9 @@ def parse_profile(document: Mapping[str, Any], source: str, subset: str, strengt
                 )
         if len(set(labels)) != len(labels):
             raise fail(f"{where}: a label is repeated in {labels}")
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight <= 0:
-            raise fail(f"{where}: 'weight' must be a number > 0, got {weight!r}")
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight <= MAX_WEIGHT:
+            shown = repr(weight) if not isinstance(weight, int) or weight < 10**15 else f"an integer of {len(str(weight))} digits"
+            raise fail(f"{where}: 'weight' must be a number > 0 and at most {MAX_WEIGHT:g}, got {shown}")
         recipes.append(Recipe(tuple(sorted(vocabulary.index(label) + 1 for label in labels)), float(weight)))
     real_fraction = document.get("real_fraction")
     if real_fraction is not None and (

@@ -12,6 +12,12 @@ written all at once (:func:`mlcdf.io.atomic_dir`). It holds:
 
   - ``mAP``, ``CP``, ``CR``, ``CF1``, ``OP``, ``OR``, ``OF1``: the paper's figures (see
     :mod:`mlcdf.metrics`).
+  - ``Fixed-Acc`` and ``Adaptive-Acc``: Seq-DeepFake's sequence metrics
+    (:func:`mlcdf.metrics.fixed_accuracy`, :func:`~mlcdf.metrics.adaptive_accuracy`), only when the
+    predictions carry sequences: a run whose model predicts an order (SeqFakeFormer), or a multi-label
+    run evaluated with ``evaluate --run``, whose predicted set is put in its most frequent training order;
+    ``sequence_decoder`` says which (``{"kind": "model"}``, or ``{"kind": "set + prior order",
+    "estimated_on", "prior"}``), and ``oracle_order`` holds both metrics for the true set in that order.
   - ``threshold``: a number, or ``{label: threshold}`` when the thresholds differ per label.
   - ``threshold_tuning``: ``null``, or ``{"objective", "tuned_on", "num_images", "default"}``.
   - ``num_params``: the model's parameters in millions, or ``null`` when no model is known.
@@ -21,7 +27,8 @@ written all at once (:func:`mlcdf.io.atomic_dir`). It holds:
   - ``exact_match`` and ``hamming_loss``.
   - ``real_vs_fake``: ``{"roc_auc", "accuracy", "num_real", "num_fake"}``.
   - ``mAP_by_num_steps``: ``{"1": {"num_images", "mAP"}, ...}``.
-  - ``warnings``: the undefined cases met, one sentence each.
+  - ``warnings``: the undefined cases met, and per-label plots left out (past :data:`MAX_PLOTTED_LABELS`
+    labels), one sentence each.
   - ``mlcdf_version``.
 - ``report.md``: the same numbers for people, with the definitions and the plots.
 - ``pr_curves.png``: precision-recall curves per label. ``ap_per_label.png``: AP per label as bars.
@@ -42,12 +49,24 @@ from sklearn.metrics import precision_recall_curve
 
 from mlcdf import __version__
 from mlcdf.errors import MissingArtifactError, MlcdfError, SchemaError
-from mlcdf.io import atomic_dir, atomic_open, check_output_apart, check_replaceable, holds_file, read_csv_rows, read_json_object, write_json
+from mlcdf.io import (
+    atomic_dir,
+    atomic_open,
+    check_output_apart,
+    check_output_folder,
+    check_replaceable,
+    holds_file,
+    read_csv_rows,
+    read_json_object,
+    write_json,
+)
 from mlcdf.metrics import (
     UndefinedMetricWarning,
+    adaptive_accuracy,
     average_precision,
     average_precision_by_num_steps,
     exact_match_ratio,
+    fixed_accuracy,
     hamming_loss,
     paper_metrics,
     per_label_thresholds,
@@ -67,6 +86,21 @@ PR_CURVES_FILE = "pr_curves.png"
 AP_BARS_FILE = "ap_per_label.png"
 #: Beyond this many labels the plots change layout (legend beside the curves, horizontal AP bars).
 MAX_LABELS_IN_PLOT = 10
+#: Beyond this many labels the per-label plots are not drawn (one curve or bar per label: unreadable, and
+#: minutes of drawing); ``report.md``, ``metrics.json`` and a warning say so.
+MAX_PLOTTED_LABELS = 100
+
+
+def plots_left_out(num_labels: int) -> str | None:
+    """The warning of an evaluation whose per-label plots are not drawn, or ``None`` when they are."""
+    if num_labels <= MAX_PLOTTED_LABELS:
+        return None
+    return (
+        f"{num_labels} labels: the per-label plots ({PR_CURVES_FILE}, {AP_BARS_FILE}) are drawn for at most "
+        f"{MAX_PLOTTED_LABELS} labels and were left out; every label's numbers are in {METRICS_FILE} and {REPORT_FILE}"
+    )
+
+
 #: An evaluation folder is replaced only when it holds a previous evaluation (its metrics.json).
 EVALUATION_OUTPUT: OutputOwner = {"command": "mlcdf evaluate", "is_own": holds_file(METRICS_FILE)}
 
@@ -89,6 +123,13 @@ class Predictions:
         num_steps: manipulation steps per image, shape (n_images,). Use None to derive it from the
             targets (see :attr:`steps`).
         origin: where the predictions come from (a file, a run and split), recorded in metrics.json.
+        true_sequences: the true steps in order, (n_images, L) ids (0 = none, ids 1..C), or None.
+        pred_sequences: the predicted steps in order, likewise, or None; with ``true_sequences`` they
+            add Seq-DeepFake's ``Fixed-Acc`` and ``Adaptive-Acc`` to the metrics.
+        oracle_sequences: the true sets in their most frequent training order, likewise, or None: the
+            ``oracle_order`` row of the metrics.
+        sequence_decoder: how a model without an order got ``pred_sequences`` (the set + prior order
+            decoder and its prior), recorded in metrics.json; None for a model that predicts an order.
     """
 
     file_paths: list[str]
@@ -97,6 +138,10 @@ class Predictions:
     scores: np.ndarray
     num_steps: np.ndarray | None = None
     origin: str = ""
+    true_sequences: np.ndarray | None = None
+    pred_sequences: np.ndarray | None = None
+    oracle_sequences: np.ndarray | None = None
+    sequence_decoder: dict | None = None
 
     def __post_init__(self) -> None:
         expected = (len(self.file_paths), len(self.labels))
@@ -105,6 +150,13 @@ class Predictions:
                 raise ValueError(f"{name} has shape {np.shape(getattr(self, name))}, expected {expected}")
         if self.num_steps is not None and np.shape(self.num_steps) != expected[:1]:
             raise ValueError(f"num_steps has shape {np.shape(self.num_steps)}, expected {expected[:1]}")
+        others = [s for s in (self.pred_sequences, self.oracle_sequences) if s is not None]
+        if others and self.true_sequences is None:
+            raise ValueError("pred_sequences and oracle_sequences need true_sequences")
+        if self.true_sequences is not None:
+            shape = np.shape(self.true_sequences)
+            if len(shape) != 2 or shape[0] != expected[0] or any(np.shape(s) != shape for s in others):
+                raise ValueError(f"the sequences must be (n_images, L) arrays of one shape with {expected[0]} rows")
 
     def __len__(self) -> int:
         return len(self.file_paths)
@@ -125,15 +177,30 @@ def predictions_header(labels: Sequence[str]) -> list[str]:
     return ["file_path", *(f"{prefix}{label}" for label in labels for prefix in (TARGET_PREFIX, SCORE_PREFIX))]
 
 
+def sequence_names(ids: Sequence[int], labels: Sequence[str]) -> str:
+    """Step ids -> step names joined by ``-``; 0 (none) is skipped, an id outside 1..C is written ``#<id>``."""
+    return "-".join(labels[i - 1] if 1 <= i <= len(labels) else f"#{i}" for i in map(int, ids) if i != 0)
+
+
 def write_predictions(path: str | Path, predictions: Predictions) -> None:
-    """Write ``predictions.csv`` atomically. Scores use ``repr``, which reads back to the same float."""
+    """Write ``predictions.csv`` atomically. Scores use ``repr``, which reads back to the same float.
+
+    Predictions with sequences get two more columns at the end, ``true_sequence`` and ``pred_sequence``
+    (:func:`sequence_names`); :func:`read_predictions` ignores them.
+    """
+    with_sequences = predictions.true_sequences is not None and predictions.pred_sequences is not None
     with atomic_open(path) as handle:
         writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(predictions_header(predictions.labels))
+        writer.writerow(predictions_header(predictions.labels) + (["true_sequence", "pred_sequence"] if with_sequences else []))
         targets = np.asarray(predictions.targets).astype(np.int64).tolist()
         scores = np.asarray(predictions.scores, dtype=np.float64).tolist()
-        for file_path, target_row, score_row in zip(predictions.file_paths, targets, scores):
-            writer.writerow([file_path, *(cell for pair in zip(target_row, map(repr, score_row)) for cell in pair)])
+        for index, (file_path, target_row, score_row) in enumerate(zip(predictions.file_paths, targets, scores)):
+            row = [file_path, *(cell for pair in zip(target_row, map(repr, score_row)) for cell in pair)]
+            if with_sequences:
+                assert predictions.true_sequences is not None and predictions.pred_sequences is not None
+                row += [sequence_names(predictions.true_sequences[index], predictions.labels)]
+                row += [sequence_names(predictions.pred_sequences[index], predictions.labels)]
+            writer.writerow(row)
 
 
 def _labels_from_header(path: Path, header: list[str]) -> tuple[tuple[str, ...], list[int], list[int]]:
@@ -290,8 +357,22 @@ def compute_metrics(
         if warning not in undefined:
             warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     support = np.asarray(y_true, dtype=np.int64).sum(axis=0)
+    sequence_metrics = {}
+    if predictions.true_sequences is not None and predictions.pred_sequences is not None:
+        # Seq-DeepFake's metrics, already in percent.
+        sequence_metrics = {
+            "Fixed-Acc": fixed_accuracy(predictions.true_sequences, predictions.pred_sequences),
+            "Adaptive-Acc": adaptive_accuracy(predictions.true_sequences, predictions.pred_sequences),
+            "sequence_decoder": predictions.sequence_decoder or {"kind": "model"},
+        }
+        if predictions.oracle_sequences is not None:
+            sequence_metrics["oracle_order"] = {
+                "Fixed-Acc": fixed_accuracy(predictions.true_sequences, predictions.oracle_sequences),
+                "Adaptive-Acc": adaptive_accuracy(predictions.true_sequences, predictions.oracle_sequences),
+            }
     return {
         **{name: _percent(summary[name]) for name in PAPER_METRICS},
+        **sequence_metrics,
         "threshold": scalar_threshold if tune_on is None and scalar_threshold is not None else dict(zip(labels, thresholds.tolist())),
         "threshold_tuning": None
         if tune_on is None
@@ -364,6 +445,29 @@ def _threshold_sentence(metrics: dict) -> str:
     return f"A label is predicted when its score is >= {metrics['threshold']:g}."
 
 
+def _sequence_lines(metrics: dict) -> list[str]:
+    """report.md's section on Seq-DeepFake's sequence metrics, when metrics.json has them."""
+    if "Fixed-Acc" not in metrics:
+        return []
+    decoder = metrics.get("sequence_decoder", {}).get("kind", "model")
+    how = "the model's decoded sequences" if decoder == "model" else "the predicted set in its most frequent training order"
+    lines = [
+        "## Seq-DeepFake's sequence metrics (percent)",
+        "",
+        f"Sequences: {how}.",
+        "",
+        "| sequences | Fixed-Acc | Adaptive-Acc |",
+        "| --- | ---: | ---: |",
+        f"| predicted | {format_percent(metrics['Fixed-Acc'])} | {format_percent(metrics['Adaptive-Acc'])} |",
+    ]
+    if "oracle_order" in metrics:
+        oracle = metrics["oracle_order"]
+        lines.append(
+            f"| true set, most frequent order (oracle) | {format_percent(oracle['Fixed-Acc'])} | {format_percent(oracle['Adaptive-Acc'])} |"
+        )
+    return [*lines, ""]
+
+
 def render_report(metrics: dict) -> str:
     """``report.md``: the numbers of a ``metrics.json`` document, with definitions and plots."""
     params = "unknown" if metrics["num_params"] is None else f"{metrics['num_params']:.1f} M"
@@ -379,6 +483,7 @@ def render_report(metrics: dict) -> str:
         "|" + " ---: |" * len(PAPER_METRICS),
         "| " + " | ".join(format_percent(metrics[name]) for name in PAPER_METRICS) + " |",
         "",
+        *_sequence_lines(metrics),
         "## Per label (percent)",
         "",
         "| label | support | AP | precision | recall | F1 | threshold |",
@@ -416,10 +521,11 @@ def render_report(metrics: dict) -> str:
         "",
         "## Plots",
         "",
-        f"![Precision-recall curves]({PR_CURVES_FILE})",
-        "",
-        f"![AP per label]({AP_BARS_FILE})",
-        "",
+        *(
+            [f"Not drawn: {left_out}.", ""]
+            if (left_out := plots_left_out(len(metrics["labels"])))
+            else [f"![Precision-recall curves]({PR_CURVES_FILE})", "", f"![AP per label]({AP_BARS_FILE})", ""]
+        ),
     ]
     if metrics["warnings"]:
         lines += ["## Warnings", "", *(f"- {message}" for message in metrics["warnings"]), ""]
@@ -516,12 +622,16 @@ def write_evaluation(
     out_dir = Path(out_dir)
     check_replaceable(out_dir, **EVALUATION_OUTPUT)
     metrics = compute_metrics(predictions, threshold=threshold, tune_on=tune_on, num_params=num_params)
+    left_out = plots_left_out(len(predictions.labels))
+    if left_out is not None:  # in metrics.json's warnings, which the command prints
+        metrics["warnings"].append(left_out)
     with atomic_dir(out_dir, **EVALUATION_OUTPUT) as tmp:
         write_predictions(tmp / PREDICTIONS_FILE, predictions)
         write_json(tmp / METRICS_FILE, metrics)
         (tmp / REPORT_FILE).write_text(render_report(metrics), encoding="utf-8")
-        _plot_precision_recall(tmp / PR_CURVES_FILE, predictions, metrics)
-        _plot_average_precision(tmp / AP_BARS_FILE, metrics)
+        if left_out is None:
+            _plot_precision_recall(tmp / PR_CURVES_FILE, predictions, metrics)
+            _plot_average_precision(tmp / AP_BARS_FILE, metrics)
         if write_more is not None:
             write_more(tmp)
     return metrics
@@ -545,6 +655,7 @@ def evaluate_predictions_file(
     Returns:
         The metrics.json document.
     """
+    check_output_folder(out_dir)
     check_output_apart(out_dir, ("--predictions", predictions_path), ("--val-predictions", tune_on_path))
     predictions = read_predictions(predictions_path)
     tune_on = None if tune_on_path is None else read_predictions(tune_on_path, labels=predictions.labels)

@@ -608,6 +608,20 @@ def figure_csv_path(path: str | Path) -> Path:
     return path.with_suffix(".csv")
 
 
+def check_outputs_distinct(table: str | Path | None, figure: str | Path | None) -> None:
+    """Raise when the table (``report --out``) is the figure or the figure's CSV: one would replace the other.
+
+    Raises:
+        MlcdfError: naming both options; also as :func:`figure_csv_path`.
+    """
+    if table is None or figure is None:
+        return
+    written = Path(table).resolve()
+    for what, path in (("the --figure", Path(figure)), ("the --figure's CSV", figure_csv_path(figure))):
+        if written == path.resolve():
+            raise MlcdfError(f"--out {table}: is {what} ({path}); one output would replace the other, give them different names")
+
+
 def check_figure_replaceable(path: str | Path, *, command: str = FIGURE_COMMAND) -> None:
     """Raise unless the figure ``path`` and its CSV may be written (absent, or an earlier figure of ours);
     call it before long work."""

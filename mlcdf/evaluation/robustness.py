@@ -30,9 +30,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from mlcdf.config import check_workers
 from mlcdf.data.dataset import no_augmentation, to_model_input
 from mlcdf.data.images import load_rgb, resize
-from mlcdf.data.perturb import CLEAN_CONDITION, PERTURBATIONS, Condition, apply, describe
+from mlcdf.data.perturb import CLEAN_CONDITION, PERTURBATIONS, Condition, apply, check_seed, describe
 from mlcdf.data.prepared import load_prepared
 from mlcdf.devices import resolve_device
 from mlcdf.errors import MissingArtifactError, MlcdfError, SchemaError
@@ -147,6 +148,8 @@ def score_conditions(
         seed: the random draws (noise, block positions) of image ``row`` under a condition come from
             :func:`condition_seed`, so they do not depend on the worker count or the other conditions.
     """
+    check_seed(seed, "seed")
+    check_workers(workers, "workers")
     conditions = list(dict.fromkeys([CLEAN_CONDITION, *conditions]))
     info = read_run(run_dir)
     torch_device = resolve_device(device)

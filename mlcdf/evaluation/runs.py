@@ -6,16 +6,54 @@ perturbed conditions of ``--perturb`` from :mod:`mlcdf.evaluation.robustness`.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from mlcdf.config import check_workers
+from mlcdf.data.perturb import check_seed
 from mlcdf.errors import MlcdfError
 from mlcdf.evaluation.evaluate import EVALUATION_OUTPUT, Predictions, default_eval_dir, write_evaluation
-from mlcdf.io import check_replaceable
+from mlcdf.io import check_output_folder, check_replaceable
 from mlcdf.progress import ProgressFn, silent
+
+
+def _with_prior_order(run_dir: Path, predictions: Predictions, threshold: float, tune_on: Predictions | None) -> Predictions:
+    """``predictions`` with the oracle sequences and, for a model without an order, its predicted sets
+    in the most frequent training order (:mod:`mlcdf.tasks.prior_order`, estimated on the run's train split).
+
+    The sets are the labels at or above the decision threshold, the per-label tuned ones with ``tune_on``
+    (as :func:`~mlcdf.evaluation.evaluate.compute_metrics` tunes them). A dataset that records no order
+    gets no sequence metrics.
+    """
+    from mlcdf.data.prepared import load_prepared
+    from mlcdf.inference.runs import read_run
+    from mlcdf.metrics import tune_thresholds
+    from mlcdf.tasks.prior_order import estimate_prior_orders, order_sets
+
+    prepared = load_prepared(read_run(run_dir).config.prepared)
+    if prepared.meta.get("ordered", True) is False:
+        return dataclasses.replace(predictions, true_sequences=None, pred_sequences=None)
+    prior = estimate_prior_orders(prepared.read_split("train").sequences, predictions.labels)
+    oracle = order_sets(predictions.targets, prior)
+    if predictions.pred_sequences is not None:
+        return dataclasses.replace(predictions, oracle_sequences=oracle)
+    if tune_on is None:
+        thresholds = np.full(len(predictions.labels), threshold)
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # compute_metrics records them
+            thresholds = tune_thresholds(tune_on.targets, tune_on.scores, default=threshold, labels=predictions.labels)
+    return dataclasses.replace(
+        predictions,
+        pred_sequences=order_sets(predictions.scores >= thresholds, prior),
+        oracle_sequences=oracle,
+        sequence_decoder={"kind": "set + prior order", "estimated_on": f"{prepared.path} (train split)", "prior": prior},
+    )
 
 
 def evaluate_run(
@@ -67,12 +105,16 @@ def evaluate_run(
         raise MlcdfError("evaluate --run needs the trainer (not built yet)") from None
     if tune_on_val and split == "val":
         raise MlcdfError("--tune-thresholds tunes on the val split, so evaluating val with it would be optimistic; evaluate test")
+    check_seed(perturb_seed, "perturb_seed")
+    check_workers(workers, "workers")
     run_dir = Path(run_dir)
     out = Path(out_dir) if out_dir is not None else default_eval_dir(run_dir, split)
+    check_output_folder(out)
     check_replaceable(out, **EVALUATION_OUTPUT)  # before inference, which may take a while
 
     def predict(name: str) -> tuple[Predictions, int | None]:
-        y_true, y_score, file_paths, num_steps, labels, num_params = predict_split(run_dir, name, checkpoint, device, batch_size, progress)
+        result = predict_split(run_dir, name, checkpoint, device, batch_size, progress)
+        y_true, y_score, file_paths, num_steps, labels, num_params = result[:6]
         predictions = Predictions(
             file_paths=list(file_paths),
             labels=tuple(labels),
@@ -80,11 +122,16 @@ def evaluate_run(
             scores=np.asarray(y_score, dtype=np.float64),
             num_steps=None if num_steps is None else np.asarray(num_steps, dtype=np.int64),
             origin=f"{run_dir} ({name} split, {checkpoint} checkpoint)",
+            # A run whose task predicts an order (a sequence model) also brings its decoded sequences.
+            true_sequences=getattr(result, "true_sequences", None),
+            pred_sequences=getattr(result, "pred_sequences", None),
         )
         return predictions, num_params
 
     predictions, num_params = predict(split)
     tune_on = predict("val")[0] if tune_on_val else None
+    if predictions.true_sequences is not None:
+        predictions = _with_prior_order(run_dir, predictions, threshold, tune_on)
     write_more = None
     if perturb:
         from mlcdf.evaluation.robustness import robustness_rows, score_conditions, write_robustness

@@ -54,9 +54,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlcdf.config import TrainConfig, is_option_type
+from mlcdf.config import TrainConfig, check_count, is_option_type
 from mlcdf.errors import MlcdfError, SchemaError
 from mlcdf.graph.embeddings import PAPER_WORD_EMBEDDING
+from mlcdf.io import folder_name_problem
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -321,6 +322,12 @@ class _Parser:
                 settings[key] = defaults[key]
         if settings.get("seeds", 1) < 1:
             raise self.fail(f"defaults.seeds must be at least 1, got {settings['seeds']}", section, "seeds")
+        try:
+            check_count("seeds", settings.get("seeds", 1), option="defaults.seeds")
+        except MlcdfError as error:
+            raise self.fail(str(error), section, "seeds") from None
+        if defaults.get("graph") is not None:
+            self._check_graph(self._path(defaults["graph"]), section, "defaults")
         prepared = defaults.get("prepared")
         if prepared is not None:
             if "data" in defaults or "subsets" in defaults:
@@ -370,6 +377,8 @@ class _Parser:
                 continue
             self._train_option(key, value, section, where)
             options[key] = str(self._path(value)) if key in ("graph", "weights") and value is not None else value
+            if key == "graph" and value is not None:
+                self._check_graph(Path(options[key]), section, where)
         if embedding and "graph" in options:
             raise self.fail(f"{where}: give either embedding (a graph the runner builds) or graph, not both", section, "graph")
         model = options.get("model", train.get("model"))
@@ -381,10 +390,15 @@ class _Parser:
             raise self.fail(f"{where}: unknown model {model!r} (see 'mlcdf models')", section, "model" if "model" in run else None)
         options.setdefault("model", model)
         merged = {**train, **options}
-        try:  # the values the trainer checks (recipe, loss, ranges), before anything starts
+        try:  # the values the trainer checks (recipe, loss, ranges, device), before anything starts
             TrainConfig(prepared="", out="", **merged).resolve()
         except MlcdfError as error:
-            raise self.fail(f"{where}: {error}", section) from None
+            # A range error names its option first ("epochs must be ..."): point at the line that set it,
+            # the run's own or, when the run takes it from there, [defaults]'.
+            key = str(error).split(" ", 1)[0]
+            if key in train and key not in options:
+                raise self.fail(f"defaults: {error}", ("defaults", 0), key) from None
+            raise self.fail(f"{where}: {error}", section, key if key in options else None) from None
         return PlanRun(name=name, options=options, embedding=embedding)
 
     def _train_option(self, key: str, value: Any, section: tuple[str, int], where: str) -> None:
@@ -399,9 +413,20 @@ class _Parser:
             raise self.fail(f"{where}: {key} must be {expected}, got {value!r}", section, key)
 
     def _check_name(self, name: str, what: str, section: tuple[str, int], key: str) -> None:
-        # Names become folder names under OUT: no separators, no '..', nothing hidden.
+        # Names become folder names under OUT: no separators, no '..', nothing hidden, not too long.
         if not _NAME.fullmatch(name):
-            raise self.fail(f"{name!r} is not usable as {what} (letters, digits and _.:+=- only)", section, key)
+            shown = name if len(name) <= 60 else name[:57] + "..."
+            raise self.fail(f"{shown!r} is not usable as {what} (letters, digits and _.:+=- only)", section, key)
+        problem = folder_name_problem(name)
+        if problem is not None:
+            raise self.fail(f"{name[:57]!r}... is not usable as {what}: it {problem}", section, key)
+
+    def _check_graph(self, path: Path, section: tuple[str, int], where: str) -> None:
+        # Every run would fail on it: say so now, not once per run.
+        if path.is_dir():
+            raise self.fail(f"{where}: graph {path} is a folder, not a graph file (.npz from 'mlcdf build-graph')", section, "graph")
+        if not path.is_file():
+            raise self.fail(f"{where}: graph {path}: not found (a .npz from 'mlcdf build-graph')", section, "graph")
 
     def _path(self, value: str) -> Path:
         path = Path(value).expanduser()

@@ -28,13 +28,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mlcdf.config import check_count
 from mlcdf.data.prepared import META_FILE, load_prepared
 from mlcdf.data.seqdeepfake import PrepareConfig, prepare
 from mlcdf.data.synth import SynthConfig, generate
 from mlcdf.errors import MlcdfError
 from mlcdf.experiments.plans import PAPER_PLAN, Plan, load_plan
 from mlcdf.experiments.runner import SETUP_LOCK, PlanResult, Running, RunOutcome, run_plan
-from mlcdf.io import file_lock
+from mlcdf.io import check_output_folder, file_lock
 from mlcdf.labels import SUBSETS
 from mlcdf.progress import ProgressFn, silent
 from mlcdf.train.callbacks import TrainCallbacks
@@ -124,11 +125,21 @@ class ReproduceConfig:
         Raises:
             MlcdfError: a bad plan file or override, or data options that do not fit the plan.
         """
+        check_output_folder(self.out)
+        if self.seeds is not None:
+            check_count("seeds", self.seeds, option="--seeds")
         plan = load_plan(self.plan_file or PAPER_PLAN)
         plan = plan.with_defaults(**{name: getattr(self, name) for name in PLAN_OVERRIDES})
         if plan.prepared:
             if self.smoke or self.data is not None:
                 raise MlcdfError(f"{plan.source} names its prepared folders; drop {'--smoke' if self.smoke else '--data'}")
+            out = Path(self.out).resolve()
+            for subset, folder in plan.prepared.items():
+                if out.is_relative_to(folder.resolve()):
+                    raise MlcdfError(
+                        f"--out {self.out}: is or lies inside the plan's prepared folder {folder} (subset {subset}); "
+                        "writing there could overwrite its input, choose another output"
+                    )
             return plan
         if self.data is None and not self.smoke and plan.data is None:
             raise MlcdfError(

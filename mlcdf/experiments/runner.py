@@ -5,7 +5,8 @@ this machine or another sharing the file system::
 
     OUT/graphs/<subset>-<embedding>.npz   graphs the runs' ``embedding`` asks for (built once)
     OUT/runs/<subset>/<run>/              mlcdf train + mlcdf evaluate (eval/test/metrics.json)
-    OUT/runs/<subset>/<run>.lock          held while the run trains: {"host", "pid", "started"}
+    OUT/runs/<subset>/<run>.lock          held while the run trains, or queued as a Slurm job: {"host", "pid",
+                                          "started", "process_start", "slurm_job" or "queued"/"claim"}
     OUT/launch/<subset>/<run>.{json,log,outcome.json}   a run launched in its own process: what it
                                           was asked, what it printed, how it ended
     OUT/report-<subset>.md, OUT/results.csv
@@ -17,9 +18,11 @@ others go on. Once a run is evaluated its ``last.pt`` (resume state, 4x the weig
 the plan says ``keep_last``.
 
 Never the same run twice: whoever trains a run holds its lock, created atomically (a hard link, which
-fails if the lock exists, also over NFS) with the holder's host, process id and start time. A lock
-whose holder is a dead process of this host is taken over with a warning; a launcher that finds every
-remaining run locked by others waits for them, then reports from what is on disk.
+fails if the lock exists, also over NFS) with the holder's host, process id and start time (and Slurm
+job id). A lock whose holder has ended (a Slurm job that Slurm no longer runs, asked from any host; a
+process of this host that is gone) is taken over with a warning; a launcher that finds every remaining
+run locked by others waits for them, then reports from what is on disk. A run stops cleanly on
+SIGINT and SIGTERM (``scancel``, a Slurm time limit): lock released, finished epochs kept.
 
 Launchers start runs and say when they end, so the loop does not know where runs execute:
 in this process (one at a time, no devices given), in subprocesses on this machine (``jobs`` at once,
@@ -33,6 +36,7 @@ import contextlib
 import dataclasses
 import datetime
 import gc
+import io
 import json
 import os
 import signal
@@ -40,6 +44,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,7 +54,7 @@ import torch
 
 from mlcdf.config import RESUME_OVERRIDES, TrainConfig
 from mlcdf.data.prepared import META_FILE
-from mlcdf.errors import MissingArtifactError, MlcdfError, SchemaError, first_line
+from mlcdf.errors import INTERRUPTED_MESSAGE, MissingArtifactError, MlcdfError, SchemaError, first_line
 from mlcdf.evaluation.evaluate import METRICS_FILE, default_eval_dir
 from mlcdf.evaluation.report import (
     ResultRow,
@@ -155,43 +160,134 @@ def _this_host() -> str:
     return socket.gethostname()
 
 
+def _process_start(pid: int) -> str | None:
+    """When process ``pid`` of this host started (clock ticks since boot, from ``/proc``), ``None`` if unknown.
+
+    With the process id it names one process for good: a process id alone is reused once its process
+    is gone, and a lock of a dead run would look held by whatever process got the number.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii")
+    except (OSError, ValueError):
+        return None
+    return stat.rsplit(")", 1)[-1].split()[19]  # field 22, counted after the command name in parentheses
+
+
+def _my_lock(claim: str, queued_as: str | None) -> dict[str, Any]:
+    pid = os.getpid()
+    started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    mine: dict[str, Any] = {"host": _this_host(), "pid": pid, "started": started, "process_start": _process_start(pid)}
+    job = queued_as if queued_as is not None else os.environ.get("SLURM_JOB_ID")
+    if job:  # a Slurm job, queued or running: any host can ask Slurm whether it is still alive
+        mine["slurm_job"] = job
+    if claim:
+        mine["claim"] = claim
+    if queued_as is not None:
+        mine["queued"] = True
+    return mine
+
+
 def _read_lock(path: Path) -> dict[str, Any] | None:
+    """The lock's holder, ``None`` if there is none.
+
+    Raises:
+        MlcdfError: something else is at the lock's name (a folder, a file that is not a lock): a lock is
+            written whole before it is linked into place, so this is not a lock being written.
+    """
     try:
         holder = read_json_object(path, "a run lock")
     except FileNotFoundError:
         return None
-    except (MlcdfError, OSError, ValueError):  # unreadable: treat as held; the waiting message names the file
-        return {"host": "?", "pid": -1, "started": "?"}
+    except (MlcdfError, OSError, ValueError) as error:
+        reason = "a folder" if path.is_dir() else first_line(error)
+        raise MlcdfError(f"{path}: not a run lock ({reason}); remove it if no launcher is running this run") from None
+    if not isinstance(holder.get("host"), str) or not isinstance(holder.get("pid"), int):
+        raise MlcdfError(f"{path}: not a run lock (no host and pid); remove it if no launcher is running this run")
     return holder
 
 
 def _describe(holder: Mapping[str, Any]) -> str:
-    return f"{holder.get('host')}:{holder.get('pid')} since {holder.get('started')}"
+    job = f" (Slurm job {holder['slurm_job']}{', queued' if holder.get('queued') else ''})" if holder.get("slurm_job") else ""
+    return f"{holder.get('host')}:{holder.get('pid')} since {holder.get('started')}{job}"
+
+
+#: Slurm job states in which the job may still run (and hold its lock); any other, or a job Slurm no longer
+#: lists, has ended.
+_SLURM_LIVE_STATES = set(
+    "PENDING RUNNING CONFIGURING COMPLETING SUSPENDED STOPPED REQUEUED REQUEUE_HOLD REQUEUE_FED RESIZING SIGNALING STAGE_OUT".split()
+)
+
+
+def slurm_states(job_ids: Sequence[str]) -> dict[str, str] | None:
+    """The state of each job of ``job_ids`` that Slurm still lists (``squeue``), ``None`` if Slurm cannot be
+    asked from here. Works without Slurm accounting (``sacct``), and from any host of the cluster."""
+    try:
+        listed = subprocess.run(
+            ["squeue", "--noheader", "--states=all", "--format=%i %T", f"--jobs={','.join(job_ids)}"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if listed.returncode != 0:
+        # The one error that is an answer: a job id Slurm no longer knows (purged after it ended).
+        return {} if "Invalid job id" in listed.stderr else None
+    states = dict(line.split()[:2] for line in listed.stdout.splitlines() if len(line.split()) >= 2)
+    return {job: state for job, state in states.items() if job in job_ids}
 
 
 def _is_stale(holder: Mapping[str, Any]) -> bool:
-    """Held by a process of this host that is gone (killed, crashed): safe to take over."""
-    pid = holder.get("pid")
-    return holder.get("host") == _this_host() and isinstance(pid, int) and pid > 0 and not _process_exists(pid)
+    """Held by a run that has ended (killed, cancelled, past its time limit): safe to take over.
+
+    A Slurm job's lock is judged by Slurm, from any host; any other by its process, from its own host only
+    (a process id with the process's start time, so a reused process id is not mistaken for the holder).
+    """
+    job = holder.get("slurm_job")
+    if job:
+        states = slurm_states([str(job)])
+        if states is not None:
+            return states.get(str(job)) not in _SLURM_LIVE_STATES
+    pid = holder["pid"]
+    if holder["host"] != _this_host() or pid <= 0:
+        return False
+    if not _process_exists(pid):
+        return True
+    started = holder.get("process_start")
+    return started is not None and _process_start(pid) not in (None, started)
+
+
+def _is_claim(holder: Mapping[str, Any], claim: str) -> bool:
+    """Whether ``holder`` is the claim ``claim`` that a launcher took for a job it queued."""
+    return bool(claim) and bool(holder.get("queued")) and holder.get("claim") == claim
+
+
+def _is_claims_job(holder: Mapping[str, Any], claim: str) -> bool:
+    """Whether ``holder`` is the job queued under the claim ``claim``, started (and holding the lock)."""
+    return bool(claim) and not holder.get("queued") and holder.get("claim") == claim
 
 
 def live_holder(run_dir: Path) -> dict[str, Any] | None:
-    """The holder of the run's lock, unless there is none or it is a dead process of this host."""
+    """The holder of the run's lock, unless there is none or it has ended."""
     holder = _read_lock(lock_path(run_dir))
     return None if holder is None or _is_stale(holder) else holder
 
 
-def try_lock(run_dir: Path, warn: Callable[[str], None]) -> bool:
+def try_lock(run_dir: Path, warn: Callable[[str], None], *, claim: str = "", queued_as: str | None = None) -> bool:
     """Take the run's lock for this process; ``False`` if a live process holds it.
 
     The lock's content is written to a temporary file first and hard-linked into place: the link is the
-    atomic, exclusive create (``O_EXCL`` semantics, also over NFS), and a reader never sees it half-written.
+    atomic, exclusive create (``O_EXCL`` semantics, also over NFS), and a reader never sees it half-written,
+    nor changed: whoever holds a lock never rewrites it.
+
+    A launcher that queues a job takes the lock for it, as the claim ``claim``, marked queued, with the
+    Slurm job id ``queued_as`` ("" if none), so that no other launcher queues the run too. The job, started,
+    takes its claim over (its job file names ``claim``).
     """
     path = lock_path(run_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
-    mine = {"host": _this_host(), "pid": os.getpid(), "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    write_json(temporary, mine)
+    write_json(temporary, _my_lock(claim, queued_as))
     try:
         for _ in range(2):  # the second time after taking over a stale lock
             try:
@@ -201,11 +297,13 @@ def try_lock(run_dir: Path, warn: Callable[[str], None]) -> bool:
                 holder = _read_lock(path)
                 if holder is None:
                     continue  # released meanwhile
-                if not _is_stale(holder):
+                mine = queued_as is None and _is_claim(holder, claim)
+                if not mine and not _is_stale(holder):
                     return False
                 if not _take_over(path, holder):
                     return False
-                warn(f"{path}: taking over the lock of {_describe(holder)}, a process that is gone")
+                if not mine:
+                    warn(f"{path}: taking over the lock of {_describe(holder)}, which has ended")
         return False
     finally:
         temporary.unlink(missing_ok=True)
@@ -219,7 +317,10 @@ def _take_over(path: Path, stale: Mapping[str, Any]) -> bool:
         os.replace(path, aside)
     except FileNotFoundError:
         return True
-    moved = _read_lock(aside)
+    try:
+        moved = _read_lock(aside)
+    except MlcdfError:
+        moved = None
     if moved != dict(stale):
         with contextlib.suppress(FileExistsError):
             os.link(aside, path)
@@ -229,12 +330,18 @@ def _take_over(path: Path, stale: Mapping[str, Any]) -> bool:
     return True
 
 
-def unlock(run_dir: Path) -> None:
-    """Release the run's lock if this process holds it."""
+def _holds(holder: Mapping[str, Any]) -> bool:
+    return holder.get("host") == _this_host() and holder.get("pid") == os.getpid()
+
+
+def unlock(run_dir: Path, *, claim: str = "") -> None:
+    """Release the run's lock if this process holds it, or if it is still the claim ``claim`` (its job ended
+    or was cancelled before it started)."""
     path = lock_path(run_dir)
-    holder = _read_lock(path)
-    if holder and holder.get("host") == _this_host() and holder.get("pid") == os.getpid():
-        path.unlink(missing_ok=True)
+    with contextlib.suppress(MlcdfError):  # not a lock: not ours to remove
+        holder = _read_lock(path)
+        if holder and (_is_claim(holder, claim) if claim else _holds(holder)):
+            path.unlink(missing_ok=True)
 
 
 # ------------------------------------------------------------------------------------------ one run
@@ -248,6 +355,8 @@ class RunJob:
     config: TrainConfig
     keep_last: bool = False
     gpus_per_run: int = 1
+    #: The queued claim on the run's lock that this job takes over when it starts (Slurm), or none.
+    claim: str = ""
 
     @property
     def run_dir(self) -> Path:
@@ -259,6 +368,7 @@ class RunJob:
             "train": dataclasses.asdict(self.config),
             "keep_last": self.keep_last,
             "gpus_per_run": self.gpus_per_run,
+            "claim": self.claim,
         }
 
     @classmethod
@@ -266,7 +376,8 @@ class RunJob:
         document = read_json_object(path, "a run job")
         try:
             config = TrainConfig.from_dict(document["train"], source=str(path))
-            return cls(document["label"], config, bool(document["keep_last"]), int(document["gpus_per_run"]))
+            claim = str(document.get("claim", ""))
+            return cls(document["label"], config, bool(document["keep_last"]), int(document["gpus_per_run"]), claim)
         except (KeyError, TypeError) as error:
             raise SchemaError(path, f"not a run job ({first_line(error)})") from None
 
@@ -285,7 +396,7 @@ def execute(
         MlcdfError: the run failed (bad options, out of memory, other options than its folder's, ...).
     """
     run_dir = job.run_dir
-    if not try_lock(run_dir, log):
+    if not try_lock(run_dir, log, claim=job.claim):
         return LOCKED
     try:
         status = run_status(run_dir)
@@ -363,22 +474,48 @@ def _release_memory() -> None:
         torch.cuda.empty_cache()
 
 
+class _Stopped(KeyboardInterrupt):
+    """A signal that ends a run before its time, raised where the run is so that it unwinds like a Ctrl-C:
+    its lock released, its last finished epoch kept in ``last.pt``."""
+
+
+#: The signals a run stops on: Ctrl-C, and Slurm's ``scancel``, time limit or shutdown (SIGTERM).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+#: Ended by :data:`STOP_SIGNALS` (the reason names the signal); resumed by the next launch.
+INTERRUPTED = "interrupted"
+
+
+def _stop_on_signal(number: int, frame: Any) -> None:
+    for other in STOP_SIGNALS:  # Slurm follows its warning with SIGTERM: one unwinding is enough
+        signal.signal(other, signal.SIG_IGN)
+    raise _Stopped(signal.Signals(number).name)
+
+
 def worker_main(job_file: str) -> int:
-    """``python -m mlcdf.experiments.runner JOB.json``: run one job, write ``JOB.outcome.json``; exit 0 unless it failed."""
+    """``python -m mlcdf.experiments.runner JOB.json``: run one job, write ``JOB.outcome.json``; exit 0 unless it
+    failed or was stopped (:data:`STOP_SIGNALS`). Also what a Slurm job runs, in submitit's process."""
     path = Path(job_file)
     outcome_path = outcome_file(path)
 
     def say(text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 
+    for number in STOP_SIGNALS:
+        signal.signal(number, _stop_on_signal)
+    # Slurm's warning before the time limit (submitit's --signal): Slurm may send it up to a minute early, so
+    # the run goes on to the limit's SIGTERM, and the launcher submits it again.
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
     try:
         job = RunJob.from_json(path)
         outcome, reason = execute(job, log=say), ""
     except MlcdfError as error:
         outcome, reason = FAILED, first_line(error)
         say(f"FAILED: {reason}")
+    except KeyboardInterrupt as stopped:
+        outcome, reason = INTERRUPTED, str(stopped) or signal.SIGINT.name
+        say(f"{INTERRUPTED_MESSAGE} ({reason})")
     write_json(outcome_path, {"outcome": outcome, "reason": reason})
-    return 1 if outcome == FAILED else 0
+    return 1 if outcome in (FAILED, INTERRUPTED) else 0
 
 
 def outcome_file(job_file: Path) -> Path:
@@ -452,17 +589,54 @@ class InProcessLauncher:
         pass
 
 
-def _job_file(out: Path, job: RunJob) -> Path:
-    return out / "launch" / f"{job.label}.json"
+def _job_file(out: Path, label: str) -> Path:
+    return out / "launch" / f"{label}.json"
 
 
-def _ended(job: RunJob, job_file: Path, code: int | None, log_file: Path) -> tuple[RunJob, str, str]:
-    """How a run launched in another process ended, from the outcome file it wrote."""
+def _is_run_job(path: Path) -> bool:
+    try:
+        RunJob.from_json(path)
+    except (MlcdfError, OSError, ValueError):
+        return False
+    return True
+
+
+def _is_outcome(path: Path) -> bool:
+    try:
+        ended = read_json_object(path)
+    except (MlcdfError, OSError, ValueError):
+        return False
+    return "outcome" in ended and set(ended) <= {"outcome", "reason"}
+
+
+def _check_launch_files(out: Path, label: str) -> None:
+    """Refuse, before anything starts, to replace a file at a run's launch names that a launch did not write."""
+    job_file = _job_file(out, label)
+    check_file_replaceable(job_file, command="mlcdf reproduce", is_own=_is_run_job)
+    check_file_replaceable(outcome_file(job_file), command="mlcdf reproduce", is_own=_is_outcome)
+    # The output of the job of the job file beside it.
+    check_file_replaceable(job_file.with_suffix(".log"), command="mlcdf reproduce", is_own=lambda _: _is_run_job(job_file))
+
+
+def _read_outcome(job_file: Path) -> tuple[str, str] | None:
+    """The outcome and reason a run launched in another process wrote, ``None`` if it wrote none."""
     try:
         ended = read_json_object(outcome_file(job_file))
-        return job, str(ended["outcome"]), str(ended.get("reason", ""))
+        return str(ended["outcome"]), str(ended.get("reason", ""))
     except (MlcdfError, OSError, KeyError):
-        return job, FAILED, f"its process ended (exit code {code}) without an outcome; see {log_file}"
+        return None
+
+
+def _ended(job: RunJob, job_file: Path, how: str, log_file: Path) -> tuple[RunJob, str, str]:
+    """How a run launched in another process ended, from the outcome file it wrote (``how``: what is known
+    of its end otherwise, for a process that wrote none)."""
+    ended = _read_outcome(job_file)
+    if ended is None:
+        return job, FAILED, f"its {how} without an outcome; see {log_file}"
+    outcome, reason = ended
+    if outcome == INTERRUPTED:
+        return job, FAILED, f"{INTERRUPTED_MESSAGE} ({reason})"
+    return job, outcome, reason
 
 
 class LocalLauncher:
@@ -494,7 +668,7 @@ class LocalLauncher:
             env["CUDA_VISIBLE_DEVICES"] = device
             job = dataclasses.replace(job, config=dataclasses.replace(job.config, device="cuda"))
         job = dataclasses.replace(job, gpus_per_run=self.gpus_per_run)
-        job_file = _job_file(self.out, job)
+        job_file = _job_file(self.out, job.label)
         job_file.parent.mkdir(parents=True, exist_ok=True)
         outcome_file(job_file).unlink(missing_ok=True)
         write_json(job_file, job.to_json())
@@ -521,7 +695,7 @@ class LocalLauncher:
         for process in ended:
             running, job_file, log_file = self.processes.pop(process)
             self.free.append(running.device)
-            results.append(_ended(running.job, job_file, process.returncode, log_file))
+            results.append(_ended(running.job, job_file, f"process ended (exit code {process.returncode})", log_file))
         return results
 
     def running(self) -> list[Running]:
@@ -546,9 +720,16 @@ SLURM_OPTIONS = {
 
 
 class SlurmLauncher:
-    """Each run a Slurm job through submitit; ``cluster="local"`` runs them as local processes (tests)."""
+    """Each run a Slurm job through submitit; ``cluster="local"`` runs them as local processes (tests).
 
-    def __init__(self, out: Path, jobs: int | None, options: Mapping[str, Any], gpus_per_run: int) -> None:
+    A run is claimed (its lock taken, marked queued) before its job is submitted, so that a second launcher
+    does not queue it too, and the job takes the claim over when it starts. The jobs are followed with
+    ``squeue``, which needs no Slurm accounting, and a job Slurm no longer runs has ended, however it was
+    killed. A job ended by its time limit is submitted again if it finished an epoch; it resumes from
+    ``last.pt``.
+    """
+
+    def __init__(self, out: Path, jobs: int | None, options: Mapping[str, Any], gpus_per_run: int, log: Callable[[str], None]) -> None:
         try:
             import submitit
         except ImportError:
@@ -559,54 +740,106 @@ class SlurmLauncher:
         unknown = sorted(set(options) - set(SLURM_OPTIONS) - {"cluster"})
         if unknown:
             raise MlcdfError(f"unknown Slurm option(s) {unknown}; known: {', '.join(SLURM_OPTIONS)}")
-        cluster = options.get("cluster", "slurm")  # never submitit's silent fallback to local processes
+        self.cluster = options.get("cluster", "slurm")  # never submitit's silent fallback to local processes
         try:
-            self.executor = submitit.AutoExecutor(folder=out / "launch" / "slurm", cluster=cluster)
+            self.executor = submitit.AutoExecutor(folder=out / "launch" / "slurm", cluster=self.cluster)
         except RuntimeError as error:  # no sbatch/srun here
             raise MlcdfError(f"--launcher slurm: {first_line(error)} (--slurm-cluster local runs the jobs here)") from None
         parameters = {SLURM_OPTIONS[key]: value for key, value in options.items() if key in SLURM_OPTIONS and value is not None}
-        parameters.setdefault("gpus_per_node", gpus_per_run if cluster == "slurm" else 0)
         parameters.setdefault("tasks_per_node", 1)
-        parameters.setdefault("name", "mlcdf")
         self.executor.update_parameters(**parameters)
+        self.gpus = options.get("gpus")
         self.gpus_per_run = gpus_per_run
-        self.jobs_running: dict[Any, tuple[Running, Path]] = {}
+        self.log = log
+        self.jobs_running: dict[Any, tuple[Running, Path, int]] = {}
+        self.done: list[tuple[RunJob, str, str]] = []
 
     def free_slots(self) -> int:
         return sys.maxsize if self.jobs is None else self.jobs - len(self.jobs_running)
 
     def start(self, job: RunJob) -> None:
-        job = dataclasses.replace(job, gpus_per_run=self.gpus_per_run)
-        job_file = _job_file(self.out, job)
+        job = dataclasses.replace(job, gpus_per_run=self.gpus_per_run, claim=uuid.uuid4().hex)
+        job_file = _job_file(self.out, job.label)
         job_file.parent.mkdir(parents=True, exist_ok=True)
         outcome_file(job_file).unlink(missing_ok=True)
         write_json(job_file, job.to_json())
-        # What submitit pickles is this command line only; the job reads its JSON job file.
-        command = self.submitit.helpers.CommandFunction([sys.executable, "-m", "mlcdf.experiments.runner", str(job_file)], verbose=False)
-        submitted = self.executor.submit(command)
-        self.jobs_running[submitted] = (Running(job, f"slurm {submitted.job_id}"), job_file)
+        try:
+            submitted = self._submit(job, job_file)
+        except BaseException:
+            job_file.unlink(missing_ok=True)
+            raise
+        # Claimed once the job id is known, so that Slurm tells any host whether the claim is alive. A
+        # launcher that queued the run meanwhile wins: this job is cancelled (or, started, finds it locked).
+        queued_as = str(submitted.job_id) if self.cluster == "slurm" else ""
+        if not try_lock(job.run_dir, self.log, claim=job.claim, queued_as=queued_as):
+            holder = _read_lock(lock_path(job.run_dir))
+            if holder is None or not _is_claims_job(holder, job.claim):
+                with contextlib.suppress(Exception):
+                    submitted.cancel(check=False)
+                self.done.append((job, LOCKED, ""))
+                return
+        running = Running(job, f"slurm {submitted.job_id}")
+        self.jobs_running[submitted] = (running, job_file, running.progress()[0])
+
+    def _submit(self, job: RunJob, job_file: Path) -> Any:
+        # A CPU run asks for no GPU: a cluster without GPUs would refuse the job.
+        gpus = self.gpus if self.gpus is not None else 0 if job.config.device == "cpu" else self.gpus_per_run
+        # Named after the run, its own name first: squeue shows the first 8 characters.
+        self.executor.update_parameters(name=f"{job.run_dir.name}@{job.run_dir.parent.name}", gpus_per_node=gpus)
+        printed = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(printed):  # submitit prints sbatch's complaint before raising it
+                return self.executor.submit(worker_main, str(job_file))
+        except self.submitit.core.utils.FailedJobError as error:
+            lines = [line.removeprefix("sbatch: error: ").strip() for line in str(error).splitlines() if line.strip()]
+            raise MlcdfError(f"sbatch refused the job of {job.label}: {'; '.join(lines) or 'no reason given'}") from None
 
     def finished(self, wait: float) -> list[tuple[RunJob, str, str]]:
         deadline = time.monotonic() + wait
         while True:
-            ended = [submitted for submitted in self.jobs_running if submitted.done()]
-            if ended or not self.jobs_running or time.monotonic() >= deadline:
+            ended = self._ended_jobs()
+            if ended or self.done or not self.jobs_running or time.monotonic() >= deadline:
                 break
-            time.sleep(0.5)
-        results = []
-        for submitted in ended:
-            running, job_file = self.jobs_running.pop(submitted)
-            code = 0 if submitted.exception() is None else 1
-            results.append(_ended(running.job, job_file, code, Path(submitted.paths.stdout)))
+            time.sleep(1.0)
+        results, self.done = self.done, []
+        for submitted, state in ended.items():
+            running, job_file, epochs_before = self.jobs_running.pop(submitted)
+            job = running.job
+            unlock(job.run_dir, claim=job.claim)  # a job that never started leaves its claim
+            stderr = Path(submitted.paths.stderr)
+            if state == "TIMEOUT":  # stopped by SIGTERM (or, past KillWait, killed: no outcome), its epochs kept
+                if running.progress()[0] > epochs_before:
+                    self.log(f"{job.label}: stopped at its Slurm time limit; submitted again to resume")
+                    self.start(job)
+                    continue
+                results.append(
+                    (job, FAILED, "reached its Slurm time limit before an epoch ended; give a longer --time, then rerun the same command")
+                )
+                continue
+            results.append(_ended(job, job_file, f"Slurm job {submitted.job_id} ended ({state})", stderr))
         return results
 
+    def _ended_jobs(self) -> dict[Any, str]:
+        """The jobs that ended, with their last state."""
+        if self.cluster != "slurm":
+            return {submitted: "done" for submitted in self.jobs_running if submitted.done()}
+        if not self.jobs_running:
+            return {}
+        states = slurm_states([str(submitted.job_id) for submitted in self.jobs_running])
+        if states is None:  # Slurm cannot be asked right now: nothing is known to have ended
+            return {}
+        ended = {submitted: states.get(str(submitted.job_id), "no longer listed by squeue") for submitted in self.jobs_running}
+        return {submitted: state for submitted, state in ended.items() if state not in _SLURM_LIVE_STATES}
+
     def running(self) -> list[Running]:
-        return [running for running, _ in self.jobs_running.values()]
+        return [running for running, _, _ in self.jobs_running.values()]
 
     def stop(self) -> None:
-        for submitted in self.jobs_running:
+        # A running job ends on SIGTERM, releasing its lock; the claims of jobs that never started are ours.
+        for submitted, (running, _, _) in self.jobs_running.items():
             with contextlib.suppress(Exception):
-                submitted.cancel()
+                submitted.cancel(check=False)
+            unlock(running.job.run_dir, claim=running.job.claim)
 
 
 # ----------------------------------------------------------------------------------------------- the plan
@@ -656,7 +889,7 @@ def run_plan(
     if plan.tensorboard:
         require_tensorboard()  # here, not in each run: a missing extra would fail every run one by one
     if launcher == "slurm":
-        runs: Launcher = SlurmLauncher(out, jobs, slurm or {}, gpus_per_run)
+        runs: Launcher = SlurmLauncher(out, jobs, slurm or {}, gpus_per_run, log)
     elif devices or (jobs or 1) > 1:
         runs = LocalLauncher(out, jobs or max(1, len(devices or ()) // gpus_per_run), devices, gpus_per_run)
     else:
@@ -702,7 +935,11 @@ def _check(
         check_file_replaceable(table, command="mlcdf reproduce", is_own=is_report_file)
     for subset in plan.subsets:
         check_figure_replaceable(_figure_path(out, subset), command="mlcdf reproduce")
-    return plan.entries(only, subsets)
+    entries = plan.entries(only, subsets)
+    for entry in entries:
+        _check_launch_files(out, entry.label)
+        _read_lock(lock_path(run_dir(out, entry)))  # something at a lock's name that is no lock
+    return entries
 
 
 def _check_prepared(plan: Plan, subsets: Sequence[str]) -> None:
@@ -776,7 +1013,7 @@ def _launch(
                 monitor(runs.running())
             if pending and not runs.running():
                 time.sleep(poll_seconds)  # every remaining run is locked by another launcher
-    except KeyboardInterrupt:
+    except BaseException:  # Ctrl-C, or a job Slurm refused: stop what was started, release its locks
         runs.stop()
         raise
     return outcomes

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mlcdf.config import check_count
 from mlcdf.data.prepared import META_FILE, SYNTH_JSON, load_prepared
 from mlcdf.data.seqdeepfake import PrepareConfig, prepare
 from mlcdf.data.synth import SynthConfig, generate
@@ -45,7 +46,7 @@ from mlcdf.evaluation.report import load_result
 from mlcdf.experiments.plans import Plan, graph_path, run_dir
 from mlcdf.experiments.runner import PlanResult, is_evaluated, run_plan
 from mlcdf.graph.embeddings import PAPER_WORD_EMBEDDING
-from mlcdf.io import atomic_open, atomic_path, check_file_replaceable, png_written_by, read_json_object, write_json
+from mlcdf.io import atomic_open, atomic_path, check_file_replaceable, check_output_folder, png_written_by, read_json_object, write_json
 from mlcdf.labels import SUBSETS
 from mlcdf.models import is_model
 from mlcdf.progress import ProgressFn, silent
@@ -141,6 +142,7 @@ class StudyConfig:
             raise MlcdfError(f"--strengths {','.join(map(str, self.strengths))}: a strength is given twice")
         if self.seeds < 1:
             raise MlcdfError(f"--seeds {self.seeds}: expected at least 1")
+        check_count("seeds", self.seeds, option="--seeds")
         if self.subset not in SUBSETS:
             raise MlcdfError(f"--subset {self.subset}: expected one of {', '.join(SUBSETS)}")
         unknown = [model for model in self.models if model not in (DIRECT, *GRAPH_MODELS)]
@@ -148,6 +150,8 @@ class StudyConfig:
             raise MlcdfError(f"--models {','.join(self.models)}: expected direct and one or more of {', '.join(GRAPH_MODELS)}")
         if not is_model(self.direct_model):
             raise MlcdfError(f"--backbone {self.backbone}: not a timm model (see 'mlcdf models')")
+        for strength in self.strengths:  # the dataset's settings and the --profile file, before study.json is written
+            self.synth_config(strength).check()
 
     @property
     def direct_model(self) -> str:
@@ -268,6 +272,7 @@ def run_study(
         MlcdfError: bad settings, OUT holding a study with other settings, or an output table that the
             study did not write.
     """
+    check_output_folder(config.out)
     config.check()
     out = Path(config.out)
     _check_same_study(config)

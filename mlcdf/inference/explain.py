@@ -25,7 +25,7 @@ from mlcdf.data.images import load_rgb, load_rgb_within
 from mlcdf.devices import resolve_device
 from mlcdf.errors import MlcdfError
 from mlcdf.inference.runs import load_run_model, read_run
-from mlcdf.io import check_file_replaceable, png_written_by, save_png
+from mlcdf.io import check_file_replaceable, check_output_folder, png_written_by, save_png
 from mlcdf.models import BackboneClassifier
 
 _EXPLAIN_COMMAND = "mlcdf explain"
@@ -107,6 +107,7 @@ def explain_image(
     if unknown:
         raise MlcdfError(f"unknown label(s) {unknown}; this run's labels are {', '.join(info.labels)}")
     image_path, out_dir = Path(image_path), Path(out_dir)
+    check_output_folder(out_dir)
     outputs = [out_dir / f"{image_path.stem}_{name}.png" for name in chosen]
     strip_path = out_dir / f"{image_path.stem}_all.png" if len(chosen) > 1 else None
     for path in [*outputs, *([strip_path] if strip_path else [])]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -30,6 +31,7 @@ from mlcdf.data.prepared import load_prepared
 from mlcdf.devices import resolve_device
 from mlcdf.errors import MissingArtifactError, MlcdfError, SchemaError
 from mlcdf.label_graph import load_graph
+from mlcdf.labels import SEQUENCE_SEPARATOR
 from mlcdf.models import BackboneClassifier
 from mlcdf.progress import ProgressFn, silent
 from mlcdf.tasks import Task, create_task
@@ -55,7 +57,7 @@ class RunInfo:
     @property
     def task(self) -> Task:
         """What the run's model was trained for, which says how its outputs become scores."""
-        return create_task(self.config)
+        return create_task(self.config, self.labels)
 
 
 def read_run(run_dir: str | Path) -> RunInfo:
@@ -106,6 +108,40 @@ def load_run_model(run: str | Path | RunInfo, checkpoint: str = "best", device: 
     return model.to(device).eval()
 
 
+class SplitPredictions(NamedTuple):
+    """What :func:`predict_split` returns; the first six fields unpack as before sequences existed.
+
+    ``true_sequences`` and ``pred_sequences`` are (N, L) step ids (0 = none, ids 1..C, L = C), for
+    :func:`mlcdf.metrics.fixed_accuracy` and :func:`~mlcdf.metrics.adaptive_accuracy`;
+    ``pred_sequences`` is None when the run's task has no order (:meth:`mlcdf.tasks.Task.decode`).
+    """
+
+    y_true: np.ndarray
+    y_score: np.ndarray
+    file_paths: list[str]
+    num_steps: np.ndarray
+    labels: tuple[str, ...]
+    num_params: int
+    true_sequences: np.ndarray
+    pred_sequences: np.ndarray | None
+
+
+def sequence_ids(sequences: list[str], labels: tuple[str, ...]) -> np.ndarray:
+    """Step names joined by ``-`` -> (N, C) ids in order, 0-padded (``"eye-nose"`` -> ``[2, 1, 0, 0, 0]``).
+
+    Raises:
+        MlcdfError: a step that is not a label, or more steps than labels.
+    """
+    lookup = {name: index + 1 for index, name in enumerate(labels)}
+    ids = np.zeros((len(sequences), len(labels)), dtype=np.int64)
+    for row, sequence in zip(ids, sequences):
+        steps = sequence.split(SEQUENCE_SEPARATOR) if sequence else []
+        if len(steps) > len(labels) or any(step not in lookup for step in steps):
+            raise MlcdfError(f"sequence {sequence!r} is not a sequence of at most {len(labels)} of the labels {', '.join(labels)}")
+        row[: len(steps)] = [lookup[step] for step in steps]
+    return ids
+
+
 def predict_split(
     run_dir: str | Path,
     split: str = "test",
@@ -114,11 +150,12 @@ def predict_split(
     batch_size: int = 64,
     progress: ProgressFn = silent,
     workers: int = 0,
-) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray, tuple[str, ...], int]:
-    """Score every image of a prepared split with a run's model.
+) -> SplitPredictions:
+    """Score every image of a prepared split with a run's model, and decode its sequences where the task has an order.
 
     Returns:
-        ``(y_true, y_score, file_paths, num_steps, labels, num_params)``.
+        :class:`SplitPredictions`: ``(y_true, y_score, file_paths, num_steps, labels, num_params,
+        true_sequences, pred_sequences)``.
     """
     info = read_run(run_dir)
     torch_device = resolve_device(device)
@@ -145,16 +182,36 @@ def predict_split(
     def prepare_input(batch: dict) -> torch.Tensor:
         return to_model_input(batch, torch_device, info.input_mean, info.input_std, channels_last=torch_device.type == "cuda")
 
+    task = info.task
+    decoded: list[torch.Tensor] = []
+
+    def to_scores(outputs: torch.Tensor) -> torch.Tensor:
+        steps = task.decode(outputs)
+        if steps is not None:
+            decoded.append(steps.cpu())
+        return task.scores(outputs)
+
     scores, targets, _ = predict(
         model,
         loader,
         torch_device,
-        to_scores=info.task.scores,
+        to_scores=to_scores,
         prepare_input=prepare_input,
         autocast_dtype=autocast_dtype,
         progress=progress,
     )
-    return targets.astype(np.uint8), scores, table.file_paths, table.num_steps, info.labels, info.num_params
+    # One process, batches in row order: the decoded rows are in the order of the scores.
+    pred_sequences = torch.cat(decoded).numpy().astype(np.int64) if decoded else None
+    return SplitPredictions(
+        targets.astype(np.uint8),
+        scores,
+        table.file_paths,
+        table.num_steps,
+        info.labels,
+        info.num_params,
+        sequence_ids(table.sequences, info.labels),
+        pred_sequences,
+    )
 
 
 @dataclass(frozen=True)

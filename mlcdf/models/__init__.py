@@ -6,7 +6,7 @@ Imports only the core (graphs come as :class:`~mlcdf.label_graph.LabelGraph`, we
 :mod:`mlcdf.weights`).
 """
 
-from mlcdf.models import agcn, direct, gcn  # noqa: F401  (imported to register their models)
+from mlcdf.models import agcn, direct, gcn, seqfakeformer  # noqa: F401  (imported to register their models)
 from mlcdf.models._backbone import BackboneClassifier
 from mlcdf.models._factory import (
     PAPER_EMBEDDING_DIM,

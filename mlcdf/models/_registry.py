@@ -56,6 +56,8 @@ class ModelInfo:
         requires_graph: whether ``create_model`` needs a label graph from ``mlcdf build-graph``.
         paper_params_m: the parameter count in millions reported by the paper for 5 labels (300-d word
             embeddings for graph models), or None when the paper has no such model.
+        task: what the model is trained for, which picks its :mod:`mlcdf.tasks` task: ``multilabel`` (C
+            logits) or ``sequence`` (token logits of an image-to-sequence model).
     """
 
     name: str
@@ -63,9 +65,12 @@ class ModelInfo:
     description: str
     requires_graph: bool = False
     paper_params_m: float | None = None
+    task: str = "multilabel"
 
 
-def register_model(fn: Callable | None = None, *, requires_graph: bool = False, paper_params_m: float | None = None) -> Callable:
+def register_model(
+    fn: Callable | None = None, *, requires_graph: bool = False, paper_params_m: float | None = None, task: str = "multilabel"
+) -> Callable:
     """Register a model entry function under its own name; usable bare or with keyword arguments.
 
     The entry function is called as ``fn(num_labels, *, pretrained, weights, **kwargs)`` (plus ``graph=``
@@ -75,6 +80,7 @@ def register_model(fn: Callable | None = None, *, requires_graph: bool = False, 
         fn: the entry function (when used as a bare decorator).
         requires_graph: the model needs a label graph (False).
         paper_params_m: the paper's parameter count in millions (None).
+        task: ``multilabel`` or ``sequence`` (``multilabel``).
 
     Returns:
         The entry function, unchanged, or a decorator when called with keyword arguments only.
@@ -95,6 +101,7 @@ def register_model(fn: Callable | None = None, *, requires_graph: bool = False, 
             description=(entry.__doc__ or "").strip().split("\n", 1)[0],
             requires_graph=requires_graph,
             paper_params_m=paper_params_m,
+            task=task,
         )
         return entry
 

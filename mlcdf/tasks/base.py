@@ -24,12 +24,23 @@ class Task(Protocol):
         """The training target of each row of ``table``, one row each (N, ...)."""
         ...
 
+    def train_outputs(self, model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The model's outputs for a training batch, which the loss compares with ``targets``.
+
+        ``model(images)`` for a multi-label model; a sequence model also reads the targets (teacher forcing).
+        """
+        ...
+
     def loss(self) -> torch.nn.Module:
         """The training loss, called as ``loss(outputs, targets)`` on a batch; sum- or mean-reduced."""
         ...
 
     def scores(self, outputs: torch.Tensor) -> torch.Tensor:
         """Per-label probabilities (B, C) in [0, 1] from the model's outputs for a batch."""
+        ...
+
+    def decode(self, outputs: torch.Tensor) -> torch.Tensor | None:
+        """The predicted steps in order, (B, L) ids (0 = none, 1..C), or None for a task without an order."""
         ...
 
     def validation_score(self, targets: np.ndarray, scores: np.ndarray) -> float:

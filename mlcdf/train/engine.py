@@ -68,6 +68,7 @@ def train_one_epoch(
     clip_grad_norm: float | None = None,
     loss_scale: float = 1.0,
     on_step: Callable[[StepInfo], None] | None = None,
+    forward: Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> EpochStats:
     """Train for one pass over ``loader`` and return the mean loss and throughput.
 
@@ -76,6 +77,8 @@ def train_one_epoch(
             normalisation happen there).
         loss_scale: multiplies the loss before backward; a distributed run with a sum-reduced loss
             passes its world size, because DDP averages gradients over ranks.
+        forward: ``forward(model, x, targets)`` gives the outputs the loss reads: the task's
+            :meth:`~mlcdf.tasks.Task.train_outputs` (a sequence model reads the targets); ``model(x)`` when None.
 
     The loss reported (and checked) is the mean over all distributed ranks, so every rank logs the same
     value and stops at the same step when it is not finite.
@@ -92,7 +95,7 @@ def train_one_epoch(
         x = prepare_input(batch)
         y = batch["targets"].to(device, non_blocking=device.type == "cuda")
         with autocast(device, autocast_dtype):
-            logits = model(x)
+            logits = model(x) if forward is None else forward(model, x, y)
         loss = criterion(logits.float(), y)
         optimizer.zero_grad(set_to_none=True)
         stepped = True

@@ -43,7 +43,7 @@ from mlcdf.data.dataset import (
 from mlcdf.data.prepared import PreparedSubset, load_prepared
 from mlcdf.devices import resolve_device
 from mlcdf.errors import MlcdfError, SchemaError
-from mlcdf.io import atomic_open, check_output_apart, file_lock, read_json_object, write_json
+from mlcdf.io import atomic_open, check_output_apart, check_output_folder, file_lock, read_json_object, write_json
 from mlcdf.label_graph import LabelGraph, load_graph, save_graph
 from mlcdf.models import BackboneClassifier, create_model
 from mlcdf.progress import ProgressFn, silent
@@ -143,17 +143,19 @@ def build_model(config: TrainConfig, num_labels: int, graph: LabelGraph | None, 
 
 
 def _param_groups(model: torch.nn.Module, config: TrainConfig) -> list[dict]:
-    """Weight decay on weights only (not biases or norm parameters); the mlgcn recipe gives the
-    backbone a lower learning rate than the head."""
+    """Weight decay on weights only (not biases or norm parameters), or on every parameter where the
+    recipe says ``decay_all`` (seqfakeformer, as the authors' AdamW); the mlgcn and seqfakeformer recipes
+    give the backbone a lower learning rate than the head."""
     assert config.lr is not None, "TrainConfig.resolve() fills lr"
     backbone = getattr(model, "backbone", None)
     backbone_ids = {id(p) for p in backbone.parameters()} if backbone is not None else set()
     factor = RECIPES[config.recipe].get("backbone_lr_factor", 1.0)
+    decay_all = bool(RECIPES[config.recipe].get("decay_all", False))
     groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
     for param in model.parameters():
         if not param.requires_grad:
             continue
-        key = (id(param) in backbone_ids, param.ndim > 1)
+        key = (id(param) in backbone_ids, decay_all or param.ndim > 1)
         groups.setdefault(key, []).append(param)
     return [
         {
@@ -163,6 +165,21 @@ def _param_groups(model: torch.nn.Module, config: TrainConfig) -> list[dict]:
         }
         for (in_backbone, decay), params in sorted(groups.items())
     ]
+
+
+def warmup_step_factor(epoch: int, epochs: int) -> float:
+    """The seqfakeformer recipe's learning-rate factor in ``epoch`` (0-based) of a run of ``epochs``.
+
+    The authors' ``LambdaLR`` (train.py): ``(epoch + 1) / W`` for the first W epochs, then
+    ``0.1 ** #{milestones <= epoch}``, with W = 20 and milestones 70 and 120 of 170 epochs. A run of
+    another length scales them: ``W = max(1, round(20 · epochs / 170))``, the milestones likewise.
+    """
+    recipe = RECIPES["seqfakeformer"]
+    scale = epochs / recipe["epochs"]
+    warmup = max(1, round(recipe["warmup_epochs"] * scale))
+    if epoch < warmup:
+        return (epoch + 1) / warmup
+    return 0.1 ** sum(1 for milestone in recipe["milestones"] if round(milestone * scale) <= epoch)
 
 
 def _optimizer_and_scheduler(
@@ -177,6 +194,10 @@ def _optimizer_and_scheduler(
         # ML-GCN divides the learning rate by 10 once, late in training (epoch 30 of 40).
         milestone = max(1, math.ceil(0.75 * config.epochs)) * steps_per_epoch
         scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[milestone], gamma=0.1)
+    elif config.recipe == "seqfakeformer":
+        optimizer = torch.optim.AdamW(groups, lr=config.lr)
+        # Stepped every batch like the others, constant within an epoch as the authors' per-epoch schedule.
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_step_factor(step // steps_per_epoch, config.epochs))
     else:
         optimizer = torch.optim.AdamW(groups, lr=config.lr)
         scheduler = torch.optim.lr_scheduler.OneCycleLR(
@@ -234,6 +255,17 @@ def _build_data(prepared: PreparedSubset, config: TrainConfig, task: Task, dist_
         train=MultiLabelImages(train_source, train_targets, augment=augment, seed=config.seed),
         val=MultiLabelImages(source("val", val_table), task.targets(val_table)),
         val_name=val_name,
+    )
+
+
+def _check_batch_norm_batches(model: torch.nn.Module, smallest: int, config: TrainConfig, train_images: int) -> None:
+    """Refuse training batches of one image for a model with BatchNorm layers, which cannot normalise a
+    single value per channel (torch's ``ValueError: Expected more than 1 value per channel``)."""
+    if smallest >= 2 or not any(isinstance(module, torch.nn.modules.batchnorm._BatchNorm) for module in model.modules()):
+        return
+    raise MlcdfError(
+        f"{config.prepared}: training batches of {smallest} image ({train_images} training image(s), --batch-size "
+        f"{config.batch_size}); {config.model} has BatchNorm layers, which need at least 2 images per training batch"
     )
 
 
@@ -348,12 +380,15 @@ def train(
     elif last_path.is_file():
         raise MlcdfError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
     config = config.resolve()
+    check_output_folder(run_dir)
     check_output_apart(run_dir, ("--prepared", config.prepared))
     if config.tensorboard is not None:
+        check_output_folder(config.tensorboard, "--tensorboard")
+        check_output_apart(config.tensorboard, ("--prepared", config.prepared))
         require_tensorboard()
     dist_info = launch_info()
     prepared = load_prepared(config.prepared)
-    task = create_task(config)
+    task = create_task(config, prepared.labels, ordered=prepared.meta.get("ordered", True) is not False)
     data = _build_data(prepared, config, task, dist_info, progress)  # before the process group: see _build_data
     init_distributed("cuda" if config.device != "cpu" and torch.cuda.is_available() else "cpu")
     board = None
@@ -410,6 +445,7 @@ def _train(
     rank_batch = config.batch_size // dist_info.world_size
     train_sampler = EpochSampler(len(data.train), shuffle=True, seed=config.seed, rank=dist_info.rank, world_size=dist_info.world_size)
     val_sampler = EpochSampler(len(data.val), shuffle=False, rank=dist_info.rank, world_size=dist_info.world_size, pad=False)
+    _check_batch_norm_batches(classifier, min(rank_batch, len(train_sampler)), config, len(data.train))
     train_loader = _loader(data.train, train_sampler, rank_batch, workers, device, train=True)
     val_loader = _loader(data.val, val_sampler, rank_batch, workers, device, train=False)
 
@@ -499,6 +535,7 @@ def _train(
             clip_grad_norm=config.clip_grad_norm,
             loss_scale=loss_scale,
             on_step=callbacks.step,
+            forward=task.train_outputs,
         )
         # Each rank's BatchNorm statistics followed its own share of the batches: validate with rank 0's,
         # which are the ones saved, so the val mAP is the saved model's (evaluate --split val agrees).
