@@ -61,10 +61,11 @@ demo: $(RUNTIME_STAMP)
 reproduce: $(STAMP)
 	$(MLCDF) reproduce $(if $(filter 1,$(REPRODUCE_SMOKE)),--smoke,$(if $(DATA),--data "$(DATA)")) --device $(DEVICE) --out "$(OUT)"
 
-# The CUDA and distributed paths, run and measured in a few minutes (benchmarks/gpu_check.py); without a
-# GPU the same checks run small on the CPU. JSON in benchmarks/results/.
+# The CUDA and distributed paths, run and measured in a few minutes (benchmarks/gpu_check.py); with two
+# GPUs also DDP and the runner's --jobs/--devices/--gpus-per-run; without a GPU what the CPU can show.
+# GPU_CHECKS=fp16,ddp_sync_bn runs a subset. JSON in benchmarks/results/ (docs/development.md reads it).
 gpu-check: $(STAMP)
-	$(BIN)/python benchmarks/gpu_check.py
+	$(BIN)/python benchmarks/gpu_check.py $(if $(GPU_CHECKS),--checks $(GPU_CHECKS))
 
 clean:
 	rm -rf $(VENV) demo reproduce-smoke mutants *.egg-info

@@ -104,12 +104,8 @@ def train_one_epoch(
             if clip_grad_norm is not None:
                 scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
-            scale = scaler.get_scale()
-            scaler.step(optimizer)
-            scaler.update()
-            # The scaler skips the optimizer step on inf/NaN gradients and then lowers its scale; the
-            # schedule must not advance for a step that did not happen.
-            stepped = scaler.get_scale() >= scale
+            # The schedule must not advance for a step the scaler skipped (inf/NaN gradients).
+            stepped = scaler_step(scaler, optimizer)
         else:
             (loss * loss_scale).backward()
             if clip_grad_norm is not None:
@@ -133,6 +129,24 @@ def train_one_epoch(
                 on_step(StepInfo(epoch, step, steps, mean_loss, optimizer.param_groups[0]["lr"], images / elapsed))
     seconds = time.perf_counter() - start
     return EpochStats(loss=mean_over_ranks(running).item() / max(steps, 1), images=images, seconds=seconds)
+
+
+def scaler_step(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer) -> bool:
+    """``scaler.step(optimizer)`` then ``scaler.update()``; whether the optimizer step ran.
+
+    The scaler skips the step on inf/NaN gradients, a decision it takes on the host (the one GPU sync it
+    needs anyway); a post-step hook of the optimizer learns the outcome without another, where comparing
+    ``get_scale()`` before and after would cost two more syncs per step. (A fused or capturable optimizer
+    takes the step always and skips inside its kernel; mlcdf builds neither.)
+    """
+    ran = []
+    hook = optimizer.register_step_post_hook(lambda *_: ran.append(True))
+    try:
+        scaler.step(optimizer)
+    finally:
+        hook.remove()
+    scaler.update()
+    return bool(ran)
 
 
 @torch.no_grad()
