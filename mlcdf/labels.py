@@ -12,6 +12,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from mlcdf.errors import MlcdfError
+
 #: Vocabularies in id order (id 1 is the first name).
 SUBSETS: dict[str, tuple[str, ...]] = {
     "facial_components": ("nose", "eye", "eyebrow", "lip", "hair"),
@@ -78,9 +80,16 @@ def steps_of(ids: Sequence[int]) -> tuple[int, ...]:
     return tuple(int(value) for value in ids if value != 0)
 
 
+def step_name(step: int, vocab: Sequence[str]) -> str:
+    """The name of step id ``step`` (1..C); another id, which a sequence model's decoder can emit (its PAD
+    token before any EOS), is written ``#<id>``."""
+    return vocab[step - 1] if 1 <= step <= len(vocab) else f"#{step}"
+
+
 def ids_to_sequence(ids: Sequence[int], vocab: Sequence[str]) -> str:
-    """``[1, 3, 0, 0, 0]`` -> ``"nose-eyebrow"``; real images give ``""``."""
-    return SEQUENCE_SEPARATOR.join(vocab[value - 1] for value in steps_of(ids))
+    """``[1, 3, 0, 0, 0]`` -> ``"nose-eyebrow"``; real images give ``""``; an id outside 1..C is ``#<id>``
+    (:func:`step_name`)."""
+    return SEQUENCE_SEPARATOR.join(step_name(value, vocab) for value in steps_of(ids))
 
 
 def sequence_to_ids(sequence: str, vocab: Sequence[str]) -> tuple[int, ...]:
@@ -96,6 +105,38 @@ def sequence_to_ids(sequence: str, vocab: Sequence[str]) -> tuple[int, ...]:
             raise ValueError(f"{name!r} is not one of {', '.join(vocab)}")
         ids.append(lookup[name.lower()])
     return tuple(ids + [0] * (MAX_STEPS - len(ids)))
+
+
+def sequence_steps(sequence: str, labels: Sequence[str]) -> tuple[int, ...]:
+    """A prepared ``sequence`` cell -> its step ids in order: ``"nose-lip"`` -> ``(1, 4)``, ``""`` -> ``()``.
+
+    Names are matched exactly, as the prepared contract writes them; any vocabulary size works.
+
+    Raises:
+        MlcdfError: a step that is not one of ``labels``, or more steps than labels.
+    """
+    lookup = {name: index + 1 for index, name in enumerate(labels)}
+    steps = sequence.split(SEQUENCE_SEPARATOR) if sequence else []
+    unknown = [step for step in steps if step not in lookup]
+    if unknown:
+        raise MlcdfError(f"sequence {sequence!r} has step(s) {unknown} that are not labels ({', '.join(labels)})")
+    if len(steps) > len(labels):
+        raise MlcdfError(f"sequence {sequence!r} has {len(steps)} steps; a sequence takes at most {len(labels)}")
+    return tuple(lookup[step] for step in steps)
+
+
+def sequences_to_ids(sequences: Sequence[str], labels: Sequence[str]) -> np.ndarray:
+    """Prepared ``sequence`` cells -> (N, C) step ids in order, 0-padded (``"eye-nose"`` -> ``[2, 1, 0, 0, 0]``),
+    as :func:`mlcdf.metrics.fixed_accuracy` takes them.
+
+    Raises:
+        MlcdfError: as :func:`sequence_steps`.
+    """
+    ids = np.zeros((len(sequences), len(labels)), dtype=np.int64)
+    for row, sequence in zip(ids, sequences):
+        steps = sequence_steps(sequence, labels)
+        row[: len(steps)] = steps
+    return ids
 
 
 def ids_to_multihot(ids: Sequence[int], num_labels: int) -> np.ndarray:

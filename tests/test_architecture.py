@@ -31,7 +31,7 @@ CORE = (
     "mlcdf.devices",
     "mlcdf.weights",
 )
-FLOORS = ("core", "data", "models", "tasks", "train", "inference", "graph", "evaluation", "experiments", "cli")
+FLOORS = ("core", "data", "faces", "models", "tasks", "train", "inference", "graph", "evaluation", "experiments", "serve", "cli")
 #: Core modules that the report, the plan checker and ``--help`` rely on importing without torch.
 TORCH_FREE = (
     "mlcdf",

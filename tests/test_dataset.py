@@ -71,7 +71,7 @@ def test_sampler_shards_partition_the_single_process_order():
 
 def test_augmentation_depends_only_on_seed_epoch_and_index():
     images = FakeSource(6)
-    dataset = MultiLabelImages(images, np.zeros((6, 5)), augment=Augment(jitter=0.2), seed=1)
+    dataset = MultiLabelImages(images, np.zeros((6, 5)), augment=Augment(brightness=(0.8, 1.2)), seed=1)
     batch = dataset.__getitems__([(0, 1), (0, 4)])
     again = dataset.__getitems__([(0, 4)])
     assert float(batch["brightness"][1]) == float(again["brightness"][0])

@@ -184,7 +184,7 @@ def test_write_evaluation_refuses_to_replace_other_folders(tmp_path):
 
 
 def fake_inference(monkeypatch, calls):
-    """Stands in for mlcdf.inference.runs, which the evaluate stage only calls."""
+    """Stands in for mlcdf.inference.runs, which the evaluate stage only calls, and for the bundle check."""
 
     def predict_split(run_dir, split, checkpoint, device, batch_size, progress):
         calls.append((split, checkpoint, device, batch_size))
@@ -192,6 +192,7 @@ def fake_inference(monkeypatch, calls):
         return p.targets, p.scores.astype(np.float32), p.file_paths, p.steps, LABELS, 23_512_325
 
     monkeypatch.setitem(sys.modules, "mlcdf.inference.runs", types.SimpleNamespace(predict_split=predict_split))
+    monkeypatch.setitem(sys.modules, "mlcdf.inference.bundle", types.SimpleNamespace(is_bundle_reference=lambda run: False))
 
 
 def test_evaluate_run_writes_into_the_run(tmp_path, monkeypatch):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import importlib
 import json
 import socket
 import sys
@@ -392,8 +393,9 @@ def test_image_embeddings_from_a_run(tmp_path: Path, monkeypatch: pytest.MonkeyP
         return RunModel().to(device).eval()
 
     def read_run(run_dir):
-        return types.SimpleNamespace(config=types.SimpleNamespace(image_size=24))
+        return types.SimpleNamespace(config=types.SimpleNamespace(image_size=24, input_size=24))
 
+    importlib.import_module("mlcdf.inference")  # the real package first: the patch below replaces only its runs module
     fake = types.ModuleType("mlcdf.inference.runs")
     fake.load_run_model, fake.read_run = load_run_model, read_run
     monkeypatch.setitem(sys.modules, "mlcdf.inference.runs", fake)

@@ -111,14 +111,14 @@ def test_reproduce_rebuilds_its_graph_left_half_replaced(tmp_path: Path):
     subset = "facial_components"
     write_prepared(tmp_path, TARGETS, labels=SUBSETS[subset], subset=subset)
     messages: list[str] = []
-    _build_graph(plan, tmp_path, subset, "word", messages.append, silent)
+    _build_graph(plan, tmp_path, subset, "word", messages.append, silent, None)
     path = tmp_path / "graphs" / f"{subset}-word.npz"
     stamp, logged = path.stat().st_mtime_ns, len(messages)
-    _build_graph(plan, tmp_path, subset, "word", messages.append, silent)
+    _build_graph(plan, tmp_path, subset, "word", messages.append, silent, None)
     assert path.stat().st_mtime_ns == stamp and len(messages) == logged  # a sound graph is reused
     sidecar = path.with_suffix(".json")
     sidecar.write_text(json.dumps({**json.loads(sidecar.read_text()), "t": 0.9}))  # the previous build's .json
-    _build_graph(plan, tmp_path, subset, "word", messages.append, silent)
+    _build_graph(plan, tmp_path, subset, "word", messages.append, silent, None)
     assert "rebuilding the label graph" in messages[logged] and load_graph(path).info["t"] == 0.4
 
 

@@ -18,6 +18,7 @@ from mlcdf.evaluation.report import (
     paper_results,
     results_table,
     runs_csv,
+    sequence_results,
     write_category_figure,
 )
 from mlcdf.labels import SUBSETS
@@ -151,7 +152,17 @@ def test_published_rows_ship_with_the_package():
     assert len(rows) == 24 and {row.subset for row in rows} == set(SUBSETS)
     best = max((row for row in rows if row.subset == "facial_components"), key=lambda row: row.values["mAP"])
     assert (best.title, best.values["mAP"]) == ("ResNet101 + ASL", 92.7)
-    assert {method for method, _ in PAPER_METHODS.values()} == {row.method for row in rows}
+    sequence = sequence_results()
+    assert {method for method, _ in PAPER_METHODS.values()} == {row.method for row in rows + sequence}
+    # SeqFakeFormer's: ResNet-50 from the authors' README, ResNet-34 quoted elsewhere and marked so.
+    published = {(row.subset, row.method): (row.values["Fixed-Acc"], row.values["Adaptive-Acc"], row.source) for row in sequence}
+    assert published == {
+        ("facial_components", "SeqFakeFormer-R50"): (72.65, 55.30, "Seq-DeepFake README"),
+        ("facial_attributes", "SeqFakeFormer-R50"): (68.86, 49.63, "Seq-DeepFake README"),
+        ("facial_components", "SeqFakeFormer-R34"): (71.58, 53.62, "QUOTED (not README)"),
+        ("facial_attributes", "SeqFakeFormer-R34"): (68.12, 48.58, "QUOTED (not README)"),
+    }
+    assert all(row.values["mAP"] is None and row.category == "sequence" for row in sequence)
 
 
 def test_cli_report(two_runs, tmp_path):
@@ -350,3 +361,155 @@ def test_a_run_written_before_the_asl_settings_is_a_seed_of_the_same_configurati
     config["train"] |= {"asl_gamma_neg": 4.0, "asl_gamma_pos": 0.0, "asl_clip": 0.05}
     (new / "config.json").write_text(json.dumps(config))
     assert [(row.source, row.n) for row in group_over_seeds([load_result(old), load_result(new)])] == [("r50-asl", 2)]
+
+
+# --- Both families on both tasks (issue 26): sequence metrics, SeqFakeFormer's published rows, the oracle ---
+
+ORACLE = {"Fixed-Acc": 80.25, "Adaptive-Acc": 61.5}
+
+
+def write_two_task_run(root: Path, name: str, train: dict, values: dict, *, oracle=ORACLE, num_params=None) -> Path:
+    """A run whose metrics.json has the paper's metrics, Fixed-Acc / Adaptive-Acc and the oracle order's."""
+    run = write_run(root, name, {"train": train, "subset": "facial_components", "num_params": num_params}, values)
+    metrics_path = run / "eval" / "test" / "metrics.json"
+    document = json.loads(metrics_path.read_text())
+    document |= {name: values[name] for name in ("Fixed-Acc", "Adaptive-Acc")}
+    if oracle is not None:
+        document["oracle_order"] = oracle
+    metrics_path.write_text(json.dumps(document))
+    return run
+
+
+SFF50 = dict(mAP=70.0, CP=60.0, CR=50.0, CF1=55.0, OP=61.0, OR=52.0, OF1=56.0) | {"Fixed-Acc": 74.02, "Adaptive-Acc": 54.04}
+R101_BOTH = R101 | {"Fixed-Acc": 71.04, "Adaptive-Acc": 50.0}
+
+
+@pytest.fixture
+def two_families(tmp_path):
+    seqfakeformer = write_two_task_run(tmp_path, "sff50", {"model": "seqfakeformer_r50", "loss": "bce"}, SFF50, num_params=27_213_162)
+    r101 = write_two_task_run(tmp_path, "r101-both", {"model": "resnet101", "loss": "asl"}, R101_BOTH, num_params=42_510_000)
+    return seqfakeformer, r101
+
+
+def test_both_families_on_both_tasks_beside_the_published_rows(two_families):
+    rows = [load_result(run) for run in two_families]
+    # The sequence model's loss option does not apply (it trains with cross-entropy): matched on its name.
+    assert (rows[0].category, rows[0].method, rows[0].loss, rows[0].title) == ("sequence", "SeqFakeFormer-R50", None, "SeqFakeFormer-R50")
+    assert rows[0].values["Fixed-Acc"] == 74.02 and rows[0].oracle == ORACLE
+    header, *lines = markdown_rows(results_table(rows, paper=True, columns="tasks"))
+    assert header == ["Category", "Method", "Run", "#Params (M)", "mAP", "CF1", "OF1", "Fixed-Acc", "Adaptive-Acc"]
+    by_source = [line[2] for line in lines]
+    assert by_source[:6] == ["sff50", "Seq-DeepFake README", "Δ vs paper", "r101-both", "paper", "Δ vs paper"]
+    assert lines[0] == ["sequence", "SeqFakeFormer-R50", "sff50", "27.2", "70.0", "55.0", "56.0", "**74.0**", "54.0"]
+    # The authors' README: 72.65 / 55.30; ours minus theirs: 74.02 - 72.65 = +1.37, 54.04 - 55.30 = -1.26.
+    assert lines[1] == ["sequence", "SeqFakeFormer-R50", "Seq-DeepFake README", "27.2", "-", "-", "-", "72.7", "**55.3**"]
+    assert lines[2] == ["", "", "Δ vs paper", "+0.0", "-", "-", "-", "+1.4", "-1.3"]
+    assert lines[3] == ["direct", "ResNet101 + ASL", "r101-both", "42.5", "**92.9**", "86.0", "**86.3**", "71.0", "50.0"]
+    assert lines[5][4:] == ["+0.2", "-0.2", "+0.1", "-", "-"]
+    # The paper's other rows of Table II, then the unmatched SeqFakeFormer-R34 (quoted), then the oracle (no bold).
+    assert by_source.count("paper") == 12
+    assert lines[-2] == ["sequence", "SeqFakeFormer-R34", "QUOTED (not README)", "24.6", "-", "-", "-", "71.6", "53.6"]
+    assert lines[-1] == ["", "true set, most frequent order", "oracle", "-", "-", "-", "-", "80.2", "61.5"]
+
+
+def test_column_views(two_families, two_runs):
+    rows = [load_result(run) for run in two_families]
+    # auto: every metric once a run has the sequence metrics; the paper's seven without (test_table_for_two_runs).
+    header, *lines = markdown_rows(results_table(rows))
+    assert header[4:] == [*PAPER_METRICS, "Fixed-Acc", "Adaptive-Acc"] and lines[-1][2] == "oracle"
+    assert markdown_rows(results_table([load_result(run) for run in two_runs]))[0][4:] == list(PAPER_METRICS)
+    # The paper's view: no sequence column, so neither the oracle nor SeqFakeFormer's published rows (all dashes).
+    header, *lines = markdown_rows(results_table(rows, paper=True, columns="paper"))
+    assert header[4:] == list(PAPER_METRICS)
+    assert [line[2] for line in lines[:4]] == ["sff50", "r101-both", "paper", "Δ vs paper"] and len(lines) == 2 + 12 + 1
+    latex = results_table(rows, fmt="latex", columns="tasks")
+    assert r"\begin{tabular}{lllrrrrrr}" in latex and r"sff50 & 27.2 & 70.0 & 55.0 & 56.0 & \textbf{74.0} & \textbf{54.0} \\" in latex
+    # CSV: every metric, whatever the view; the oracle row has the sequence metrics only.
+    table = list(csv.DictReader(io.StringIO(results_table(rows, fmt="csv", columns="paper"))))
+    assert float(table[0]["Fixed-Acc"]) == 74.02 and float(table[0]["Adaptive-Acc"]) == 54.04 and table[0]["Fixed-Acc_std"] == "0.0"
+    assert (table[-1]["source"], table[-1]["Fixed-Acc"], table[-1]["mAP"], table[-1]["n"]) == ("oracle", "80.25", "", "")
+    assert float(list(csv.DictReader(io.StringIO(runs_csv(rows))))[1]["Adaptive-Acc"]) == 50.0
+    with pytest.raises(ValueError, match="columns"):
+        results_table(rows, columns="some")
+
+
+def test_seeds_average_the_sequence_metrics(tmp_path):
+    runs = [
+        write_two_task_run(tmp_path, f"sff-s{seed}", {"model": "seqfakeformer_r34", "seed": seed}, SFF50 | {"Fixed-Acc": value})
+        for seed, value in ((0, 70.0), (1, 74.0))
+    ]
+    [row] = group_over_seeds([load_result(run) for run in runs])
+    assert row.n == 2 and row.values["Fixed-Acc"] == pytest.approx(72.0) and row.std["Fixed-Acc"] == pytest.approx(8**0.5)
+    lines = markdown_rows(results_table([load_result(run) for run in runs], columns="tasks"))
+    assert lines[1][:3] == ["sequence", "SeqFakeFormer-R34", "sff"] and lines[1][-2] == "**72.0 ± 2.8**"
+    assert len(lines) == 3 and lines[-1][2:] == ["oracle", "", "-", "-", "-", "-", "80.2", "61.5"]  # one oracle row: the seeds agree
+
+
+def test_oracle_rows_of_runs_on_other_data_are_named(tmp_path):
+    first = write_two_task_run(tmp_path, "a", {"model": "resnet101", "loss": "asl"}, R101_BOTH)
+    other = write_two_task_run(
+        tmp_path, "b", {"model": "resnet50", "loss": "asl"}, R101_BOTH, oracle={"Fixed-Acc": 50.0, "Adaptive-Acc": 40.0}
+    )
+    unordered = write_run(tmp_path, "c", {"model": "resnet50", "loss": "bce", "subset": "facial_components"}, R101)  # no oracle
+    lines = markdown_rows(results_table([load_result(run) for run in (first, other, unordered)], columns="tasks"))[1:]
+    assert [line[2] for line in lines] == ["a", "b", "c", "oracle (a)", "oracle (b)"]
+    assert lines[2][-2:] == ["-", "-"] and lines[4][-2:] == ["50.0", "40.0"]
+
+
+def test_another_backbone_is_named_and_not_matched(tmp_path):
+    run = write_two_task_run(tmp_path, "sff-r18", {"model": "seqfakeformer_r34", "backbone": "resnet18"}, SFF50)
+    row = load_result(run)
+    assert row.method == "SeqFakeFormer-R34 on resnet18"
+    lines = markdown_rows(results_table([row], paper=True, columns="tasks"))[1:]
+    assert lines[1][2] != "Δ vs paper" and "Δ vs paper" not in [line[2] for line in lines]
+
+
+@pytest.mark.parametrize(
+    "document, message",
+    [
+        ({"Fixed-Acc": "high"}, "'Fixed-Acc' is 'high'"),
+        ({"Adaptive-Acc": float("nan")}, "'Adaptive-Acc' is nan"),
+        ({"oracle_order": {"Fixed-Acc": 1.0}}, "'oracle_order' needs both"),
+        ({"oracle_order": [1, 2]}, "'oracle_order' is [1, 2]"),
+        ({"oracle_order": {"Fixed-Acc": True, "Adaptive-Acc": 1.0}}, "'oracle_order.Fixed-Acc' is True"),
+    ],
+)
+def test_malformed_sequence_figures_name_the_file(tmp_path, document, message):
+    run = write_run(tmp_path, "r", {"model": "resnet50", "loss": "bce", "subset": "facial_components"}, R101)
+    metrics_path = run / "eval" / "test" / "metrics.json"
+    metrics_path.write_text(json.dumps(json.loads(metrics_path.read_text()) | document))
+    with pytest.raises(SchemaError, match="metrics.json") as error:
+        load_result(run)
+    assert message in str(error.value)
+    result = runner.invoke(app, ["report", str(run)])
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1 and "metrics.json" in result.stderr
+
+
+def test_cli_report_columns(two_families, tmp_path):
+    from mlcdf.cli.report import Columns
+    from mlcdf.evaluation.report import COLUMN_CHOICES
+
+    assert tuple(choice.value for choice in Columns) == COLUMN_CHOICES
+    out = tmp_path / "table.md"
+    result = runner.invoke(app, ["report", *map(str, two_families), "--paper", "--columns", "tasks", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    header, *lines = markdown_rows(out.read_text())
+    assert header[4:] == ["mAP", "CF1", "OF1", "Fixed-Acc", "Adaptive-Acc"] and lines[1][2] == "Seq-DeepFake README"
+    assert is_report_file(out)  # written again over its own table of any view
+    result = runner.invoke(app, ["report", *map(str, two_families), "--columns", "paper", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["report", *map(str, two_families), "--columns", "wide"])
+    assert result.exit_code == 2 and "wide" in result.output
+
+
+def test_tables_written_before_the_sequence_metrics_are_still_ours(tmp_path):
+    grouped = ["subset", "source", "category", "method", "loss", "node_embedding", "params_m", "n", *PAPER_METRICS]
+    path = tmp_path / "old.csv"
+    path.write_text(",".join(grouped + [f"{name}_std" for name in PAPER_METRICS]) + "\n")
+    assert is_report_file(path)
+    path.write_text(
+        ",".join(["subset", "source", "category", "method", "loss", "node_embedding", "seed", "params_m", *PAPER_METRICS]) + "\n"
+    )
+    assert is_report_file(path)
+    path.write_text("name,mAP\n")
+    assert not is_report_file(path)

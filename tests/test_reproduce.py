@@ -17,6 +17,7 @@ from mlcdf.experiments.plans import paper_plan
 from mlcdf.experiments.reproduce import ReproduceConfig, reproduce, status
 from mlcdf.experiments.runner import DONE, RESUME, run_status
 from mlcdf.graph.embeddings import PAPER_WORD_EMBEDDING
+from mlcdf.models import resolve_config
 from mlcdf.train.callbacks import SilentCallbacks
 
 runner = CliRunner()
@@ -68,7 +69,8 @@ def test_paper_plan_file_is_the_former_plan(tmp_path):
     assert plan.word_embedding == PAPER_WORD_EMBEDDING and not plan.keep_last
     entries = plan.entries()
     expected = [former_train_config(out, subset, *run) for subset in plan.subsets for run in FORMER_PAPER_RUNS]
-    assert [plan.train_config(entry, out) for entry in entries] == expected
+    # Compared resolved: a run that names no recipe trains with its model's (asl for these), as before.
+    assert [resolve_config(plan.train_config(entry, out)) for entry in entries] == [resolve_config(config) for config in expected]
     assert [entry.name for entry in entries[:12]] == [Path(config.out).name for config in expected[:12]]
 
 
@@ -228,3 +230,113 @@ def test_a_corrupt_run_config_is_named(tmp_path):
     (run_dir / "config.json").write_text('{"train": {"epochs": 2,}\n')
     with pytest.raises(SchemaError, match=r"config\.json:1: not valid JSON"):
         run_status(run_dir)
+
+
+# --- Shipped plans by name; the sequence plan (issue 26) ---------------------------------------------------
+
+
+def test_the_sequence_plan_resolves_by_name_and_holds_its_runs(tmp_path):
+    out = tmp_path / "r"
+    plan = ReproduceConfig(out=out, data=tmp_path, plan_file="sequence").plan()
+    assert plan.source.endswith("resources/plans/sequence.toml") and plan.paper and plan.report_columns == "tasks"
+    assert plan.subsets == ("facial_components", "facial_attributes")
+    configs = {entry.label: plan.train_config(entry, out) for entry in plan.entries()}
+    assert len(configs) == 8
+    for subset in plan.subsets:
+        for size in ("r34", "r50"):
+            config = configs[f"{subset}/seqfakeformer_{size}"]
+            # The authors' recipe: 170 epochs at batch 32 and 256 px, kept to the end (no early stopping).
+            assert (config.model, config.recipe, config.epochs, config.batch_size, config.image_size, config.patience) == (
+                f"seqfakeformer_{size}",
+                "seqfakeformer",
+                170,
+                32,
+                256,
+                0,
+            )
+            assert config.pretrained and config.weight_decay == 1e-4 and config.lr is None  # the recipe's lr
+        direct, graph = configs[f"{subset}/resnet101-asl"], configs[f"{subset}/ml_gcn-bce-word"]
+        assert (direct.model, direct.loss, direct.epochs, direct.image_size, direct.batch_size) == ("resnet101", "asl", 40, 224, 128)
+        assert (graph.model, graph.loss, graph.recipe, graph.graph) == (
+            "ml_gcn",
+            "bce",
+            "mlgcn",
+            str(out / "graphs" / f"{subset}-word.npz"),
+        )
+    # They are the paper's best direct and graph models on mAP summed over its two tables.
+    summed: dict[tuple, float] = {}
+    for row in paper_results():
+        key = (row.category, method_of(row.method)[0], row.loss, row.embedding)
+        summed[key] = summed.get(key, 0.0) + row.values["mAP"]
+    for category, model, loss, embedding in (("direct", "resnet101", "asl", None), ("indirect", "ml_gcn", "bce", "word")):
+        best = max((key for key in summed if key[0] == category), key=summed.__getitem__)
+        assert best == (category, method_of(model)[0], loss, embedding)
+    # A path still works, and the paper's plan is the default and has a name.
+    assert ReproduceConfig(out=out, data=tmp_path, plan_file=REPO / "mlcdf/resources/plans/sequence.toml").plan() == plan
+    assert ReproduceConfig(out=out, data=tmp_path, plan_file="paper").plan() == ReproduceConfig(out=out, data=tmp_path).plan()
+
+
+def test_command_line_and_smoke_overrides_hold_for_runs_with_their_own_values(tmp_path):
+    out = tmp_path / "s"
+    plan = ReproduceConfig.smoke_test(out, plan_file="sequence").plan()
+    for entry in plan.entries():
+        config = plan.train_config(entry, out)
+        assert (config.epochs, config.batch_size, config.image_size, config.pretrained) == (1, 16, 32, False), entry.label
+    assert plan.train_config(plan.entries()[0], out).patience == 0  # not overridden: stays the run's own
+    plan = ReproduceConfig(out=out, data=tmp_path, plan_file="sequence", epochs=3).plan()
+    assert {plan.train_config(entry, out).epochs for entry in plan.entries()} == {3}
+
+
+def test_an_unknown_plan_name_is_one_line_listing_the_shipped_plans(tmp_path):
+    result = runner.invoke(app, ["reproduce", "--smoke", "--plan", "sequnce", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "--plan sequnce: no such file, nor a shipped plan; the shipped plans are paper, sequence" in result.stderr
+    assert not (tmp_path / "out").exists()
+    # A path-like name is a file that is missing, as before.
+    result = runner.invoke(app, ["reproduce", "--smoke", "--plan", str(tmp_path / "mine.toml"), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "mine.toml" in result.stderr and not (tmp_path / "out").exists()
+
+
+def test_a_bad_report_columns_in_a_plan_names_the_line(tmp_path):
+    path = tmp_path / "plan.toml"
+    path.write_text(TINY_PLAN.replace("paper = true", 'paper = true\nreport_columns = "wide"'))
+    with pytest.raises(SchemaError, match=r"plan\.toml:5: defaults\.report_columns must be one of auto, paper, tasks, all, got 'wide'"):
+        ReproduceConfig(out=tmp_path / "out", plan_file=path, smoke=True).plan()
+
+
+@pytest.mark.slow
+def test_smoke_variant_of_the_sequence_plan(tmp_path):
+    # Measured on the 2-core CPU: 3 min 4 s (1 min 5 s of CPU time); 6 min with both cores busy elsewhere.
+    out = tmp_path / "smoke"
+    try:
+        result = runner.invoke(app, ["reproduce", "--plan", "sequence", "--smoke", "--device", "cpu", "--out", str(out), "--quiet"])
+        assert result.exit_code == 0, result.output
+        for subset in ("facial_components", "facial_attributes"):
+            report = (out / f"report-{subset}.md").read_text()
+            header = next(line for line in report.splitlines() if line.startswith("| Category"))
+            assert header == "| Category | Method | Run | #Params (M) | mAP | CF1 | OF1 | Fixed-Acc | Adaptive-Acc |"
+            sources = [line.split("|")[3].strip() for line in report.splitlines() if line.startswith("| ") and "---" not in line]
+            # Each of our runs beside its published row, SeqFakeFormer's included, and the oracle last.
+            assert sources[1:13] == [
+                "seqfakeformer_r34",
+                "QUOTED (not README)",
+                "Δ vs paper",
+                "seqfakeformer_r50",
+                "Seq-DeepFake README",
+                "Δ vs paper",
+                "resnet101-asl",
+                "paper",
+                "Δ vs paper",
+                "ml_gcn-bce-word",
+                "paper",
+                "Δ vs paper",
+            ]
+            assert sources[-1] == "oracle"
+            for run in ("seqfakeformer_r34", "resnet101-asl"):
+                metrics = json.loads((out / "runs" / subset / run / "eval" / "test" / "metrics.json").read_text())
+                assert {"Fixed-Acc", "Adaptive-Acc", "oracle_order", "mAP"} <= set(metrics)
+        table = list(csv.DictReader((out / "results.csv").open()))
+        assert len(table) == 8 and all(row["Fixed-Acc"] and row["mAP"] for row in table)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)

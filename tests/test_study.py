@@ -17,6 +17,7 @@ from mlcdf.evaluation.evaluate import PAPER_METRICS
 from mlcdf.experiments.study import (
     CSV_COLUMNS,
     DIRECT,
+    PRESETS,
     StudyConfig,
     StudyRow,
     graph_minus_direct,
@@ -66,6 +67,13 @@ def test_the_plan_has_every_model_and_seed_on_every_strength(tmp_path: Path) -> 
     assert trained["ml_agcn-s0"].graph == str(tmp_path / "graphs" / "rho0.9-word.npz")
     assert trained["ml_agcn-s0"].prepared == str(tmp_path / "prepared" / "rho0.9" / "facial_components")
     assert {config.loss for config in trained.values()} == {"asl"} and len(trained) == 9
+
+
+def test_the_gpu_preset_keeps_the_cpu_presets_data_difficulty(tmp_path: Path) -> None:
+    """The presets differ in model and budget, not in how visible the manipulations are (issue 28)."""
+    gpu, cpu = StudyConfig(out=tmp_path, **PRESETS["gpu"]), StudyConfig(out=tmp_path)
+    assert gpu.synth_config(0.5).strength == cpu.synth_config(0.5).strength == 4.0
+    assert (gpu.backbone, gpu.image_size, gpu.pretrained) == ("resnet101", 224, True)
 
 
 def tiny_study(out: Path, **changes) -> StudyConfig:

@@ -43,6 +43,6 @@ def write_toy_prepared(folder: Path, sizes: dict[str, int], seed: int = 0) -> Pa
         write_split_csv(prepared / f"{split}.csv", SplitTable(paths, sequences, targets), LABELS)
     write_json(
         prepared / META_FILE,
-        {"subset": "facial_components", "labels": list(LABELS), "root": str(root.resolve()), "splits": sizes},
+        {"subset": "facial_components", "labels": list(LABELS), "root": str(root.resolve()), "splits": sizes, "alignment": "none"},
     )
     return prepared

@@ -50,7 +50,9 @@ PreparedOpt = Annotated[
     ),
 ]
 CheckpointOpt = Annotated[Checkpoint, typer.Option("--checkpoint", help="Weights to use: best (chosen on validation), last, or ema.")]
-RunArg = Annotated[Path, typer.Argument(help="A run folder written by 'mlcdf train'.", file_okay=False)]
+#: What every command that uses a trained model takes; :func:`mlcdf.inference.runs.read_run` tells them apart.
+RUN_HELP = "A run folder written by 'mlcdf train', a bundle FILE.mlcdf written by 'mlcdf export --bundle', or hf-hub:ORG/NAME (a bundle on the Hugging Face Hub)."
+RunArg = Annotated[Path, typer.Argument(help=RUN_HELP, show_default=False)]
 
 
 def check_workers_option(value: int | None) -> int | None:
@@ -95,3 +97,12 @@ MaxPixelsOpt = Annotated[
         "genuinely huge images.",
     ),
 ]
+
+
+# Videos (predict, serve). The bounds are checked by mlcdf.inference.video.check_sampling (not imported
+# here: the inference package loads torch, which --help must not).
+FramesOpt = Annotated[
+    int | None,
+    typer.Option("--frames", help="Frames per video, evenly spaced in time (default: 32, as DeepfakeBench); not with --every."),
+]
+EveryOpt = Annotated[int | None, typer.Option("--every", help="Instead of --frames: every k-th frame of each video.")]

@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from mlcdf.cli._console import note, out, rich_progress, warn
-from mlcdf.cli._options import Checkpoint, Device, JsonOpt, QuietOpt, check_workers_option
+from mlcdf.cli._options import RUN_HELP, Checkpoint, Device, JsonOpt, QuietOpt, check_workers_option
 
 
 class Split(str, Enum):
@@ -60,7 +60,7 @@ def _check_options(
 
 
 def evaluate_command(
-    run: Annotated[Path | None, typer.Option("--run", help="A run folder written by 'mlcdf train'.", exists=True, file_okay=False)] = None,
+    run: Annotated[Path | None, typer.Option("--run", help=RUN_HELP)] = None,
     predictions: Annotated[
         Path | None,
         typer.Option(
@@ -147,6 +147,8 @@ def evaluate_command(
         mlcdf evaluate --run runs/r101_asl --perturb jpeg --perturb blur:1,3,5
 
         mlcdf evaluate --run runs/r101_asl --perturb all
+
+        mlcdf evaluate --run r101_asl.mlcdf --out eval/r101_asl
     """
     inference = {
         "split": split,

@@ -10,7 +10,7 @@ from rich.markup import escape
 from typer.core import TyperGroup
 
 from mlcdf import __version__
-from mlcdf.cli import build_graph, evaluate, models, perturb, predict, prepare, report, reproduce, study, synth, train
+from mlcdf.cli import build_graph, evaluate, models, perturb, predict, prepare, report, reproduce, serve, study, synth, train
 from mlcdf.cli._console import err
 from mlcdf.errors import ENVIRONMENT_ERRNOS, INTERRUPTED_MESSAGE, MlcdfError
 
@@ -86,7 +86,7 @@ def _root(
     """
 
 
-for _module in (synth, prepare, build_graph, models, train, evaluate, report, reproduce, predict, perturb, study):
+for _module in (synth, prepare, build_graph, models, train, evaluate, report, reproduce, predict, serve, perturb, study):
     _module.register(app)
 
 

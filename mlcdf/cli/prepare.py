@@ -30,6 +30,14 @@ class CheckImages(str, Enum):
     decode = "decode"
 
 
+class Alignment(str, Enum):
+    """:data:`mlcdf.config.ALIGNMENTS`, as choices."""
+
+    none = "none"
+    ffhq = "ffhq"
+    celeba_hq = "celeba-hq"
+
+
 #: Options of one format only (named as the function's parameters), refused with the other.
 _SEQDEEPFAKE_ONLY = ("subset", "splits")
 _CSV_ONLY = ("csv", "name", "path_column", "labels", "split_column", "split_ratios", "seed")
@@ -98,6 +106,15 @@ def prepare_command(
         ),
     ] = False,
     workers: Annotated[int, typer.Option("--workers", min=1, callback=check_workers_option, help="Threads for --check-images decode.")] = 8,
+    alignment: Annotated[
+        Alignment | None,
+        typer.Option(
+            "--alignment",
+            help="How the images were cut from their photos, recorded for 'mlcdf predict' to align faces the same way: "
+            "'ffhq' or 'celeba-hq' (aligned as those datasets were) or 'none'. Default: facial_attributes ffhq, "
+            "facial_components celeba-hq, a CSV none.",
+        ),
+    ] = None,
     max_pixels: MaxPixelsOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
@@ -142,6 +159,7 @@ def prepare_command(
             check_images=check_images.value,
             skip_missing=skip_missing,
             workers=workers,
+            alignment=alignment.value if alignment is not None else "none",
         )
         _print_csv_summary(prepare_csv(csv_config, progress=rich_progress(quiet=quiet)))
         return
@@ -156,6 +174,7 @@ def prepare_command(
         check_images=check_images.value,
         skip_missing=skip_missing,
         workers=workers,
+        alignment=None if alignment is None else alignment.value,
     )
     for summary in prepare(config, progress=rich_progress(quiet=quiet)):
         _print_summary(summary)
@@ -165,7 +184,7 @@ def _print_summary(summary: SubsetSummary) -> None:
     for split in summary.skipped_splits:
         err.print(f"note: {summary.subset}: no {split}.csv, split skipped")
     splits = list(summary.splits)
-    table = Table(title=f"{summary.subset} -> {summary.out}", title_justify="left")
+    table = Table(title=f"{summary.subset} -> {summary.out} (alignment {summary.alignment})", title_justify="left")
     table.add_column("")
     for split in splits:
         table.add_column(split, justify="right")

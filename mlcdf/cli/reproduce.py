@@ -69,7 +69,11 @@ def reproduce_command(
     ),
     plan_file: Annotated[
         Path | None,
-        typer.Option("--plan", help="A plan file (TOML, see docs/plans.md); default: the paper's Tables I and II.", dir_okay=False),
+        typer.Option(
+            "--plan",
+            help="A plan file (TOML, see docs/plans.md), or a shipped plan's name: 'paper' (the default: the paper's Tables I and II) or 'sequence' (SeqFakeFormer R34/R50 beside the best direct and graph models, both tasks).",
+            dir_okay=False,
+        ),
     ] = None,
     smoke: Annotated[
         bool,
@@ -122,14 +126,23 @@ def reproduce_command(
         typer.Option(
             "--jobs",
             min=1,
-            help="Runs at once, each in its own process (local: one per device of --devices, else 1 in this process; Slurm: jobs queued at once, default all).",
+            help="Runs at once, each in its own process (local: one per --gpus-per-run devices of --devices, or without --devices one per visible GPU, refused if there are fewer; default 1, in this process; Slurm: jobs queued at once, default all).",
         ),
     ] = None,
     devices: Annotated[
-        str | None, typer.Option("--devices", help="Devices the runs take turns on, e.g. 0,1,2,3 or cpu,cpu; each run gets its own.")
+        str | None,
+        typer.Option(
+            "--devices",
+            help="Devices the runs take turns on, e.g. 0,1,2,3 or cpu,cpu; each run gets its own. GPU numbers count the GPUs this process sees (the Nth of an inherited CUDA_VISIBLE_DEVICES), in nvidia-smi's order.",
+        ),
     ] = None,
     gpus_per_run: Annotated[
-        int, typer.Option("--gpus-per-run", min=1, help="GPUs of one run (DDP through torchrun); --devices lists them all.")
+        int,
+        typer.Option(
+            "--gpus-per-run",
+            min=1,
+            help="GPUs of one run (DDP through torchrun); --devices lists them all, K per run (cpu,cpu: 2 CPU processes). Local runs need --devices.",
+        ),
     ] = 1,
     launcher: Annotated[
         str,
@@ -147,7 +160,10 @@ def reproduce_command(
             "--gpus", min=0, help="GPUs per Slurm job (default: none for a run on device cpu, else --gpus-per-run).", rich_help_panel=_SLURM
         ),
     ] = None,
-    cpus_per_task: Annotated[int | None, typer.Option("--cpus-per-task", min=1, help="CPUs per Slurm job.", rich_help_panel=_SLURM)] = None,
+    cpus_per_task: Annotated[
+        int | None,
+        typer.Option("--cpus-per-task", min=1, help="CPUs per Slurm job (default: 5 per GPU, 1 for a CPU run).", rich_help_panel=_SLURM),
+    ] = None,
     account: Annotated[str | None, typer.Option("--account", help="Slurm account.", rich_help_panel=_SLURM)] = None,
     cluster: Annotated[
         str | None,
@@ -177,6 +193,8 @@ def reproduce_command(
         mlcdf reproduce --plan my-sweep.toml --out sweep --seeds 3 --launcher slurm --partition gpu --time 600
 
         mlcdf reproduce --smoke --out reproduce-smoke
+
+        mlcdf reproduce --plan sequence --data /data/Seq-DeepFake --out sequence
     """
     # Imported here: the runner pulls in torch and scikit-learn, which other commands need not pay for.
     from mlcdf.experiments.reproduce import ReproduceConfig, reproduce, status
@@ -239,12 +257,13 @@ def _print_plan(config, outcomes) -> None:
         table.add_column(column)
     for outcome in outcomes:
         style = _STATUS_STYLE[outcome.status]
-        recipe = outcome.entry.run.options.get("recipe", shared.recipe)
+        recipe = outcome.entry.run.options.get("recipe", shared.recipe) or "the model's"
         table.add_row(outcome.entry.subset, outcome.entry.name, recipe, f"[{style}]{outcome.status}[/]", outcome.holder)
     out.print(table)
     pretrained = "ImageNet-pretrained" if shared.pretrained else "randomly initialised"
+    size = f"{shared.image_size} px" if shared.image_size else "the recipe's size"
     out.print(
-        f"up to {shared.epochs} epoch(s) (patience {shared.patience}), batch {shared.batch_size}, {shared.image_size}x{shared.image_size}, "
+        f"up to {shared.epochs} epoch(s) (patience {shared.patience}), batch {shared.batch_size}, {size}, "
         f"{pretrained}, device {shared.device}, {plan.seeds} seed(s); word graphs: {plan.word_embedding}",
         highlight=False,
     )

@@ -123,15 +123,17 @@ def train_command(
         Path | None, typer.Option("--graph", help="Label graph (.npz from 'mlcdf build-graph'); needed by graph models.", dir_okay=False)
     ] = None,
     recipe: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--recipe",
-            help="Optimisation recipe: asl, mlgcn or seqfakeformer. 'asl': AdamW + OneCycle, lr 1e-4. 'mlgcn': SGD 0.9, lr 0.1 (backbone 0.01), step decay, clip 10. 'seqfakeformer': AdamW lr 1e-3 (backbone 1e-4), warm-up then x0.1 steps, clip 0.1 (Seq-DeepFake's; --epochs 170 for theirs).",
+            help="Training recipe: asl, mlgcn or seqfakeformer (default: the model's; seqfakeformer for the SeqFakeFormer models, else asl). 'asl': AdamW + OneCycle, lr 1e-4. 'mlgcn': SGD 0.9, lr 0.1 (backbone 0.01), step decay, clip 10. 'seqfakeformer': Seq-DeepFake's: AdamW lr 1e-3 (backbone 1e-4), warm-up then x0.1 steps, clip 0.1, 256 px, their colour jitter and Normalize(0.5, 0.5) (--epochs 170 for theirs).",
         ),
-    ] = "asl",
+    ] = None,
     epochs: Annotated[int, typer.Option("--epochs", min=1, help="Maximum epochs.")] = 40,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Global batch size (split over torchrun processes).")] = 128,
-    image_size: Annotated[int, typer.Option("--image-size", min=8, help="Square input size in pixels.")] = 224,
+    image_size: Annotated[
+        int | None, typer.Option("--image-size", min=8, help="Square input size in pixels (default: the recipe's; 224, seqfakeformer 256).")
+    ] = None,
     lr: Annotated[float | None, typer.Option("--lr", help="Peak learning rate (default: the recipe's).")] = None,
     weight_decay: Annotated[float, typer.Option("--weight-decay", help="Decoupled weight decay on weights (not biases or norms).")] = 1e-4,
     patience: Annotated[
@@ -178,8 +180,14 @@ def train_command(
     ] = 0.1,
     flip: Annotated[bool, typer.Option("--flip/--no-flip", help="Random horizontal flips.")] = True,
     jitter: Annotated[
-        float, typer.Option("--jitter", min=0.0, max=0.5, help="Brightness/contrast/saturation jitter strength (0 disables).")
-    ] = 0.1,
+        float | None,
+        typer.Option(
+            "--jitter",
+            min=0.0,
+            max=0.5,
+            help="Brightness/contrast/saturation jitter: each factor drawn from [1-J, 1+J] (0 disables; default: the recipe's, 0.1, or seqfakeformer's own ranges).",
+        ),
+    ] = None,
     augment_perturb: Annotated[
         float,
         typer.Option(

@@ -6,9 +6,15 @@ image is decoded and resized once into a packed ``uint8`` array ``PREPARED/<subs
 
 Augmentation is drawn per image from ``(seed, epoch, index)`` so it does not depend on the worker count or
 on how a distributed run shards the data, and it is applied on the device, batched:
-horizontal flip and a mild brightness / contrast / saturation jitter; optionally (``Augment.perturb``) a
+horizontal flip and a brightness / contrast / saturation jitter, each factor drawn uniformly from its
+range (the recipe's: :meth:`mlcdf.config.TrainConfig.jitter_ranges`); optionally (``Augment.perturb``) a
 random :mod:`mlcdf.data.perturb` condition, on the CPU. There is deliberately no random
 crop: a crop can cut the manipulated region out of the image and leave a wrong label behind.
+
+The jitter follows torchvision's ``ColorJitter`` (which Seq-DeepFake's recipe uses) in its factors and
+formulas, with two differences that keep it one batched pass: the three are applied in a fixed order
+(brightness, contrast, saturation) where torchvision shuffles the order per image, and the image is
+clamped to [0, 1] once at the end instead of after each of them.
 """
 
 from __future__ import annotations
@@ -201,13 +207,23 @@ class RowSource:
 
 @dataclass(frozen=True)
 class Augment:
-    """Per-image augmentation strengths (0 disables). Flips and jitter are applied on the device by
-    :func:`to_model_input`; ``perturb`` is the probability of a random :mod:`mlcdf.data.perturb` condition,
-    applied on the CPU (in the loader's workers) to the image as read, at the model's input size."""
+    """Per-image augmentation. Flips and jitter are applied on the device by :func:`to_model_input`:
+    ``brightness``, ``contrast`` and ``saturation`` are the (low, high) ranges their factors are drawn
+    from, uniformly (``(1, 1)`` disables one); ``perturb`` is the probability of a random
+    :mod:`mlcdf.data.perturb` condition, applied on the CPU (in the loader's workers) to the image as
+    read, at the model's input size."""
 
     flip: bool = True
-    jitter: float = 0.1
+    brightness: tuple[float, float] = (0.9, 1.1)
+    contrast: tuple[float, float] = (0.9, 1.1)
+    saturation: tuple[float, float] = (0.9, 1.1)
     perturb: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("brightness", "contrast", "saturation"):
+            low, high = getattr(self, name)
+            if not 0 <= low <= high:
+                raise ValueError(f"{name} range must have 0 <= low <= high, got ({low}, {high})")
 
 
 #: Salt of the perturbation draws, so that they are independent of the flip and jitter draws of the same key.
@@ -273,8 +289,8 @@ class MultiLabelImages(torch.utils.data.Dataset):
         if self.augment is None:
             return no_augmentation(len(keys))
         draws = np.stack([np.random.default_rng((self.seed, epoch, index)).random(4) for epoch, index in keys])
-        jitter = self.augment.jitter
-        factors = 1.0 + jitter * (2.0 * draws[:, 1:] - 1.0)
+        ranges = np.array([self.augment.brightness, self.augment.contrast, self.augment.saturation])  # (3, 2)
+        factors = ranges[:, 0] + (ranges[:, 1] - ranges[:, 0]) * draws[:, 1:]
         return {
             "flip": torch.from_numpy((draws[:, 0] < 0.5) & self.augment.flip),
             "brightness": torch.from_numpy(factors[:, 0]).float(),

@@ -72,6 +72,8 @@ class CsvPrepareConfig:
         split_ratios: train, val and test fractions of a stratified split, when there is no split column.
         seed: seed of the stratified split.
         check_images, skip_missing, workers: as for the Seq-DeepFake reader.
+        alignment: how the images were cut from their photos (``meta.json``'s ``alignment``): ``none``
+            unless told (``ffhq``, ``celeba-hq``: aligned as those datasets were).
     """
 
     csv: Path
@@ -86,6 +88,7 @@ class CsvPrepareConfig:
     check_images: str = "exists"
     skip_missing: bool = False
     workers: int = 8
+    alignment: str = "none"
 
     @property
     def dataset_name(self) -> str:
@@ -433,6 +436,7 @@ def prepare_csv(config: CsvPrepareConfig, progress: ProgressFn = silent) -> CsvS
             if config.split_ratios is not None
             else {"column": config.split_column or DEFAULT_SPLIT_COLUMN}
         ),
+        "alignment": config.alignment,
         "check_images": config.check_images,
         "dropped": {"missing": checked.missing, "unreadable": checked.unreadable},
         # Without a sequence column the sequences are the names in vocabulary order, not an order applied:

@@ -2,8 +2,9 @@
 
 ``PREPARED/<subset>/`` holds ``meta.json`` and one CSV per split with the columns ``file_path``,
 ``sequence`` (step names joined by ``-`` in the order applied, empty for real images), then one 0/1
-column per label, named as the vocabulary and in vocabulary order. Every later stage reads it through
-:func:`load_prepared`.
+column per label, named as the vocabulary and in vocabulary order. ``meta.json`` also records
+``alignment``: how the images were cut from their photos (``none``, ``ffhq``, ``celeba-hq``). Every
+later stage reads it through :func:`load_prepared`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import TypedDict
 
 import numpy as np
 
+from mlcdf.config import ALIGNMENTS, default_alignment
 from mlcdf.data.images import verify_image
 from mlcdf.errors import MissingArtifactError, MlcdfError, SchemaError
 from mlcdf.io import atomic_dir, atomic_open, read_csv_rows, read_json_object, recover_dir, write_json
@@ -117,6 +119,12 @@ class PreparedSubset:
 
     def image_path(self, file_path: str) -> Path:
         return self.root / file_path
+
+    @property
+    def alignment(self) -> str:
+        """How the images were cut from their photos (:data:`mlcdf.config.ALIGNMENTS`): ``meta.json``'s
+        ``alignment``, or for a folder prepared before the field, its subset's default."""
+        return str(self.meta.get("alignment", default_alignment(self.subset)))
 
 
 def write_split_csv(path: str | Path, table: SplitTable, labels: tuple[str, ...]) -> None:
@@ -301,6 +309,8 @@ def load_prepared(path: str | Path) -> PreparedSubset:
         raise wrong("labels", "a list of distinct names")
     if not isinstance(meta["root"], str) or not meta["root"]:
         raise wrong("root", "a folder path")
+    if "alignment" in meta and meta["alignment"] not in ALIGNMENTS:
+        raise wrong("alignment", f"one of {', '.join(ALIGNMENTS)}")
     splits = meta["splits"]
     if not isinstance(splits, dict) or not all(
         isinstance(count, int) and not isinstance(count, bool) and count >= 0 for count in splits.values()

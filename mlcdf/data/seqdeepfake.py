@@ -17,6 +17,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from mlcdf import __version__
+from mlcdf.config import default_alignment
 from mlcdf.data.prepared import (
     CHECK_IMAGES,
     PREPARED_OUTPUT,
@@ -128,6 +129,9 @@ class PrepareConfig:
             trusts the CSV.
         skip_missing: drop rows whose image is missing (or, with ``decode``, unreadable) instead of failing.
         workers: threads for ``decode``.
+        alignment: how the images were cut from their photos (``meta.json``'s ``alignment``); None: each
+            subset's source's (FFHQ for ``facial_attributes``, CelebA-HQ for ``facial_components``), and
+            ``none`` for a synthetic stand-in.
     """
 
     root: Path
@@ -137,6 +141,7 @@ class PrepareConfig:
     check_images: str = "exists"
     skip_missing: bool = False
     workers: int = 8
+    alignment: str | None = None
 
 
 @dataclass
@@ -155,6 +160,7 @@ class SubsetSummary:
     out: Path
     splits: dict[str, SplitSummary] = field(default_factory=dict)
     skipped_splits: list[str] = field(default_factory=list)
+    alignment: str = "none"
 
 
 def prepare(config: PrepareConfig, progress: ProgressFn = silent) -> list[SubsetSummary]:
@@ -182,6 +188,8 @@ def prepare(config: PrepareConfig, progress: ProgressFn = silent) -> list[Subset
         tables: dict[str, SplitTable] = {}
         # Synthetic stand-ins have their own sizes; only the release is compared with the official ones.
         synthetic = (root / subset / SYNTH_JSON).is_file()
+        # The release's faces were aligned as their source dataset's; a stand-in's were drawn, not cut from photos.
+        summary.alignment = config.alignment or ("none" if synthetic else default_alignment(subset))
         for split in config.splits:
             csv_path = annotation_path(root, subset, split)
             if not csv_path.is_file():
@@ -226,6 +234,7 @@ def _write_subset(summary: SubsetSummary, tables: dict[str, SplitTable], root: P
         "root": str(root),
         "splits": {split: len(table) for split, table in tables.items()},
         "max_steps": MAX_STEPS,
+        "alignment": summary.alignment,
         "check_images": config.check_images,
         "dropped": {split: {"missing": s.dropped_missing, "unreadable": s.dropped_unreadable} for split, s in summary.splits.items()},
         "mlcdf_version": __version__,

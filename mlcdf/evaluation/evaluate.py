@@ -60,6 +60,7 @@ from mlcdf.io import (
     read_json_object,
     write_json,
 )
+from mlcdf.labels import ids_to_sequence
 from mlcdf.metrics import (
     UndefinedMetricWarning,
     adaptive_accuracy,
@@ -177,16 +178,11 @@ def predictions_header(labels: Sequence[str]) -> list[str]:
     return ["file_path", *(f"{prefix}{label}" for label in labels for prefix in (TARGET_PREFIX, SCORE_PREFIX))]
 
 
-def sequence_names(ids: Sequence[int], labels: Sequence[str]) -> str:
-    """Step ids -> step names joined by ``-``; 0 (none) is skipped, an id outside 1..C is written ``#<id>``."""
-    return "-".join(labels[i - 1] if 1 <= i <= len(labels) else f"#{i}" for i in map(int, ids) if i != 0)
-
-
 def write_predictions(path: str | Path, predictions: Predictions) -> None:
     """Write ``predictions.csv`` atomically. Scores use ``repr``, which reads back to the same float.
 
     Predictions with sequences get two more columns at the end, ``true_sequence`` and ``pred_sequence``
-    (:func:`sequence_names`); :func:`read_predictions` ignores them.
+    (:func:`mlcdf.labels.ids_to_sequence`); :func:`read_predictions` ignores them.
     """
     with_sequences = predictions.true_sequences is not None and predictions.pred_sequences is not None
     with atomic_open(path) as handle:
@@ -198,8 +194,8 @@ def write_predictions(path: str | Path, predictions: Predictions) -> None:
             row = [file_path, *(cell for pair in zip(target_row, map(repr, score_row)) for cell in pair)]
             if with_sequences:
                 assert predictions.true_sequences is not None and predictions.pred_sequences is not None
-                row += [sequence_names(predictions.true_sequences[index], predictions.labels)]
-                row += [sequence_names(predictions.pred_sequences[index], predictions.labels)]
+                row += [ids_to_sequence(predictions.true_sequences[index], predictions.labels)]
+                row += [ids_to_sequence(predictions.pred_sequences[index], predictions.labels)]
             writer.writerow(row)
 
 

@@ -2,11 +2,16 @@
 
 Each result is a run folder (``RUN/config.json`` + ``RUN/eval/<split>/metrics.json``) or an evaluation
 folder (``metrics.json``, from ``mlcdf evaluate``). A table row holds: category, method, the run,
-#Params (millions), then mAP, CP, CR, CF1, OP, OR, OF1 in percent. There is one table per subset, and
-the best value of each metric column is in bold. With ``paper=True``, each run is followed by the
-published row for the same method, loss and node embedding, and then by the difference (ours minus
-paper). The published rows that no run matches come last. The published figures ship as
-``mlcdf/resources/paper_tables.csv`` (see the README there).
+#Params (millions), then the metrics of a column view (:data:`COLUMN_VIEWS`) in percent: the paper's
+mAP, CP, CR, CF1, OP, OR, OF1, and Seq-DeepFake's Fixed-Acc and Adaptive-Acc when the runs carry them
+(both families are scored on both tasks: see :mod:`mlcdf.evaluation.evaluate`). There is one table per
+subset, and the best value of each metric column is in bold. With ``paper=True``, each run is followed
+by the published row for the same method, loss and node embedding, and then by the difference (ours
+minus paper). The published rows that no run matches come last. The published figures ship as
+``mlcdf/resources/paper_tables.csv`` (the multi-label paper's Tables I and II) and
+``mlcdf/resources/seqdeepfake_tables.csv`` (SeqFakeFormer's, from Seq-DeepFake); see the README there.
+When the runs' metrics carry it, each subset ends with the oracle row: the true set of each image in its
+most frequent training order, what the order alone is worth on Fixed-Acc and Adaptive-Acc.
 
 Runs that differ only in their seed are one configuration, shown as one row of ``mean ± std`` (sample
 standard deviation) with the number of runs ``n`` (:func:`seed_groups`). The category figure (the paper's
@@ -19,6 +24,7 @@ import csv
 import importlib.resources
 import io
 import json
+import math
 import re
 import statistics
 from collections.abc import Sequence
@@ -31,7 +37,8 @@ from mlcdf.evaluation.evaluate import METRICS_FILE, PAPER_METRICS, default_eval_
 from mlcdf.io import atomic_open, check_file_replaceable, png_written_by, read_json_object, recover_dir, save_png
 from mlcdf.labels import SUBSETS
 
-#: Our model names (the registry's) -> (the paper's method name, the paper's category).
+#: Our model names (the registry's) -> (the published method name, its category): the multi-label paper's
+#: direct and indirect (graph) models, and Seq-DeepFake's image-to-sequence model.
 PAPER_METHODS: dict[str, tuple[str, str]] = {
     "resnet50": ("ResNet50", "direct"),
     "resnet101": ("ResNet101", "direct"),
@@ -39,21 +46,42 @@ PAPER_METHODS: dict[str, tuple[str, str]] = {
     "ml_gcn": ("ML-GCN", "indirect"),
     "iml_gcn": ("IML-GCN", "indirect"),
     "ml_agcn": ("ML-AGCN", "indirect"),
+    "seqfakeformer_r34": ("SeqFakeFormer-R34", "sequence"),
+    "seqfakeformer_r50": ("SeqFakeFormer-R50", "sequence"),
 }
+#: The category of the models that predict the order of the manipulations.
+SEQUENCE_CATEGORY = "sequence"
 #: Any timm backbone used as a direct model is named ``timm:<name>``.
 TIMM_PREFIX = "timm:"
 
 PAPER_TABLES_FILE = "paper_tables.csv"
+SEQUENCE_TABLES_FILE = "seqdeepfake_tables.csv"
 #: The paper's table number for each subset.
 PAPER_TABLE_NUMBERS = {"facial_attributes": "I", "facial_components": "II"}
 RUN_CONFIG_FILE = "config.json"
 
 FORMATS = ("md", "latex", "csv")
-HEADER = ("Category", "Method", "Run", "#Params (M)", *PAPER_METRICS)
-#: The header of a table holding a configuration trained with several seeds: ``n`` runs after the name.
-SEEDS_HEADER = (*HEADER[:3], "n", *HEADER[3:])
+#: Seq-DeepFake's sequence metrics, in percent, as ``metrics.json`` names them.
+SEQUENCE_METRICS = ("Fixed-Acc", "Adaptive-Acc")
+ALL_METRICS = (*PAPER_METRICS, *SEQUENCE_METRICS)
+#: The metric columns a table can show. ``paper``: the paper's Tables I and II. ``tasks``: both tasks side
+#: by side, for comparing the two families (issue 26). ``all``: every metric. ``auto`` (the default of
+#: :func:`results_table`) is ``all`` when some row has a sequence metric, else ``paper``.
+COLUMN_VIEWS: dict[str, tuple[str, ...]] = {
+    "paper": PAPER_METRICS,
+    "tasks": ("mAP", "CF1", "OF1", *SEQUENCE_METRICS),
+    "all": ALL_METRICS,
+}
+AUTO_COLUMNS = "auto"
+COLUMN_CHOICES = (AUTO_COLUMNS, *COLUMN_VIEWS)
+_NAME_COLUMNS = ("Category", "Method", "Run")
+PARAMS_COLUMN = "#Params (M)"
 PAPER_SOURCE = "paper"
 DELTA_SOURCE = "Δ vs paper"
+ORACLE_SOURCE = "oracle"
+ORACLE_METHOD = "true set, most frequent order"
+#: What a row is: a result of ours, a published one, ours minus the published one, or the oracle order.
+OURS, PUBLISHED, DIFFERENCE, ORACLE = "ours", "published", "difference", "oracle"
 #: Training options that say where a run ran, where it logged or its seed, not what was trained: runs
 #: equal in every other option are seeds of one configuration.
 _NOT_IDENTITY = frozenset({*RESUME_OVERRIDES, "prepared", "graph", "seed"})
@@ -64,24 +92,30 @@ _ASL_SYMBOLS = {"asl_gamma_neg": "γ-", "asl_gamma_pos": "γ+", "asl_clip": "cli
 
 @dataclass(frozen=True)
 class ResultRow:
-    """One line of results: a run of ours, a published row, or the difference between the two.
+    """One line of results: a run of ours, a published row, the difference between the two, or the oracle order.
 
     Attributes:
         subset: the Seq-DeepFake subset, or ``""`` when the labels match none.
-        category: ``direct`` or ``indirect`` (graph-based), ``""`` when unknown.
-        method: the paper's method name (``ResNet101``, ``ML-GCN``, ...) or our model name.
+        category: ``direct`` or ``indirect`` (graph-based), ``sequence`` (SeqFakeFormer), ``""`` when unknown.
+        method: the published method name (``ResNet101``, ``ML-GCN``, ``SeqFakeFormer-R50``, ...) or our model
+            name; a run on another backbone than the published one says so (``ML-GCN on resnet18``).
         loss: ``bce`` or ``asl``, None when unknown; ASL with other settings than the paper's names them,
             e.g. ``asl (γ-=1)``.
         embedding: node embedding of a graph model (``word`` or ``image``), None otherwise.
-        source: the run's folder name, ``paper``, or ``Δ vs paper``.
+        source: the run's folder name, the published row's source (``paper``, ``Seq-DeepFake README``, ...),
+            ``Δ vs paper`` or ``oracle``.
         num_params: parameters in millions, None when unknown.
-        values: percent per metric of :data:`~mlcdf.evaluation.evaluate.PAPER_METRICS`, None when undefined; the
-            mean over the runs when ``n`` > 1.
+        values: percent per metric of :data:`ALL_METRICS`, None when undefined or not measured (a run
+            evaluated without sequences, a published row of the other task); the mean over the runs when
+            ``n`` > 1.
         seed: the run's training seed, None when unknown or when the row stands for several seeds.
         n: how many runs (seeds) the row stands for; 1 for a single run and for a published row.
         std: sample standard deviation (ddof=1) per metric over those runs, 0 when ``n`` = 1; None for a
             published row or a difference.
         options: the run's training options other than its seed and where it ran, as JSON; ``""`` when unknown.
+        kind: :data:`OURS`, :data:`PUBLISHED`, :data:`DIFFERENCE` or :data:`ORACLE`.
+        oracle: a run's ``oracle_order`` figures (Fixed-Acc and Adaptive-Acc of the true sets in their most
+            frequent training order), None when its metrics have none.
     """
 
     subset: str
@@ -96,6 +130,8 @@ class ResultRow:
     n: int = 1
     std: dict[str, float | None] | None = None
     options: str = field(default="", repr=False)
+    kind: str = OURS
+    oracle: dict[str, float] | None = None
 
     @property
     def title(self) -> str:
@@ -121,7 +157,7 @@ def subset_of_labels(labels: Sequence[str]) -> str:
 
 
 def _read_run_config(path: Path) -> dict:
-    """The identity of a run from its ``config.json``: model, loss, subset, node embedding, #params.
+    """The identity of a run from its ``config.json``: model, loss, subset, node embedding, backbone, #params.
 
     The training options may sit at the top level or under ``train`` (as ``mlcdf train`` writes them).
     """
@@ -133,9 +169,11 @@ def _read_run_config(path: Path) -> dict:
     graph = config.get("graph")
     num_params = config.get("num_params")
     seed = options.get("seed")
+    backbone = options.get("backbone")
     return {
         "model": model,
         "loss": _loss_name(options),
+        "backbone": backbone if isinstance(backbone, str) and backbone else None,
         "subset": config.get("subset"),
         "embedding": graph.get("embedding") if isinstance(graph, dict) else None,
         "num_params": num_params / 1e6 if isinstance(num_params, (int, float)) else None,
@@ -190,7 +228,8 @@ def load_result(path: str | Path, *, split: str = "test") -> ResultRow:
     else:
         raise MlcdfError(f"{path}: neither a run folder (no {RUN_CONFIG_FILE}) nor an evaluation folder (no {METRICS_FILE})")
     metrics = read_metrics(metrics_path)
-    values = {name: metrics[name] for name in PAPER_METRICS}
+    values = {name: metrics[name] for name in PAPER_METRICS} | _sequence_figures(metrics, metrics_path)
+    oracle = _oracle_figures(metrics, metrics_path)
     single_run = {name: None if value is None else 0.0 for name, value in values.items()}
     if run_dir is None:
         return ResultRow(
@@ -203,15 +242,19 @@ def load_result(path: str | Path, *, split: str = "test") -> ResultRow:
             num_params=metrics.get("num_params"),
             values=values,
             std=single_run,
+            oracle=oracle,
         )
     config = _read_run_config(run_dir / RUN_CONFIG_FILE)
     method, category = method_of(config["model"])
+    if config["backbone"]:  # not the published architecture: never matched with a published row
+        method = f"{method} on {config['backbone']}"
     num_params = metrics.get("num_params")
     return ResultRow(
         subset=config["subset"] or subset_of_labels(metrics["labels"]),
         category=category,
         method=method,
-        loss=config["loss"],
+        # A sequence model trains with its own cross-entropy whatever the loss option says.
+        loss=None if category == SEQUENCE_CATEGORY else config["loss"],
         embedding=config["embedding"],
         source=run_dir.name,
         num_params=num_params if num_params is not None else config["num_params"],
@@ -219,12 +262,49 @@ def load_result(path: str | Path, *, split: str = "test") -> ResultRow:
         seed=config["seed"],
         std=single_run,
         options=config["options"],
+        oracle=oracle,
     )
+
+
+def _oracle_figures(metrics: dict, path: Path) -> dict[str, float] | None:
+    """The ``oracle_order`` figures of a metrics document, None when it has none.
+
+    Raises:
+        SchemaError: ``oracle_order`` is not an object of both figures.
+    """
+    if metrics.get("oracle_order") is None:
+        return None
+    figures = _sequence_figures(metrics["oracle_order"], path, key="oracle_order")
+    defined = {name: value for name, value in figures.items() if value is not None}
+    if len(defined) != len(SEQUENCE_METRICS):
+        raise SchemaError(path, f"'oracle_order' needs both {' and '.join(SEQUENCE_METRICS)}")
+    return defined
+
+
+def _sequence_figures(document: dict, path: Path, *, key: str | None = None) -> dict[str, float | None]:
+    """Fixed-Acc and Adaptive-Acc of a metrics document (or of its ``key`` part); None where absent.
+
+    Raises:
+        SchemaError: a figure, or the ``key`` part, of the wrong type.
+    """
+    if not isinstance(document, dict):
+        raise SchemaError(path, f"{key!r} is {document!r}, expected an object")
+    figures = {name: document.get(name) for name in SEQUENCE_METRICS}
+    for name, value in figures.items():
+        # bool is an int to Python, and json reads NaN and Infinity: none of them is a figure.
+        if not (value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value))):
+            where = f"{key}.{name}" if key else name
+            raise SchemaError(path, f"{where!r} is {value!r}, expected a finite number or null")
+    return figures
+
+
+def _resource_records(name: str) -> list[dict[str, str]]:
+    text = (importlib.resources.files("mlcdf") / "resources" / name).read_text(encoding="utf-8")
+    return list(csv.DictReader(io.StringIO(text)))
 
 
 def paper_results() -> list[ResultRow]:
     """The published rows of Tables I and II (``mlcdf/resources/paper_tables.csv``)."""
-    text = (importlib.resources.files("mlcdf") / "resources" / PAPER_TABLES_FILE).read_text(encoding="utf-8")
     return [
         ResultRow(
             subset=record["subset"],
@@ -234,10 +314,35 @@ def paper_results() -> list[ResultRow]:
             embedding=record["node_embedding"] or None,
             source=PAPER_SOURCE,
             num_params=float(record["params_m"]),
-            values={name: float(record[name]) for name in PAPER_METRICS},
+            values={name: float(record[name]) if name in PAPER_METRICS else None for name in ALL_METRICS},
+            kind=PUBLISHED,
         )
-        for record in csv.DictReader(io.StringIO(text))
+        for record in _resource_records(PAPER_TABLES_FILE)
     ]
+
+
+def sequence_results() -> list[ResultRow]:
+    """SeqFakeFormer's published Fixed-Acc and Adaptive-Acc (``mlcdf/resources/seqdeepfake_tables.csv``); a
+    row's source says whether it is the authors' README's or quoted elsewhere."""
+    return [
+        ResultRow(
+            subset=record["subset"],
+            category=record["category"],
+            method=record["method"],
+            loss=None,
+            embedding=None,
+            source=record["source"],
+            num_params=float(record["params_m"]),
+            values={name: float(record[name]) if name in SEQUENCE_METRICS else None for name in ALL_METRICS},
+            kind=PUBLISHED,
+        )
+        for record in _resource_records(SEQUENCE_TABLES_FILE)
+    ]
+
+
+def published_results() -> list[ResultRow]:
+    """Every published row: the paper's Tables I and II, then SeqFakeFormer's."""
+    return paper_results() + sequence_results()
 
 
 def _difference(ours: ResultRow, paper: ResultRow) -> ResultRow:
@@ -247,9 +352,37 @@ def _difference(ours: ResultRow, paper: ResultRow) -> ResultRow:
     return replace(
         ours,
         source=DELTA_SOURCE,
+        kind=DIFFERENCE,
         num_params=minus(ours.num_params, paper.num_params),
-        values={name: minus(ours.values[name], paper.values[name]) for name in PAPER_METRICS},
+        values={name: minus(ours.values[name], paper.values[name]) for name in ALL_METRICS},
     )
+
+
+def oracle_rows(rows: Sequence[ResultRow]) -> list[ResultRow]:
+    """The oracle row of ``rows`` (one subset): Fixed-Acc and Adaptive-Acc of the true sets in their most
+    frequent training order, from the runs' ``oracle_order``; none when no run has it.
+
+    The figures depend only on the data, so the runs of one subset agree; runs evaluated on other data
+    (another prepared folder under the same subset name) give one row each, named after the first run.
+    """
+    distinct: dict[tuple, ResultRow] = {}
+    for row in rows:
+        if row.kind == OURS and row.oracle is not None:
+            distinct.setdefault(tuple(round(row.oracle[name], 6) for name in SEQUENCE_METRICS), row)
+    return [
+        ResultRow(
+            subset=row.subset,
+            category="",
+            method=ORACLE_METHOD,
+            loss=None,
+            embedding=None,
+            source=ORACLE_SOURCE if len(distinct) == 1 else f"{ORACLE_SOURCE} ({row.source})",
+            num_params=None,
+            values={name: row.oracle.get(name) if row.oracle is not None else None for name in ALL_METRICS},
+            kind=ORACLE,
+        )
+        for row in distinct.values()
+    ]
 
 
 def configuration_name(row: ResultRow) -> str:
@@ -299,7 +432,7 @@ def seed_summary(runs: Sequence[ResultRow]) -> ResultRow:
     if len(runs) == 1:
         return runs[0]
     means, spreads = {}, {}
-    for name in PAPER_METRICS:
+    for name in ALL_METRICS:
         defined = [value for run in runs if (value := run.values[name]) is not None]
         means[name], spreads[name] = mean_std(defined) if len(defined) == len(runs) else (None, None)
     return replace(runs[0], source=configuration_name(runs[0]), seed=None, n=len(runs), values=means, std=spreads)
@@ -310,18 +443,17 @@ def group_over_seeds(rows: Sequence[ResultRow]) -> list[ResultRow]:
     return [seed_summary(runs) for runs in seed_groups(rows)]
 
 
-def comparison_tables(rows: Sequence[ResultRow], *, paper: bool = False) -> dict[str, list[ResultRow]]:
+def comparison_tables(rows: Sequence[ResultRow], *, paper: bool = False, oracle: bool = True) -> dict[str, list[ResultRow]]:
     """Rows grouped by subset, in input order.
 
-    With ``paper``, each row of ours is followed by its published row and the difference, and the
-    subset's unmatched published rows come last.
+    With ``paper``, each row of ours is followed by its published row (:func:`published_results`) and the
+    difference, and the subset's unmatched published rows come last. With ``oracle``, each subset ends
+    with its oracle row(s) (:func:`oracle_rows`), when the runs have one.
     """
     tables: dict[str, list[ResultRow]] = {}
     for row in rows:
         tables.setdefault(row.subset, []).append(row)
-    if not paper:
-        return tables
-    published = paper_results()
+    published = published_results() if paper else []
     for subset, ours in tables.items():
         candidates = [row for row in published if row.subset == subset]
         lines: list[ResultRow] = []
@@ -332,15 +464,42 @@ def comparison_tables(rows: Sequence[ResultRow], *, paper: bool = False) -> dict
             if match is not None:
                 lines += [match, _difference(row, match)]
                 matched.add(match.match_key)
-        tables[subset] = lines + [p for p in candidates if p.match_key not in matched]
+        tables[subset] = lines + [p for p in candidates if p.match_key not in matched] + (oracle_rows(ours) if oracle else [])
     return tables
 
 
-def _best(lines: Sequence[ResultRow], digits: int) -> dict[str, float | None]:
-    """Best (highest) value per metric as displayed, over the result rows (not the differences)."""
+def table_metrics(rows: Sequence[ResultRow], columns: str = AUTO_COLUMNS) -> tuple[str, ...]:
+    """The metric columns of the view ``columns`` (:data:`COLUMN_VIEWS`); ``auto`` is ``all`` when one of
+    ``rows`` has a sequence metric, else ``paper`` (the paper's layout).
+
+    Raises:
+        ValueError: an unknown view.
+    """
+    if columns == AUTO_COLUMNS:
+        has_sequences = any(row.values.get(name) is not None for row in rows for name in SEQUENCE_METRICS)
+        columns = "all" if has_sequences else "paper"
+    if columns not in COLUMN_VIEWS:
+        raise ValueError(f"columns must be one of {COLUMN_CHOICES}; got {columns!r}")
+    return COLUMN_VIEWS[columns]
+
+
+def table_header(metrics: Sequence[str], *, seeds: bool = False) -> tuple[str, ...]:
+    """Category, Method, Run, (``n`` when a row stands for several seeds), #Params (M), then ``metrics``."""
+    return (*_NAME_COLUMNS, *(("n",) if seeds else ()), PARAMS_COLUMN, *metrics)
+
+
+def _shown(lines: Sequence[ResultRow], metrics: Sequence[str]) -> list[ResultRow]:
+    """The rows of a table with something to show in ``metrics``: a published row of the other task (a
+    SeqFakeFormer row among the paper's seven metrics), or an oracle row there, would be all dashes."""
+    return [row for row in lines if row.kind == OURS or any(row.values[name] is not None for name in metrics)]
+
+
+def _best(lines: Sequence[ResultRow], digits: int, metrics: Sequence[str]) -> dict[str, float | None]:
+    """Best (highest) value per metric as displayed, over the results of ours and the published ones
+    (not the differences, nor the oracle, which is no model)."""
     best = {}
-    for name in PAPER_METRICS:
-        shown = [round(value, digits) for row in lines if row.source != DELTA_SOURCE and (value := row.values[name]) is not None]
+    for name in metrics:
+        shown = [round(value, digits) for row in lines if row.kind in (OURS, PUBLISHED) and (value := row.values[name]) is not None]
         best[name] = max(shown, default=None)
     return best
 
@@ -356,16 +515,16 @@ def _shows_seeds(lines: Sequence[ResultRow]) -> bool:
     return any(row.n > 1 for row in lines)
 
 
-def _cells(row: ResultRow, best: dict[str, float | None], digits: int, seeds: bool) -> list[tuple[str, bool]]:
+def _cells(row: ResultRow, best: dict[str, float | None], digits: int, seeds: bool, metrics: Sequence[str]) -> list[tuple[str, bool]]:
     """The displayed cells of a row, each with whether it holds the best value of its column."""
-    delta = row.source == DELTA_SOURCE
+    delta = row.kind == DIFFERENCE
     cells = [("" if delta else row.category, False), ("" if delta else row.title, False), (row.source, False)]
     if seeds:
-        cells.append(("" if row.source in (DELTA_SOURCE, PAPER_SOURCE) else str(row.n), False))
+        cells.append((str(row.n) if row.kind == OURS else "", False))
     cells.append((_number(row.num_params, 1, delta), False))
-    for name in PAPER_METRICS:
+    for name in metrics:
         value = row.values[name]
-        is_best = not delta and value is not None and round(value, digits) == best[name]
+        is_best = row.kind in (OURS, PUBLISHED) and value is not None and round(value, digits) == best[name]
         text = _number(value, digits, delta)
         if row.n > 1 and value is not None and row.std is not None and row.std[name] is not None:
             text += f" ± {row.std[name]:.{digits}f}"
@@ -380,21 +539,24 @@ def _title(subset: str) -> str:
     return f"{subset} (the paper's Table {number})" if number else subset
 
 
-def _markdown(tables: dict[str, list[ResultRow]], digits: int) -> str:
+def _markdown(tables: dict[str, list[ResultRow]], digits: int, metrics: Sequence[str]) -> str:
     def escape(text: str) -> str:
         return text.replace("|", "\\|")
 
     parts = []
     for subset, lines in tables.items():
-        best = _best(lines, digits)
+        lines = _shown(lines, metrics)
+        best = _best(lines, digits, metrics)
         seeds = _shows_seeds(lines)
-        header = SEEDS_HEADER if seeds else HEADER
+        header = table_header(metrics, seeds=seeds)
         rows = [
             _markdown_header(header),
             "| --- | --- | --- |" + " ---: |" * (len(header) - 3),
             *(
                 "| "
-                + " | ".join(f"**{escape(text)}**" if is_best else escape(text) for text, is_best in _cells(row, best, digits, seeds))
+                + " | ".join(
+                    f"**{escape(text)}**" if is_best else escape(text) for text, is_best in _cells(row, best, digits, seeds, metrics)
+                )
                 + " |"
                 for row in lines
             ),
@@ -421,16 +583,17 @@ def _latex_escape(text: str) -> str:
     return "".join(_LATEX_SPECIAL.get(char, char) for char in text).replace("Δ", r"$\Delta$").replace("±", r"$\pm$")
 
 
-def _latex(tables: dict[str, list[ResultRow]], digits: int) -> str:
+def _latex(tables: dict[str, list[ResultRow]], digits: int, metrics: Sequence[str]) -> str:
     parts = []
     for subset, lines in tables.items():
-        best = _best(lines, digits)
+        lines = _shown(lines, metrics)
+        best = _best(lines, digits, metrics)
         seeds = _shows_seeds(lines)
-        header = SEEDS_HEADER if seeds else HEADER
+        header = table_header(metrics, seeds=seeds)
         body = [
             " & ".join(
                 rf"\textbf{{{_latex_escape(text)}}}" if is_best else _latex_escape(text)
-                for text, is_best in _cells(row, best, digits, seeds)
+                for text, is_best in _cells(row, best, digits, seeds, metrics)
             )
             + r" \\"
             for row in lines
@@ -464,10 +627,9 @@ def _csv(tables: dict[str, list[ResultRow]]) -> str:
     for subset, lines in tables.items():
         for row in lines:
             labels = [subset, row.source, row.category, row.method, row.loss or "", row.embedding or ""]
-            means = [_csv_number(row.values[name]) for name in PAPER_METRICS]
-            spreads = [_csv_number(row.std[name]) if row.std is not None else "" for name in PAPER_METRICS]
-            ours = row.source not in (PAPER_SOURCE, DELTA_SOURCE)
-            writer.writerow([*labels, _csv_number(row.num_params), row.n if ours else "", *means, *spreads])
+            means = [_csv_number(row.values[name]) for name in ALL_METRICS]
+            spreads = [_csv_number(row.std[name]) if row.std is not None else "" for name in ALL_METRICS]
+            writer.writerow([*labels, _csv_number(row.num_params), row.n if row.kind == OURS else "", *means, *spreads])
     return buffer.getvalue()
 
 
@@ -479,7 +641,7 @@ def runs_csv(rows: Sequence[ResultRow]) -> str:
     for row in rows:
         labels = [row.subset, row.source, row.category, row.method, row.loss or "", row.embedding or ""]
         seed = "" if row.seed is None else row.seed
-        writer.writerow([*labels, seed, _csv_number(row.num_params), *(_csv_number(row.values[name]) for name in PAPER_METRICS)])
+        writer.writerow([*labels, seed, _csv_number(row.num_params), *(_csv_number(row.values[name]) for name in ALL_METRICS)])
     return buffer.getvalue()
 
 
@@ -492,21 +654,33 @@ def _latex_header(header: Sequence[str]) -> str:
 
 
 _LABEL_COLUMNS = ["subset", "source", "category", "method", "loss", "node_embedding"]
-#: The grouped table: the means under the metrics' names, then ``<metric>_std`` (see :class:`ResultRow`).
-_CSV_HEADER = [*_LABEL_COLUMNS, "params_m", "n", *PAPER_METRICS, *(f"{name}_std" for name in PAPER_METRICS)]
-_RUNS_CSV_HEADER = [*_LABEL_COLUMNS, "seed", "params_m", *PAPER_METRICS]
-#: The CSV table before it grouped seeds: still recognised as this command's own output.
-_CSV_HEADER_BEFORE_SEEDS = [*_LABEL_COLUMNS, "params_m", *PAPER_METRICS]
+
+
+def _grouped_csv_header(metrics: Sequence[str]) -> list[str]:
+    """The grouped table: the means under the metrics' names, then ``<metric>_std`` (see :class:`ResultRow`)."""
+    return [*_LABEL_COLUMNS, "params_m", "n", *metrics, *(f"{name}_std" for name in metrics)]
+
+
+_CSV_HEADER = _grouped_csv_header(ALL_METRICS)
+_RUNS_CSV_HEADER = [*_LABEL_COLUMNS, "seed", "params_m", *ALL_METRICS]
+#: The CSV tables before they grouped seeds, and before they had the sequence metrics: still recognised
+#: as this command's own output.
+_FORMER_CSV_HEADERS = (
+    [*_LABEL_COLUMNS, "params_m", *PAPER_METRICS],
+    _grouped_csv_header(PAPER_METRICS),
+    [*_LABEL_COLUMNS, "seed", "params_m", *PAPER_METRICS],
+)
 FIGURE_CSV_HEADER = ("subset", "category", "metric", "source", "mean", "std", "n")
 
 
 def is_report_file(path: Path) -> bool:
     """``path`` holds a table of :func:`results_table` or :func:`runs_csv`, or a category figure's CSV, in any
-    format: its header row is among the first four lines (line 3 in Markdown, 4 in LaTeX, 1 in CSV).
-    Another tool's table has other column names."""
+    format and column view: its header row is among the first four lines (line 3 in Markdown, 4 in LaTeX,
+    1 in CSV). Another tool's table has other column names."""
+    table_headers = [table_header(metrics, seeds=seeds) for metrics in COLUMN_VIEWS.values() for seeds in (False, True)]
     headers = {
-        *(function(header) for function in (_markdown_header, _latex_header) for header in (HEADER, SEEDS_HEADER)),
-        *(",".join(header) for header in (_CSV_HEADER, _RUNS_CSV_HEADER, _CSV_HEADER_BEFORE_SEEDS, FIGURE_CSV_HEADER)),
+        *(function(header) for function in (_markdown_header, _latex_header) for header in table_headers),
+        *(",".join(header) for header in (_CSV_HEADER, _RUNS_CSV_HEADER, *_FORMER_CSV_HEADERS, FIGURE_CSV_HEADER)),
     }
     try:
         with open(path, encoding="utf-8") as handle:
@@ -516,31 +690,35 @@ def is_report_file(path: Path) -> bool:
     return not headers.isdisjoint(first_lines)
 
 
-def results_table(rows: Sequence[ResultRow], *, fmt: str = "md", paper: bool = False, digits: int = 1) -> str:
+def results_table(rows: Sequence[ResultRow], *, fmt: str = "md", paper: bool = False, digits: int = 1, columns: str = AUTO_COLUMNS) -> str:
     """The comparison table as text, one row per configuration (runs differing only in their seed are
     one row, :func:`group_over_seeds`).
 
     In ``md`` and ``latex``, a table where some configuration has several runs gets an ``n`` column, and
-    those rows show ``mean ± std``; a table of single runs looks as it always did.
+    those rows show ``mean ± std``; a table of single runs looks as it always did. Rows other than ours
+    with nothing in the shown columns are left out (a SeqFakeFormer row among the paper's seven metrics).
 
     Args:
         rows: results from :func:`load_result`.
         fmt: ``md`` (one Markdown table per subset), ``latex`` (one ``tabular`` per subset) or ``csv``
-            (one flat table with a ``subset`` column, the means under the metrics' names, then ``n``
-            and ``<metric>_std`` columns; values to 6 decimals, no bold).
+            (one flat table with a ``subset`` column, the means of every metric under its name, then
+            ``n`` and ``<metric>_std`` columns; values to 6 decimals, no bold).
         paper: add the published rows and the differences (see :func:`comparison_tables`).
         digits: decimals shown in ``md`` and ``latex``. The paper prints one.
+        columns: the metric columns of ``md`` and ``latex``, a view of :data:`COLUMN_VIEWS` or ``auto``
+            (:func:`table_metrics`). The oracle row comes with a view that has the sequence metrics.
 
     Raises:
-        ValueError: an unknown format.
+        ValueError: an unknown format or view.
         MlcdfError: two runs of one configuration have the same seed.
     """
     if fmt not in FORMATS:
         raise ValueError(f"fmt must be one of {FORMATS}; got {fmt!r}")
-    tables = comparison_tables(group_over_seeds(rows), paper=paper)
+    metrics = ALL_METRICS if fmt == "csv" else table_metrics(rows, columns)
+    tables = comparison_tables(group_over_seeds(rows), paper=paper, oracle=not set(SEQUENCE_METRICS).isdisjoint(metrics))
     if fmt == "csv":
         return _csv(tables)
-    return _markdown(tables, digits) if fmt == "md" else _latex(tables, digits)
+    return _markdown(tables, digits, metrics) if fmt == "md" else _latex(tables, digits, metrics)
 
 
 #: The paper's two categories of method, in the order of the figure's bars.

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import csv
 import functools
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mlcdf.config import check_workers
+from mlcdf.config import available_cpus, check_workers
 from mlcdf.data.dataset import no_augmentation, to_model_input
 from mlcdf.data.images import load_rgb, resize
 from mlcdf.data.perturb import CLEAN_CONDITION, PERTURBATIONS, Condition, apply, check_seed, describe
@@ -157,8 +156,8 @@ def score_conditions(
     prepared = load_prepared(info.config.prepared)
     table = prepared.read_split(split)
     count = len(conditions)
-    workers = min(16, os.cpu_count() or 1) if workers is None else workers
-    dataset = _ConditionViews([prepared.image_path(p) for p in table.file_paths], conditions, info.config.image_size, seed)
+    workers = min(16, available_cpus()) if workers is None else workers
+    dataset = _ConditionViews([prepared.image_path(p) for p in table.file_paths], conditions, info.config.input_size, seed)
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_size=max(1, batch_size // count),

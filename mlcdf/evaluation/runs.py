@@ -77,14 +77,14 @@ def evaluate_run(
     predicted too, and per-label F1 thresholds tuned on it are applied to ``split``.
 
     Args:
-        run_dir: a run folder written by ``mlcdf train``.
+        run_dir: a run folder written by ``mlcdf train``, or a bundle (:func:`mlcdf.inference.runs.read_run`).
         split: the split to evaluate.
         checkpoint: ``best``, ``last`` or ``ema``.
         device: ``auto``, ``cuda`` or ``cpu``.
         batch_size: images per inference batch.
         threshold: the decision threshold, or the fallback of the tuned thresholds.
         tune_on_val: tune per-label thresholds on the val split (``--tune-thresholds``).
-        out_dir: the evaluation folder. Defaults to ``RUN/eval/<split>``.
+        out_dir: the evaluation folder. Defaults to ``RUN/eval/<split>``; required for a bundle.
         progress: draws the inference progress.
         perturb: :class:`mlcdf.data.perturb.Condition` s to score the split under as well; the folder then
             gets the robustness files of :mod:`mlcdf.evaluation.robustness`.
@@ -98,6 +98,7 @@ def evaluate_run(
         MlcdfError: inference is not available, or thresholds would be tuned on the split evaluated.
     """
     try:
+        from mlcdf.inference.bundle import is_bundle_reference
         from mlcdf.inference.runs import predict_split
     except ModuleNotFoundError as error:
         if error.name != "mlcdf.inference.runs":
@@ -107,6 +108,8 @@ def evaluate_run(
         raise MlcdfError("--tune-thresholds tunes on the val split, so evaluating val with it would be optimistic; evaluate test")
     check_seed(perturb_seed, "perturb_seed")
     check_workers(workers, "workers")
+    if out_dir is None and is_bundle_reference(run_dir):
+        raise MlcdfError(f"{run_dir}: a bundle has no run folder to write the evaluation into; give --out DIR")
     run_dir = Path(run_dir)
     out = Path(out_dir) if out_dir is not None else default_eval_dir(run_dir, split)
     check_output_folder(out)

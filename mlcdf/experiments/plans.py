@@ -31,6 +31,8 @@ Plan keys of ``[defaults]`` (the other keys are :class:`~mlcdf.train.stage.Train
 - ``word_embedding``: node features of the ``word`` graphs the runner builds (``embedding = "word"``);
 - ``keep_last``: keep ``checkpoints/last.pt`` of evaluated runs;
 - ``paper``: put the paper's published rows beside ours in the reports;
+- ``report_columns``: the metric columns of the reports (``auto``, ``paper``, ``tasks`` or ``all``, as
+  ``mlcdf report --columns``);
 - ``tensorboard``: each run also writes TensorBoard event files to ``OUT/tensorboard/<subset>/<run>``
   (``tensorboard --logdir OUT/tensorboard`` shows them all; needs the ``tensorboard`` extra).
 
@@ -65,8 +67,10 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 
+#: The plans shipped with the package: ``<name>.toml``, run by ``mlcdf reproduce --plan <name>``.
+SHIPPED_PLANS_DIR = Path(__file__).parents[1] / "resources" / "plans"
 #: The paper's Tables I and II: 12 configurations on each of the two subsets.
-PAPER_PLAN = Path(__file__).parents[1] / "resources" / "plans" / "paper.toml"
+PAPER_PLAN = SHIPPED_PLANS_DIR / "paper.toml"
 
 #: ``[defaults]`` keys that are about the plan, not a TrainConfig option, with their types.
 PLAN_KEYS: dict[str, str] = {
@@ -77,6 +81,7 @@ PLAN_KEYS: dict[str, str] = {
     "word_embedding": "str",
     "keep_last": "bool",
     "paper": "bool",
+    "report_columns": "str",
     "tensorboard": "bool",
 }
 #: Node embeddings of the graphs the runner builds for a run's ``embedding``.
@@ -128,7 +133,7 @@ class Plan:
         data: a Seq-DeepFake root to prepare ``subsets`` from (``mlcdf reproduce``), if no ``prepared``.
         subsets: the subsets of the plan, in order.
         seeds: runs per configuration (seeds 0..N-1).
-        word_embedding, keep_last, paper, tensorboard: see the module docstring.
+        word_embedding, keep_last, paper, report_columns, tensorboard: see the module docstring.
         source: the file (or name) the plan came from, for messages.
     """
 
@@ -141,6 +146,7 @@ class Plan:
     word_embedding: str = PAPER_WORD_EMBEDDING
     keep_last: bool = False
     paper: bool = False
+    report_columns: str = "auto"
     tensorboard: bool = False
     source: str = "plan"
 
@@ -159,9 +165,21 @@ class Plan:
 
     def with_defaults(self, **changes: Any) -> Plan:
         """This plan with TrainConfig defaults or ``seeds``, ``word_embedding``, ``keep_last``, ``paper``,
-        ``tensorboard`` changed (``None`` values are ignored), checked again like the file."""
+        ``report_columns``, ``tensorboard`` changed (``None`` values are ignored), checked again like the file."""
         document = self.to_dict()
         document["defaults"].update({key: value for key, value in changes.items() if value is not None})
+        return Plan.from_dict(document, source=self.source)
+
+    def with_overrides(self, **changes: Any) -> Plan:
+        """As :meth:`with_defaults`, and over the runs' own values too: a command line's ``--epochs`` or
+        the smoke variant's tiny images hold for every run, also one that sets its own (a SeqFakeFormer
+        run's 170 epochs beside the paper's 40)."""
+        given = {key: value for key, value in changes.items() if value is not None}
+        document = self.to_dict()
+        document["defaults"].update(given)
+        for run in document["runs"]:
+            for key in given:
+                run.pop(key, None)
         return Plan.from_dict(document, source=self.source)
 
     def to_dict(self) -> dict[str, Any]:
@@ -178,6 +196,7 @@ class Plan:
             word_embedding=self.word_embedding,
             keep_last=self.keep_last,
             paper=self.paper,
+            report_columns=self.report_columns,
             tensorboard=self.tensorboard,
         )
         runs = [{"name": run.name, **run.options, **({"embedding": run.embedding} if run.embedding else {})} for run in self.runs]
@@ -257,6 +276,28 @@ def paper_plan() -> Plan:
     return load_plan(PAPER_PLAN)
 
 
+def shipped_plans() -> dict[str, Path]:
+    """The plans shipped with the package, by name (``paper``, ``sequence``, ...)."""
+    return {path.stem: path for path in sorted(SHIPPED_PLANS_DIR.glob("*.toml"))}
+
+
+def plan_path(plan: str | Path) -> Path:
+    """The file of ``plan``: a plan file, or the name of a shipped plan (:func:`shipped_plans`).
+
+    An existing file wins; otherwise a bare name (no folder, no ``.toml``) is a shipped plan's.
+
+    Raises:
+        MlcdfError: a bare name that is neither a file nor a shipped plan (listing the shipped names).
+    """
+    path = Path(plan)
+    if path.is_file() or path.suffix == ".toml" or len(path.parts) != 1:
+        return path
+    shipped = shipped_plans()
+    if path.name not in shipped:
+        raise MlcdfError(f"--plan {plan}: no such file, nor a shipped plan; the shipped plans are {', '.join(shipped)}")
+    return shipped[path.name]
+
+
 class _Parser:
     """Checks a plan document key by key, naming the file, the line (when the text is known) and the key."""
 
@@ -314,12 +355,20 @@ class _Parser:
                 continue
             self._train_option(key, value, section, "defaults")
         settings: dict[str, Any] = {}
-        for key in ("seeds", "word_embedding", "keep_last", "paper", "tensorboard"):
+        for key in ("seeds", "word_embedding", "keep_last", "paper", "report_columns", "tensorboard"):
             if key in defaults:
                 type_name = PLAN_KEYS[key]
                 if not is_option_type(defaults[key], type_name):
                     raise self.fail(f"defaults.{key} must be {type_name}, got {defaults[key]!r}", section, key)
                 settings[key] = defaults[key]
+        if "report_columns" in settings:
+            from mlcdf.evaluation.report import COLUMN_CHOICES  # imported here: it brings scikit-learn
+
+            if settings["report_columns"] not in COLUMN_CHOICES:
+                choices = ", ".join(COLUMN_CHOICES)
+                raise self.fail(
+                    f"defaults.report_columns must be one of {choices}, got {settings['report_columns']!r}", section, "report_columns"
+                )
         if settings.get("seeds", 1) < 1:
             raise self.fail(f"defaults.seeds must be at least 1, got {settings['seeds']}", section, "seeds")
         try:

@@ -2,22 +2,26 @@
 
 The paper's Tables I and II are the plan :data:`mlcdf.experiments.plans.PAPER_PLAN` (12 configurations on each
 subset, the paper's settings: 224x224, batch 128, 40 epochs with early stopping, ImageNet-pretrained
-backbones). This module adds what is particular to running a plan from a dataset root: the synthetic
-stand-in of the smoke run and ``mlcdf prepare`` of each subset; the runner (:mod:`mlcdf.experiments.runner`) builds
-the graphs, trains, evaluates and reports. Everything lands under one folder::
+backbones). Other plans ship beside it and are named by their file's stem (``sequence``: SeqFakeFormer
+R34/R50 with the authors' recipe beside the paper's best direct and graph models, both families scored on
+both tasks); any plan file works too (:func:`mlcdf.experiments.plans.plan_path`). This module adds what
+is particular to running a plan from a dataset root: the synthetic stand-in of the smoke run and
+``mlcdf prepare`` of each subset; the runner (:mod:`mlcdf.experiments.runner`) builds the graphs, trains,
+evaluates and reports. Everything lands under one folder::
 
     OUT/data/<subset>/                     the synthetic stand-in (smoke only)
     OUT/prepared/<subset>/                 mlcdf prepare (plans without their own prepared folders)
     OUT/graphs/<subset>-{word,image}.npz   mlcdf build-graph
     OUT/runs/<subset>/<run>/               mlcdf train + mlcdf evaluate (eval/test/metrics.json)
-    OUT/report-<subset>.md                 mlcdf report (--paper for the paper's plan)
+    OUT/report-<subset>.md                 mlcdf report (--paper for the shipped plans; --columns as the plan says)
     OUT/results.csv                        every run, 6 decimals
 
 Re-running picks up where it stopped (see :mod:`mlcdf.experiments.runner`); prepared folders and graphs are reused.
 
 ``smoke=True`` runs the same plan on a synthetic stand-in (``mlcdf synth``) with 1 epoch, tiny images
 and random initialisation: it checks the whole pipeline in minutes on a CPU, and its numbers mean
-nothing.
+nothing. The overrides (the smoke's, and the command line's ``--epochs`` and the like) hold for every run,
+also for one that sets its own value in the plan (:meth:`~mlcdf.experiments.plans.Plan.with_overrides`).
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from mlcdf.data.prepared import META_FILE, load_prepared
 from mlcdf.data.seqdeepfake import PrepareConfig, prepare
 from mlcdf.data.synth import SynthConfig, generate
 from mlcdf.errors import MlcdfError
-from mlcdf.experiments.plans import PAPER_PLAN, Plan, load_plan
+from mlcdf.experiments.plans import PAPER_PLAN, Plan, load_plan, plan_path
 from mlcdf.experiments.runner import SETUP_LOCK, PlanResult, Running, RunOutcome, run_plan
 from mlcdf.io import check_output_folder, file_lock
 from mlcdf.labels import SUBSETS
@@ -71,7 +75,8 @@ class ReproduceConfig:
         data: a Seq-DeepFake root to prepare the plan's subsets from (default: the plan's ``data``);
             ``None`` with ``smoke`` (the synthetic stand-in goes to ``OUT/data``) or for a plan with its
             own ``prepared`` folders.
-        plan_file: the plan (TOML); ``None`` is the paper's.
+        plan_file: the plan: a TOML file, or the name of a shipped plan (``paper``, ``sequence``); ``None``
+            is the paper's.
         subsets: subsets of the plan to run (``None``: all of them).
         only: glob patterns of run names (``resnet*``, ``*-image``); empty means all.
         device, epochs, batch_size, image_size, pretrained, patience, word_embedding, workers,
@@ -84,7 +89,7 @@ class ReproduceConfig:
 
     out: Path
     data: Path | None = None
-    plan_file: Path | None = None
+    plan_file: Path | str | None = None
     subsets: tuple[str, ...] | None = None
     only: tuple[str, ...] = ()
     device: str | None = None
@@ -123,13 +128,13 @@ class ReproduceConfig:
         """The plan with this configuration's overrides and, unless it names its own, prepared folders in OUT.
 
         Raises:
-            MlcdfError: a bad plan file or override, or data options that do not fit the plan.
+            MlcdfError: a bad plan file, plan name or override, or data options that do not fit the plan.
         """
         check_output_folder(self.out)
         if self.seeds is not None:
             check_count("seeds", self.seeds, option="--seeds")
-        plan = load_plan(self.plan_file or PAPER_PLAN)
-        plan = plan.with_defaults(**{name: getattr(self, name) for name in PLAN_OVERRIDES})
+        plan = load_plan(plan_path(self.plan_file) if self.plan_file is not None else PAPER_PLAN)
+        plan = plan.with_overrides(**{name: getattr(self, name) for name in PLAN_OVERRIDES})
         if plan.prepared:
             if self.smoke or self.data is not None:
                 raise MlcdfError(f"{plan.source} names its prepared folders; drop {'--smoke' if self.smoke else '--data'}")

@@ -35,25 +35,30 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import functools
 import gc
 import io
 import json
+import multiprocessing
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
 import torch
 
-from mlcdf.config import RESUME_OVERRIDES, TrainConfig
+from mlcdf.config import DEFAULT_LOADER_WORKERS, RESUME_OVERRIDES, TrainConfig, default_workers
 from mlcdf.data.prepared import META_FILE
+from mlcdf.devices import CUDA_ORDER, default_slots, device_slots
 from mlcdf.errors import INTERRUPTED_MESSAGE, MissingArtifactError, MlcdfError, SchemaError, first_line
 from mlcdf.evaluation.evaluate import METRICS_FILE, default_eval_dir
 from mlcdf.evaluation.report import (
@@ -70,6 +75,7 @@ from mlcdf.experiments.plans import Plan, PlanEntry, graph_path, run_dir
 from mlcdf.graph.build import GraphConfig, build_graph
 from mlcdf.io import _process_exists, atomic_open, check_file_replaceable, file_lock, read_json_object, write_json
 from mlcdf.label_graph import load_graph
+from mlcdf.models import resolve_config
 from mlcdf.progress import ProgressFn, silent
 from mlcdf.train.callbacks import TrainCallbacks
 from mlcdf.train.stage import CHECKPOINTS, CONFIG_FILE, LOG_FILE, saved_run_options, train
@@ -160,17 +166,24 @@ def _this_host() -> str:
     return socket.gethostname()
 
 
+def _stat_fields(pid: int) -> list[str] | None:
+    """The fields of ``/proc/PID/stat`` after the command name (state, parent, process group, ...; the
+    start time is the 20th), ``None`` for a process that is gone (or no ``/proc``)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
+    except (OSError, ValueError):
+        return None
+    return stat.rsplit(")", 1)[-1].split()  # the command name, in parentheses, may hold spaces
+
+
 def _process_start(pid: int) -> str | None:
     """When process ``pid`` of this host started (clock ticks since boot, from ``/proc``), ``None`` if unknown.
 
     With the process id it names one process for good: a process id alone is reused once its process
     is gone, and a lock of a dead run would look held by whatever process got the number.
     """
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii")
-    except (OSError, ValueError):
-        return None
-    return stat.rsplit(")", 1)[-1].split()[19]  # field 22, counted after the command name in parentheses
+    fields = _stat_fields(pid)
+    return fields[19] if fields else None  # field 22 of stat
 
 
 def _my_lock(claim: str, queued_as: str | None) -> dict[str, Any]:
@@ -411,7 +424,7 @@ def execute(
             else:
                 trained = train(job.config, resume=status == RESUME, callbacks=callbacks, progress=progress)
                 log(f"{job.label}: best val mAP {100 * trained.best_map:.2f} at epoch {trained.best_epoch + 1}")
-        _, metrics = evaluate_run(run_dir, device=job.config.device, progress=progress)
+        metrics = _evaluate(job, progress)
         log(f"{job.label}: test mAP {metrics['mAP']:.2f}")
         if not job.keep_last:
             (run_dir / CHECKPOINTS / "last.pt").unlink(missing_ok=True)
@@ -421,8 +434,36 @@ def execute(
         _release_memory()
 
 
+def _evaluate(job: RunJob, progress: ProgressFn) -> dict[str, Any]:
+    """The test metrics of the trained run, evaluated at its batch size (inference needs less memory than
+    the training that fitted). CUDA running out of memory fails this run, not the plan."""
+    batch_size = job.config.batch_size
+    try:
+        return evaluate_run(job.run_dir, device=job.config.device, batch_size=batch_size, progress=progress)[1]
+    except torch.OutOfMemoryError:
+        smaller = max(1, batch_size // 2)
+        raise MlcdfError(
+            f"CUDA ran out of memory evaluating {job.run_dir} at batch size {batch_size}; try --batch-size {smaller}"
+        ) from None
+
+
+#: The lines of a torchrun launch kept to find why it failed: its ranks' errors come before its own report.
+_TORCHRUN_LINES_KEPT = 2000
+#: How long torchrun gets to end its ranks after SIGTERM (it gives them 30 s, then kills them).
+_TORCHRUN_GRACE_SECONDS = 45.0
+#: ``prctl`` option: the signal a process gets when its parent ends (Linux).
+_PR_SET_PDEATHSIG = 1
+
+
 def _train_with_torchrun(job: RunJob, *, resume: bool) -> None:
-    """DDP over ``gpus_per_run`` GPUs of this process's visible devices: ``torchrun -m mlcdf train``."""
+    """DDP over ``gpus_per_run`` devices: ``torchrun -m mlcdf train`` on this process's visible GPUs (a
+    rank per GPU), or ``gpus_per_run`` CPU processes (gloo) for a run on ``cpu``.
+
+    What torchrun and its ranks print goes to this process's stderr (the run's launch log) as it comes; a
+    failure raises with the ranks' own reason (:func:`torchrun_failure`). Interrupted (a
+    :data:`STOP_SIGNALS` signal raises here), it returns only once every rank has ended; and torchrun ends
+    its ranks if this process dies any other way (it gets SIGTERM when its parent ends).
+    """
     options = job.run_dir.with_name(f".{job.run_dir.name}.train.json")
     write_json(options, {"train": dataclasses.asdict(job.config)})
     command = [
@@ -439,13 +480,126 @@ def _train_with_torchrun(job: RunJob, *, resume: bool) -> None:
         "--quiet",
         *(["--resume", "--out", job.config.out] if resume else []),
     ]
+    printed: deque[str] = deque(maxlen=_TORCHRUN_LINES_KEPT)
     try:
-        finished = subprocess.run(command, capture_output=True, text=True)
+        torchrun = subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            preexec_fn=functools.partial(_end_with_parent, os.getpid()),
+        )
+        try:
+            _forward(torchrun.stdout, printed)
+            returncode = torchrun.wait()
+        except BaseException:  # a stop signal: no rank may outlive this call
+            # Read on while they end, so that none blocks writing to a full pipe.
+            threading.Thread(target=_forward, args=(torchrun.stdout, deque(maxlen=1)), daemon=True).start()
+            end_process_tree(torchrun)
+            raise
     finally:
         options.unlink(missing_ok=True)
-    if finished.returncode != 0:
-        lines = [line for line in finished.stderr.splitlines() if line.strip()]
-        raise MlcdfError(f"torchrun exited with {finished.returncode}: {lines[-1] if lines else 'no message'}")
+    if returncode != 0:
+        raise MlcdfError(f"torchrun exited with {returncode}: {torchrun_failure(printed)}")
+
+
+def _forward(stream: IO[str] | None, printed: deque[str]) -> None:
+    """Copy torchrun's output to this process's stderr (the run's launch log) as it comes, keeping its end."""
+    for line in stream or ():
+        sys.stderr.write(line)
+        sys.stderr.flush()
+        printed.append(line.rstrip("\n"))
+
+
+def _end_with_parent(parent: int) -> None:
+    """Run in torchrun's process before it starts: SIGTERM when its parent ends, however it ends (torchrun
+    passes SIGTERM on to its ranks and waits for them)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # the parent ended before the line above took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def torchrun_failure(printed: Iterable[str]) -> str:
+    """Why a torchrun launch failed, from what it and its ranks printed.
+
+    The first rank's one-line ``error:`` (the error of ``mlcdf train``: a missing file, CUDA out of
+    memory with the batch size to try), else the exception of the first traceback that is not torchrun's
+    own (``ChildFailedError``), else torchrun's ``exitcode`` line (a rank killed by a signal). Never the
+    ``====`` border of torchrun's report, which is its last line.
+    """
+    lines = list(printed)
+    errors = [line.strip().removeprefix("error:").strip() for line in lines if line.strip().startswith("error:")]
+    if errors:
+        return errors[0]
+    exceptions, in_traceback = [], False
+    for line in lines:
+        if line.startswith("Traceback (most recent call last):"):
+            in_traceback = True
+        elif in_traceback and line.strip() and not line[0].isspace():
+            in_traceback = False
+            exceptions.append(line.strip())
+    own = [exception for exception in exceptions if "torch.distributed.elastic" not in exception]
+    if own:
+        return own[0]
+    exit_codes = [" ".join(line.split()) for line in lines if line.strip().startswith("exitcode")]
+    return f"a rank ended with {exit_codes[0]}" if exit_codes else "no reason printed; see the run's launch log"
+
+
+def _descendants(root: int) -> dict[int, str]:
+    """Every process under ``root`` (children, their children, ...), with its start time (from ``/proc``)."""
+    children: dict[int, list[int]] = {}
+    started: dict[int, str] = {}
+    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else ():
+        fields = _stat_fields(int(entry.name)) if entry.name.isdigit() else None
+        if fields:
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+            started[int(entry.name)] = fields[19]
+    found: dict[int, str] = {}
+    parents = [root]
+    while parents:
+        for child in children.get(parents.pop(), ()):
+            if child not in found:
+                found[child] = started[child]
+                parents.append(child)
+    return found
+
+
+def _alive(pid: int, started: str) -> bool:
+    """Whether the process ``pid`` that started at ``started`` still runs (a zombie has ended)."""
+    fields = _stat_fields(pid)
+    return fields is not None and fields[19] == started and fields[0] != "Z"
+
+
+def end_process_tree(root: subprocess.Popen, grace: float = _TORCHRUN_GRACE_SECONDS) -> None:
+    """End ``root`` and every process under it; return once all are gone.
+
+    torchrun starts each rank in a session of its own, so a signal to a process group never reaches them,
+    and a torchrun that is killed leaves them running, holding their GPUs until NCCL times out. So the
+    processes under ``root`` are noted first; ``root`` gets SIGTERM (torchrun passes it on to each rank's
+    process group and waits for them) and ``grace`` seconds; then whatever is left is killed, each with
+    its process group (a rank with its loader workers).
+    """
+    tree = _descendants(root.pid)
+    with contextlib.suppress(ProcessLookupError):
+        root.send_signal(signal.SIGTERM)
+    try:
+        root.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        tree.update(_descendants(root.pid))
+        root.kill()
+        root.wait()
+    for pid, started in tree.items():
+        if _alive(pid, started):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                group = os.getpgid(pid)
+                # Never this process's own group (a child that did not leave it).
+                os.killpg(group, signal.SIGKILL) if group != os.getpgrp() else os.kill(pid, signal.SIGKILL)
+    while any(_alive(pid, started) for pid, started in tree.items()):
+        time.sleep(0.05)
 
 
 #: Options a resumed run may differ in: the trainer's overrides (its folder among them), and the paths
@@ -460,7 +614,7 @@ def _check_same_options(run_dir: Path, planned: TrainConfig) -> None:
         return
     # An option the run's config.json does not name (it predates the option) was at its default then.
     saved = dataclasses.asdict(TrainConfig.from_dict(saved, source=str(run_dir / CONFIG_FILE)))
-    wanted = dataclasses.asdict(planned.resolve())
+    wanted = dataclasses.asdict(resolve_config(planned))
     changed = sorted(key for key in wanted if key not in _FREE_OPTIONS and saved[key] != wanted[key])
     if changed:
         details = ", ".join(f"{key} {saved[key]!r} -> {wanted[key]!r}" for key in changed)
@@ -489,6 +643,24 @@ def _stop_on_signal(number: int, frame: Any) -> None:
     for other in STOP_SIGNALS:  # Slurm follows its warning with SIGTERM: one unwinding is enough
         signal.signal(other, signal.SIG_IGN)
     raise _Stopped(signal.Signals(number).name)
+
+
+@contextlib.contextmanager
+def _stopping_on_signals() -> Iterator[None]:
+    """Within: SIGTERM (``kill``, a Slurm job's end) stops the launch as Ctrl-C does, so that the runs it
+    started in other processes are stopped and waited for (:meth:`Launcher.stop`), not left running. A
+    second signal meanwhile is ignored: one stop is under way. Only the main thread receives signals."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {number: signal.getsignal(number) for number in STOP_SIGNALS}
+    for number in STOP_SIGNALS:
+        signal.signal(number, _stop_on_signal)
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler if handler is not None else signal.SIG_DFL)
 
 
 def worker_main(job_file: str) -> int:
@@ -640,18 +812,13 @@ def _ended(job: RunJob, job_file: Path, how: str, log_file: Path) -> tuple[RunJo
 
 
 class LocalLauncher:
-    """Up to ``jobs`` runs at once in subprocesses of this machine, each on its own device(s)."""
+    """Runs in subprocesses of this machine, one per slot at once. A slot is ``cpu``, the GPUs of its run
+    (the run's ``CUDA_VISIBLE_DEVICES``, from :func:`mlcdf.devices.device_slots`), or ``auto`` (the run's
+    own device: no GPU is visible)."""
 
-    def __init__(self, out: Path, jobs: int, devices: Sequence[str] | None, gpus_per_run: int) -> None:
+    def __init__(self, out: Path, slots: Sequence[str], gpus_per_run: int) -> None:
         self.out = out
-        devices = list(devices) if devices else ["auto"] * jobs
-        if gpus_per_run > 1:
-            if any(not d.isdigit() for d in devices) or len(devices) < gpus_per_run:
-                raise MlcdfError(
-                    f"--gpus-per-run {gpus_per_run} needs at least that many GPU numbers in --devices, got {','.join(devices)}"
-                )
-            devices = [",".join(devices[i : i + gpus_per_run]) for i in range(0, len(devices) - gpus_per_run + 1, gpus_per_run)]
-        self.free = devices[:jobs]
+        self.free = list(slots)
         self.gpus_per_run = gpus_per_run
         self.processes: dict[subprocess.Popen, tuple[Running, Path, Path]] = {}
 
@@ -660,7 +827,7 @@ class LocalLauncher:
 
     def start(self, job: RunJob) -> None:
         device = self.free.pop(0)
-        env = dict(os.environ)
+        env = {**CUDA_ORDER, **os.environ}
         if device == "cpu":
             env["CUDA_VISIBLE_DEVICES"] = ""
             job = dataclasses.replace(job, config=dataclasses.replace(job.config, device="cpu"))
@@ -682,7 +849,8 @@ class LocalLauncher:
                 env=env,
                 start_new_session=True,
             )
-        self.processes[process] = (Running(job, device), job_file, log_file)
+        shown = device if device in ("cpu", "auto") else f"GPU {device}"  # as nvidia-smi numbers them
+        self.processes[process] = (Running(job, shown), job_file, log_file)
 
     def finished(self, wait: float) -> list[tuple[RunJob, str, str]]:
         deadline = time.monotonic() + wait
@@ -702,7 +870,8 @@ class LocalLauncher:
         return [running for running, _, _ in self.processes.values()]
 
     def stop(self) -> None:
-        for process in self.processes:  # like Ctrl-C: each run releases its lock and keeps its last epoch
+        # Like Ctrl-C: each run ends its torchrun ranks, then releases its lock, and keeps its last epoch.
+        for process in self.processes:
             with contextlib.suppress(ProcessLookupError):
                 process.send_signal(signal.SIGINT)
         for process in self.processes:
@@ -749,6 +918,7 @@ class SlurmLauncher:
         parameters.setdefault("tasks_per_node", 1)
         self.executor.update_parameters(**parameters)
         self.gpus = options.get("gpus")
+        self.cpus_per_task = options.get("cpus_per_task")
         self.gpus_per_run = gpus_per_run
         self.log = log
         self.jobs_running: dict[Any, tuple[Running, Path, int]] = {}
@@ -784,8 +954,11 @@ class SlurmLauncher:
     def _submit(self, job: RunJob, job_file: Path) -> Any:
         # A CPU run asks for no GPU: a cluster without GPUs would refuse the job.
         gpus = self.gpus if self.gpus is not None else 0 if job.config.device == "cpu" else self.gpus_per_run
+        # Without --cpus-per-task Slurm gives a job its default, often one CPU, and a GPU's loader workers
+        # would starve: each GPU's rank and its workers get theirs (a CPU run keeps the usual one).
+        cpus = self.cpus_per_task or (DEFAULT_LOADER_WORKERS + 1) * gpus or 1
         # Named after the run, its own name first: squeue shows the first 8 characters.
-        self.executor.update_parameters(name=f"{job.run_dir.name}@{job.run_dir.parent.name}", gpus_per_node=gpus)
+        self.executor.update_parameters(name=f"{job.run_dir.name}@{job.run_dir.parent.name}", gpus_per_node=gpus, cpus_per_task=cpus)
         printed = io.StringIO()
         try:
             with contextlib.redirect_stderr(printed):  # submitit prints sbatch's complaint before raising it
@@ -872,8 +1045,10 @@ def run_plan(
 
     ``jobs``: runs at once (local: one per device, or 1; Slurm: jobs queued at once, all by default). Without
     ``devices`` and with one job, runs train in this process (``callbacks`` and ``progress`` see them);
-    otherwise each in its own process, on ``devices[i]`` (a GPU number or ``cpu``), and ``monitor``
-    hears the running runs every ``poll_seconds``.
+    otherwise each in its own process, on ``gpus_per_run`` devices of ``devices`` (GPU numbers counted in
+    this process's visible GPUs, or ``cpu``: :func:`mlcdf.devices.device_slots`), or, without ``devices``,
+    on a visible GPU each; ``monitor`` hears the running runs every ``poll_seconds``. Image-embedding
+    graphs are built on the first of those devices.
 
     Raises:
         MlcdfError: bad options, no run selected, a prepared folder missing, a graph that cannot be
@@ -882,6 +1057,7 @@ def run_plan(
     """
     out = Path(out)
     entries = _check(plan, out, jobs, devices, gpus_per_run, launcher, only, subsets)
+    slots = _local_slots(plan, jobs, devices, gpus_per_run) if launcher == "local" else None
     if dry_run:
         return PlanResult([_planned(out, entry) for entry in entries])
     chosen = subsets if subsets is not None else plan.subsets
@@ -890,15 +1066,16 @@ def run_plan(
         require_tensorboard()  # here, not in each run: a missing extra would fail every run one by one
     if launcher == "slurm":
         runs: Launcher = SlurmLauncher(out, jobs, slurm or {}, gpus_per_run, log)
-    elif devices or (jobs or 1) > 1:
-        runs = LocalLauncher(out, jobs or max(1, len(devices or ()) // gpus_per_run), devices, gpus_per_run)
+    elif slots is not None:
+        runs = LocalLauncher(out, slots, gpus_per_run)
     else:
         runs = InProcessLauncher(log, callbacks, progress)
-    with file_lock(out / SETUP_LOCK):
-        for subset in chosen:
-            for embedding in plan.embeddings(only):
-                _build_graph(plan, out, subset, embedding, log, progress)
-    outcomes = _launch(plan, out, entries, runs, log, monitor, poll_seconds)
+    with _stopping_on_signals():
+        with file_lock(out / SETUP_LOCK):
+            for subset in chosen:
+                for embedding in plan.embeddings(only):
+                    _build_graph(plan, out, subset, embedding, log, progress, slots[0] if slots else None)
+        outcomes = _launch(plan, out, entries, runs, log, monitor, poll_seconds)
     result = PlanResult([outcomes[entry.label] for entry in entries])
     for subset in chosen:
         result.reports[subset] = _write_report(plan, out, subset, log)
@@ -926,6 +1103,14 @@ def _check(
     for device in given_devices:
         if device != "cpu" and not device.isdigit():
             raise MlcdfError(f"--devices {','.join(given_devices)}: each device is a GPU number or cpu")
+    if launcher == "slurm" and given_devices:
+        raise MlcdfError("--devices is for --launcher local; a Slurm job trains on the GPUs Slurm gives it (--gpus)")
+    if launcher == "local" and gpus_per_run > 1 and len(given_devices) < gpus_per_run:
+        example = ",".join(str(index) for index in range(gpus_per_run))
+        raise MlcdfError(
+            f"--gpus-per-run {gpus_per_run} needs --devices listing the GPUs of the runs, {gpus_per_run} per run "
+            f"(e.g. --devices {example}); got {','.join(given_devices) or 'no --devices'}"
+        )
     unknown = [name for name in subsets or () if name not in plan.subsets]
     if unknown:
         raise MlcdfError(f"{plan.source}: no subset {unknown[0]!r}; the plan's are {', '.join(plan.subsets)}")
@@ -940,6 +1125,22 @@ def _check(
         _check_launch_files(out, entry.label)
         _read_lock(lock_path(run_dir(out, entry)))  # something at a lock's name that is no lock
     return entries
+
+
+def _local_slots(plan: Plan, jobs: int | None, devices: Sequence[str] | None, gpus_per_run: int) -> list[str] | None:
+    """The slots of the local launcher (see :class:`LocalLauncher`), ``None`` for runs in this process.
+
+    Without ``devices``, ``jobs`` runs take a visible GPU each (never all GPU 0), or the CPU where the plan
+    says ``cpu`` or no GPU is visible.
+    """
+    if devices:
+        return device_slots(devices, gpus_per_run)[: jobs or None]
+    if (jobs or 1) == 1:
+        return None
+    assert jobs is not None
+    if plan.shared_options().device == "cpu":
+        return ["cpu"] * jobs
+    return default_slots(jobs) or ["auto"] * jobs
 
 
 def _check_prepared(plan: Plan, subsets: Sequence[str]) -> None:
@@ -1019,7 +1220,13 @@ def _launch(
     return outcomes
 
 
-def _build_graph(plan: Plan, out: Path, subset: str, embedding: str, log: Callable[[str], None], progress: ProgressFn) -> None:
+def _build_graph(
+    plan: Plan, out: Path, subset: str, embedding: str, log: Callable[[str], None], progress: ProgressFn, slot: str | None
+) -> None:
+    """Build the graph a run's ``embedding`` asks for, unless it is there. Image embeddings are computed on
+    the first device of the runs' first slot (:class:`LocalLauncher`; ``None``: the plan's device): on a
+    GPU in a process of their own (:func:`build_graph_apart`), so that no CUDA context or cached memory
+    of this process stays on a GPU the runs train on."""
     path = graph_path(out, subset, embedding)
     if path.is_file():
         try:
@@ -1030,7 +1237,7 @@ def _build_graph(plan: Plan, out: Path, subset: str, embedding: str, log: Callab
     log(f"{subset}: building the label graph with {embedding} node embeddings")
     prepared = plan.prepared[subset]
     if embedding == "word":
-        graph_config = GraphConfig(prepared=prepared, out=path, embedding=plan.word_embedding)
+        warnings = build_graph(GraphConfig(prepared=prepared, out=path, embedding=plan.word_embedding), progress=progress).warnings
     else:
         # Mean ImageNet features of each label's training images, IML-GCN's image embeddings.
         defaults = plan.shared_options()
@@ -1040,12 +1247,63 @@ def _build_graph(plan: Plan, out: Path, subset: str, embedding: str, log: Callab
             embedding="image",
             pretrained=defaults.pretrained,
             image_size=defaults.image_size,
-            device=defaults.device,
+            device="cpu" if slot == "cpu" else defaults.device,
             cache=True,
-            workers=defaults.workers if defaults.workers is not None else 4,
+            workers=defaults.workers if defaults.workers is not None else default_workers(),
         )
-    for message in build_graph(graph_config, progress=progress).warnings:
+        if slot in (None, "auto", "cpu"):
+            try:
+                warnings = build_graph(graph_config, progress=progress).warnings
+            finally:
+                _release_memory()
+        else:
+            first_gpu = slot.split(",")[0]
+            log(f"{subset}: image embeddings on GPU {first_gpu}, in a process of their own")
+            on_gpu = dataclasses.replace(graph_config, device="cuda")
+            warnings = build_graph_apart(on_gpu, {**CUDA_ORDER, **os.environ, "CUDA_VISIBLE_DEVICES": first_gpu})
+    for message in warnings:
         log(f"{subset}: {message}")
+
+
+def build_graph_apart(config: GraphConfig, environment: Mapping[str, str]) -> tuple[str, ...]:
+    """:func:`~mlcdf.graph.build.build_graph` in a child process whose environment is ``environment``
+    (``CUDA_VISIBLE_DEVICES``: the GPU it may use): its CUDA context and memory end with it. Returns its
+    warnings.
+
+    Raises:
+        MlcdfError: the build's own error, or the child ended without an answer (its output is above).
+    """
+    context = multiprocessing.get_context("spawn")  # a fork would copy this process's CUDA state
+    answers, answer = context.Pipe(duplex=False)
+    child = context.Process(target=_build_graph_child, args=(config, dict(environment), answer), daemon=True)
+    child.start()
+    answer.close()
+    try:
+        outcome = answers.recv()
+    except EOFError:
+        outcome = None
+    except BaseException:  # stopped: the child goes too (the graph file is written atomically)
+        child.terminate()
+        child.join()
+        raise
+    child.join()
+    if outcome is None:
+        raise MlcdfError(f"{config.out}: the process building it ended (exit code {child.exitcode}) without a graph; see its output above")
+    failed, value = outcome
+    if failed:
+        raise MlcdfError(value)
+    return tuple(value)
+
+
+def _build_graph_child(config: GraphConfig, environment: dict[str, str], answer: Any) -> None:
+    os.environ.clear()
+    os.environ.update(environment)  # before CUDA starts in this process: it reads CUDA_VISIBLE_DEVICES once
+    try:
+        answer.send((False, build_graph(config).warnings))
+    except MlcdfError as error:
+        answer.send((True, str(error)))
+    except KeyboardInterrupt:
+        pass  # a Ctrl-C reaches the whole terminal's group; the launcher stops the build
 
 
 def _report_path(out: Path, subset: str) -> Path:
@@ -1070,7 +1328,7 @@ def _write_report(plan: Plan, out: Path, subset: str, log: Callable[[str], None]
     rows = _evaluated_results(plan, out, subset)
     path = _report_path(out, subset)
     with atomic_open(path) as handle:
-        handle.write(results_table(rows, fmt="md", paper=plan.paper))
+        handle.write(results_table(rows, fmt="md", paper=plan.paper, columns=plan.report_columns))
     log(f"{subset}: {len(rows)} of {len(plan.entries(subsets=(subset,)))} runs evaluated; table in {path}")
     return path
 

@@ -21,6 +21,10 @@ one folder::
 
 The training seeds vary the initialisation, the batches and the augmentation; the dataset of a strength
 is the same for every seed, so the spread is that of training, not of data.
+
+The parts every study shares (a study's settings pinned in ``study.json``, its synthetic datasets, its
+evaluated runs, :class:`Spread`, seed-paired differences, its tables and figure) are public here, for
+:mod:`mlcdf.experiments.study_order`.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mlcdf.config import check_count
 from mlcdf.data.prepared import META_FILE, SYNTH_JSON, load_prepared
@@ -43,13 +47,25 @@ from mlcdf.data.synth_cooccurrence import EDITING_HABITS
 from mlcdf.errors import MlcdfError
 from mlcdf.evaluation.evaluate import PAPER_METRICS
 from mlcdf.evaluation.report import load_result
-from mlcdf.experiments.plans import Plan, graph_path, run_dir
+from mlcdf.experiments.plans import Plan, PlanEntry, graph_path, run_dir
 from mlcdf.experiments.runner import PlanResult, is_evaluated, run_plan
 from mlcdf.graph.embeddings import PAPER_WORD_EMBEDDING
-from mlcdf.io import atomic_open, atomic_path, check_file_replaceable, check_output_folder, png_written_by, read_json_object, write_json
+from mlcdf.io import (
+    PNG_STAMP_KEY,
+    atomic_open,
+    atomic_path,
+    check_file_replaceable,
+    check_output_folder,
+    png_written_by,
+    read_json_object,
+    write_json,
+)
 from mlcdf.labels import SUBSETS
 from mlcdf.models import is_model
 from mlcdf.progress import ProgressFn, silent
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 COMMAND = "mlcdf study cooccurrence"
 STUDY_JSON, STUDY_CSV, STUDY_MD, STUDY_PNG = "study.json", "study.csv", "study.md", "study.png"
@@ -155,7 +171,7 @@ class StudyConfig:
 
     @property
     def direct_model(self) -> str:
-        return self.backbone if is_model(self.backbone) and ":" not in self.backbone else f"timm:{self.backbone}"
+        return direct_model(self.backbone)
 
     def settings(self) -> dict[str, Any]:
         """The settings as ``study.json`` records them."""
@@ -217,7 +233,10 @@ class StudyConfig:
 
 
 #: ``cpu``: the default, about 1 minute per run on a 2-core CPU (two runs at once). ``gpu``: the paper's sizes (ResNet-101, the
-#: backbone of ML-GCN, ImageNet-pretrained, 224 px, up to 40 epochs with early stopping, GloVe 300-d).
+#: backbone of ML-GCN, ImageNet-pretrained, 224 px, up to 40 epochs with early stopping, GloVe 300-d), on data of the
+#: same trace strength (4) as ``cpu``: the two presets then differ in model and budget only, so the GPU run tests
+#: whether the CPU finding holds for converged models rather than on easier or harder data (``--trace-strength``
+#: changes it, e.g. to 1, the default difficulty of ``mlcdf synth``, if the models saturate).
 PRESETS: dict[str, dict[str, Any]] = {
     "cpu": {},
     "gpu": dict(
@@ -226,7 +245,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         val=500,
         test=1000,
         data_size=256,
-        trace_strength=1.0,
         epochs=40,
         batch_size=128,
         image_size=224,
@@ -237,6 +255,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         workers=None,
     ),
 }
+
+
+def direct_model(backbone: str) -> str:
+    """The multi-label model of a timm ``backbone``: the registry's model of that name (e.g. ``resnet101``), else ``timm:<backbone>``."""
+    return backbone if is_model(backbone) and ":" not in backbone else f"timm:{backbone}"
 
 
 def run_name(model: str, seed: int) -> str:
@@ -275,15 +298,12 @@ def run_study(
     check_output_folder(config.out)
     config.check()
     out = Path(config.out)
-    _check_same_study(config)
-    for name in (STUDY_CSV, STUDY_MD):
-        check_file_replaceable(out / name, command=COMMAND, is_own=_is_study_table)
-    check_file_replaceable(out / STUDY_PNG, command=COMMAND, is_own=png_written_by(COMMAND))
+    check_study_outputs(out, config.settings(), _FIXED_SETTINGS, command=COMMAND, table_starts=(_CSV_HEADER, _MD_TITLE))
     if dry_run:
         return run_plan(config.plan(), out, jobs=jobs, devices=devices, launcher=launcher, slurm=slurm, dry_run=True), []
     write_json(out / STUDY_JSON, config.settings())
     for strength in config.strengths:
-        _make_dataset(config, strength, log, progress)
+        make_dataset(config.synth_config(strength), config.prepared_dir(strength), log=log, progress=progress)
     result = run_plan(config.plan(), out, jobs=jobs, devices=devices, launcher=launcher, slurm=slurm, log=log, progress=progress, **hooks)
     rows = collect_rows(config)
     write_study(out, rows, config)
@@ -291,27 +311,87 @@ def run_study(
     return result, rows
 
 
-def _check_same_study(config: StudyConfig) -> None:
-    path = Path(config.out) / STUDY_JSON
-    if not path.is_file():
-        return
-    previous = read_json_object(path, "the settings of a co-occurrence study")
-    current = config.settings()
-    changed = [key for key in _FIXED_SETTINGS if previous.get(key) != current[key]]
-    if changed:
-        details = ", ".join(f"{key} {previous.get(key)!r} -> {current[key]!r}" for key in changed)
-        raise MlcdfError(f"{path}: this folder holds a study with other settings ({details}); choose another --out")
+# --------------------------------------------------------------------------------------------- shared by the studies
 
 
-def _make_dataset(config: StudyConfig, strength: float, log: Callable[[str], None], progress: ProgressFn) -> None:
-    """Write and prepare the dataset of ``strength``, unless a matching one is there."""
-    synth = config.synth_config(strength)
-    info_path = synth.out / config.subset / SYNTH_JSON
-    if info_path.is_file() and (config.prepared_dir(strength) / META_FILE).is_file():
+def check_study_outputs(out: Path, settings: Mapping[str, Any], fixed: Sequence[str], *, command: str, table_starts: Sequence[str]) -> None:
+    """Before a study runs: OUT holds no study with other ``fixed`` settings (its ``study.json``), and
+    ``study.csv``, ``study.md`` and ``study.png`` are absent or the study's own (their first line one of
+    ``table_starts``; the figure stamped by ``command``).
+
+    Raises:
+        MlcdfError: naming the file at fault.
+    """
+    path = out / STUDY_JSON
+    if path.is_file():
+        previous = read_json_object(path, f"the settings of '{command}'")
+        changed = [key for key in fixed if previous.get(key) != settings[key]]
+        if changed:
+            details = ", ".join(f"{key} {previous.get(key)!r} -> {settings[key]!r}" for key in changed)
+            raise MlcdfError(f"{path}: this folder holds a study with other settings ({details}); choose another --out")
+    for name in (STUDY_CSV, STUDY_MD):
+        check_file_replaceable(out / name, command=command, is_own=lambda table: _starts_with_line(table, table_starts))
+    check_file_replaceable(out / STUDY_PNG, command=command, is_own=png_written_by(command))
+
+
+def make_dataset(synth: SynthConfig, prepared_dir: Path, *, log: Callable[[str], None], progress: ProgressFn) -> None:
+    """Write the synthetic dataset of ``synth`` (one subset) and prepare it into ``prepared_dir``, unless both are there."""
+    (subset,) = synth.subsets
+    if (synth.out / subset / SYNTH_JSON).is_file() and (prepared_dir / META_FILE).is_file():
         return  # the settings are pinned by study.json, and a folder is complete once it has its file
-    log(f"{strength_tag(strength)}: writing the synthetic dataset ({config.profile} at strength {strength:g})")
+    labels = (
+        "" if synth.cooccurrence_strength is None else f", {synth.cooccurrence} at co-occurrence strength {synth.cooccurrence_strength:g}"
+    )
+    log(f"{synth.out.name}: writing the synthetic dataset ({subset}, trace strength {synth.strength:g}{labels})")
     generate(synth, progress=progress)
-    prepare(PrepareConfig(root=synth.out, out=config.prepared_dir(strength).parent, subsets=(config.subset,)), progress=progress)
+    prepare(PrepareConfig(root=synth.out, out=prepared_dir.parent, subsets=(subset,)), progress=progress)
+
+
+def evaluated_runs(plan: Plan, out: Path) -> list[tuple[PlanEntry, Path]]:
+    """The plan's runs under ``out`` that have their test evaluation, with their folders, in plan order."""
+    folders = [(entry, run_dir(out, entry)) for entry in plan.entries()]
+    return [(entry, folder) for entry, folder in folders if is_evaluated(folder)]
+
+
+def paired_differences(values: Mapping[tuple[Any, str, int], float | None], baseline: str) -> dict[tuple[Any, str], Spread]:
+    """Per (group, model other than ``baseline``): the model's value minus ``baseline``'s with the same
+    seed in the same group, over the seeds both have. ``values`` maps (group, model, seed) to a value."""
+    differences: dict[tuple[Any, str], list[float]] = {}
+    for (group, model, seed), value in sorted(values.items()):
+        reference = values.get((group, baseline, seed))
+        if model != baseline and value is not None and reference is not None:
+            differences.setdefault((group, model), []).append(float(value) - float(reference))
+    return {key: Spread.of(found) for key, found in differences.items()}
+
+
+def write_study_files(out: Path, *, csv_rows: Sequence[Sequence[Any]], markdown: str) -> None:
+    """``study.csv`` (``csv_rows``, the header first) and ``study.md``, each written whole."""
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows(csv_rows)
+    with atomic_open(out / STUDY_CSV) as handle:
+        handle.write(buffer.getvalue())
+    with atomic_open(out / STUDY_MD) as handle:
+        handle.write(markdown)
+
+
+def csv_number(value: float | None) -> str:
+    """A metric as study.csv writes it: 6 decimals, empty when undefined."""
+    return "" if value is None else f"{value:.6f}"
+
+
+def save_figure(figure: Figure, path: Path, command: str) -> None:
+    """``figure`` as a PNG stamped as ``command``'s, written whole."""
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, format="png", dpi=120, metadata={PNG_STAMP_KEY: command})
+
+
+def _starts_with_line(path: Path, starts: Sequence[str]) -> bool:
+    """Whether the file's first line is one of ``starts`` (a study's CSV header or Markdown title)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.readline(1 << 16).rstrip("\n") in starts
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 # --------------------------------------------------------------------------------------------- analysis
@@ -332,29 +412,31 @@ def collect_rows(config: StudyConfig) -> list[StudyRow]:
     tags = {strength_tag(s): s for s in config.strengths}
     models = {run_name(model, seed): (model, seed) for model in config.models for seed in range(config.seeds)}
     rows = []
-    for entry in config.plan().entries():
-        folder = run_dir(Path(config.out), entry)
-        if is_evaluated(folder):
-            model, seed = models[entry.run.name]
-            rows.append(StudyRow(tags[entry.subset], model, seed, dict(load_result(folder).values)))
+    for entry, folder in evaluated_runs(config.plan(), Path(config.out)):
+        model, seed = models[entry.run.name]
+        rows.append(StudyRow(tags[entry.subset], model, seed, dict(load_result(folder).values)))
     return rows
 
 
 @dataclass(frozen=True)
 class Spread:
-    """Mean and sample standard deviation (``nan`` for one value) of ``n`` values."""
+    """Mean, sample standard deviation (``nan`` for one value), smallest and largest of ``n`` values."""
 
     mean: float
     std: float
     n: int
+    low: float
+    high: float
 
     @classmethod
     def of(cls, values: Sequence[float]) -> Spread:
-        return cls(statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else math.nan, len(values))
+        std = statistics.stdev(values) if len(values) > 1 else math.nan
+        return cls(statistics.fmean(values), std, len(values), min(values), max(values))
 
-    def text(self, digits: int = 1) -> str:
+    def text(self, digits: int = 1, *, signed: bool = False) -> str:
+        """``62.0 ± 2.8``; ``+5.0 ± –`` for a signed difference of one value."""
         std = "–" if math.isnan(self.std) else f"{self.std:.{digits}f}"
-        return f"{self.mean:.{digits}f} ± {std}"
+        return f"{self.mean:{'+' if signed else ''}.{digits}f} ± {std}"
 
 
 def summarise(rows: Sequence[StudyRow], metric: str) -> dict[tuple[float, str], Spread]:
@@ -369,27 +451,16 @@ def summarise(rows: Sequence[StudyRow], metric: str) -> dict[tuple[float, str], 
 def graph_minus_direct(rows: Sequence[StudyRow], metric: str = "mAP") -> dict[tuple[float, str], Spread]:
     """Per strength and graph model: ``metric`` of the graph model minus that of the direct model
     trained with the same seed, over the seeds both have."""
-    by_key = {(row.strength, row.model, row.seed): row.values.get(metric) for row in rows}
-    differences: dict[tuple[float, str], list[float]] = {}
-    for (strength, model, seed), value in sorted(by_key.items()):
-        direct = by_key.get((strength, DIRECT, seed))
-        if model != DIRECT and value is not None and direct is not None:
-            differences.setdefault((strength, model), []).append(float(value) - float(direct))
-    return {key: Spread.of(values) for key, values in differences.items()}
+    return paired_differences({(row.strength, row.model, row.seed): row.values.get(metric) for row in rows}, DIRECT)
 
 
 def write_study(out: Path, rows: Sequence[StudyRow], config: StudyConfig) -> None:
     """``study.csv``, ``study.md`` and ``study.png`` from ``rows``."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
+    table: list[list[Any]] = [list(CSV_COLUMNS)]
     for row in sorted(rows, key=lambda r: (r.strength, _model_order(config, r.model), r.seed)):
-        values = ["" if row.values.get(m) is None else f"{row.values[m]:.6f}" for m in PAPER_METRICS]
-        writer.writerow([f"{row.strength:g}", row.model, row.seed, config.backbone, *values])
-    with atomic_open(out / STUDY_CSV) as handle:
-        handle.write(buffer.getvalue())
-    with atomic_open(out / STUDY_MD) as handle:
-        handle.write(study_markdown(rows, config))
+        values = [csv_number(row.values.get(m)) for m in PAPER_METRICS]
+        table.append([f"{row.strength:g}", row.model, row.seed, config.backbone, *values])
+    write_study_files(out, csv_rows=table, markdown=study_markdown(rows, config))
     if rows:
         _write_figure(out / STUDY_PNG, rows, config)
 
@@ -423,15 +494,13 @@ def study_markdown(rows: Sequence[StudyRow], config: StudyConfig) -> str:
     lines += ["", "Graph − direct mAP (points; per seed, the graph model minus the direct model of the same seed):", ""]
     lines += ["| strength | model | n | Δ mAP |", "| --- | --- | ---: | ---: |"]
     for (strength, model), spread in sorted(graph_minus_direct(rows).items(), key=lambda i: (i[0][0], _model_order(config, i[0][1]))):
-        lines.append(
-            f"| {strength:g} | {model} | {spread.n} | {spread.mean:+.1f} ± {'–' if math.isnan(spread.std) else f'{spread.std:.1f}'} |"
-        )
+        lines.append(f"| {strength:g} | {model} | {spread.n} | {spread.text(signed=True)} |")
     return "\n".join(lines) + "\n"
 
 
-def chance_map(config: StudyConfig, strength: float) -> float:
+def chance_map(prepared_dir: Path) -> float:
     """The test mAP (%) of a scorer that knows nothing: each label's share of the test images, averaged."""
-    targets = load_prepared(config.prepared_dir(strength)).read_split("test").targets
+    targets = load_prepared(prepared_dir).read_split("test").targets
     return 100 * float(targets.mean(axis=0).mean())
 
 
@@ -456,7 +525,7 @@ def _data_lines(config: StudyConfig, strengths: Sequence[float]) -> list[str]:
         share = read_json_object(synth_json)["cooccurrence"]["label_statistics"]["fakes_from_a_recipe_set"]
         graph = read_json_object(graph_json)
         possible = len(labels) * (len(labels) - 1)
-        chance = chance_map(config, strength)
+        chance = chance_map(config.prepared_dir(strength))
         lines.append(f"| {strength:g} | {100 * share:.0f}% | {graph['num_edges']} of {possible} (t = {graph['t']}) | {chance:.1f} |")
     return lines
 
@@ -486,20 +555,10 @@ def _write_figure(path: Path, rows: Sequence[StudyRow], config: StudyConfig) -> 
             )
         if metric == "mAP":  # the label frequencies change with RHO, and chance with them
             strengths = sorted({row.strength for row in rows})
-            axes.plot(strengths, [chance_map(config, s) for s in strengths], color="grey", linestyle="--", label="chance")
+            axes.plot(strengths, [chance_map(config.prepared_dir(s)) for s in strengths], color="grey", linestyle="--", label="chance")
         axes.set_xlabel("co-occurrence strength RHO")
         axes.set_ylabel(f"test {metric} (%)")
         axes.grid(alpha=0.3)
     figure.axes[0].legend(fontsize=8)
     figure.suptitle(f"{config.profile} on {config.subset}, backbone {config.backbone}: mean ± std over seeds", fontsize=9)
-    with atomic_path(path) as temporary:
-        figure.savefig(temporary, format="png", dpi=120, metadata={"Software": COMMAND})
-
-
-def _is_study_table(path: Path) -> bool:
-    """``study.csv`` (its header) or ``study.md`` (its title), as :func:`write_study` writes them."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return handle.readline(1 << 16).rstrip("\n") in (_CSV_HEADER, _MD_TITLE)
-    except (OSError, UnicodeDecodeError):
-        return False
+    save_figure(figure, path, COMMAND)

@@ -159,7 +159,7 @@ def run_encoder(run_dir: str | Path, *, device: torch.device, image_size: int | 
         module=module.eval(),
         mean=tuple(float(v) for v in module.input_mean),
         std=tuple(float(v) for v in module.input_std),
-        image_size=image_size or int(inference.read_run(run_dir).config.image_size),
+        image_size=image_size or inference.read_run(run_dir).config.input_size,
         source=f"run:{run_dir}",
         weights="best checkpoint",
         encode=_run_pooled,

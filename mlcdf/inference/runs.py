@@ -6,15 +6,17 @@ label graph of a graph model, and the checkpoints hold the weights.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+import safetensors.torch
 import torch
 
-from mlcdf.config import TrainConfig
+from mlcdf.config import TrainConfig, check_alignment, default_alignment
 from mlcdf.data.dataset import (
     CachedSource,
     EpochSampler,
@@ -29,9 +31,10 @@ from mlcdf.data.dataset import (
 from mlcdf.data.images import IMAGE_EXTENSIONS, load_rgb
 from mlcdf.data.prepared import load_prepared
 from mlcdf.devices import resolve_device
-from mlcdf.errors import MissingArtifactError, MlcdfError, SchemaError
+from mlcdf.errors import MissingArtifactError, MlcdfError, SchemaError, first_line
+from mlcdf.inference.bundle import WEIGHTS, Bundle, is_bundle_reference, open_bundle
 from mlcdf.label_graph import load_graph
-from mlcdf.labels import SEQUENCE_SEPARATOR
+from mlcdf.labels import sequences_to_ids, step_name
 from mlcdf.models import BackboneClassifier
 from mlcdf.progress import ProgressFn, silent
 from mlcdf.tasks import Task, create_task
@@ -44,7 +47,11 @@ CHECKPOINT_CHOICES = ("best", "last", "ema")
 
 @dataclass(frozen=True)
 class RunInfo:
-    """What a run folder says about itself."""
+    """What a run folder (or a bundle) says about itself.
+
+    For a bundle, ``run_dir`` is the private folder it was extracted to and ``bundle`` the opened bundle
+    (its manifest, thresholds and prior orders); ``source`` names what the user gave, for messages.
+    """
 
     run_dir: Path
     config: TrainConfig
@@ -53,15 +60,39 @@ class RunInfo:
     num_params: int
     input_mean: tuple[float, float, float]
     input_std: tuple[float, float, float]
+    bundle: Bundle | None = None
+    #: How its training images were cut from their photos (:data:`mlcdf.config.ALIGNMENTS`); a run from
+    #: before the field has its subset's default.
+    alignment: str = "none"
 
     @property
     def task(self) -> Task:
         """What the run's model was trained for, which says how its outputs become scores."""
         return create_task(self.config, self.labels)
 
+    @property
+    def source(self) -> str:
+        return self.bundle.source if self.bundle is not None else str(self.run_dir)
+
 
 def read_run(run_dir: str | Path) -> RunInfo:
+    """What a run says about itself, from a run folder, a bundle file (``.mlcdf``, written by ``mlcdf export
+    --bundle``) or ``hf-hub:ORG/NAME`` (a bundle on the Hugging Face Hub); see :mod:`mlcdf.inference.bundle`.
+
+    Raises:
+        MissingArtifactError: no run folder or bundle there.
+        SchemaError: a configuration or bundle that does not follow its format.
+    """
+    if is_bundle_reference(run_dir):
+        bundle = open_bundle(run_dir)
+        try:
+            return dataclasses.replace(read_run(bundle.folder), bundle=bundle)
+        except MlcdfError as error:  # named as the bundle's member, not as the private folder's file
+            detail = error.detail if isinstance(error, SchemaError) else str(error).replace(f"{bundle.folder / CONFIG_FILE}: ", "")
+            raise SchemaError(bundle.source, f"{CONFIG_FILE}: {detail}") from None
     run_dir = Path(run_dir)
+    if not run_dir.exists():
+        raise MissingArtifactError(run_dir, "neither a run folder nor a bundle")
     path = run_dir / CONFIG_FILE
     if not path.is_file():
         raise MissingArtifactError(path, "not a training run folder (run 'mlcdf train' first)")
@@ -75,6 +106,7 @@ def read_run(run_dir: str | Path) -> RunInfo:
             num_params=int(values["num_params"]),
             input_mean=tuple(values["input_mean"]),
             input_std=tuple(values["input_std"]),
+            alignment=check_alignment(values.get("alignment", default_alignment(values["subset"])), source=str(path)),
         )
     except (json.JSONDecodeError, KeyError, TypeError) as error:
         raise SchemaError(path, f"not a run configuration ({type(error).__name__}: {error})") from None
@@ -84,28 +116,47 @@ def load_run_model(run: str | Path | RunInfo, checkpoint: str = "best", device: 
     """The model of a run, with the weights of ``checkpoint``, in eval mode on ``device``.
 
     Args:
-        run: the run folder, or what :func:`read_run` read from it.
+        run: the run folder or bundle, or what :func:`read_run` read from it.
         checkpoint: ``best`` (the validation-selected weights), ``last`` (the plain weights after the
-            last epoch) or ``ema`` (the EMA weights after the last epoch).
+            last epoch) or ``ema`` (the EMA weights after the last epoch). A bundle holds one of them:
+            ``best`` takes it, any other value must be the one it holds.
     """
     if checkpoint not in CHECKPOINT_CHOICES:
         raise MlcdfError(f"unknown checkpoint {checkpoint!r}; expected one of {', '.join(CHECKPOINT_CHOICES)}")
     info = run if isinstance(run, RunInfo) else read_run(run)
-    file = "best.pt" if checkpoint == "best" else "last.pt"
-    path = info.run_dir / CHECKPOINTS / file
-    state = load_checkpoint(path)
-    if checkpoint == "ema" and not state.get("ema"):
-        raise MlcdfError(f"{info.run_dir}: the run was trained without EMA (--ema-decay 0); use --checkpoint last")
+    if info.bundle is not None:
+        path, weights = _bundle_weights(info.bundle, checkpoint)
+    else:
+        path = info.run_dir / CHECKPOINTS / ("best.pt" if checkpoint == "best" else "last.pt")
+        state = load_checkpoint(path)
+        if checkpoint == "ema" and not state.get("ema"):
+            raise MlcdfError(f"{info.run_dir}: the run was trained without EMA (--ema-decay 0); use --checkpoint last")
+        weights = state["ema"]["module"] if checkpoint == "ema" else state["model"]
     graph_path = info.run_dir / GRAPH_FILE
     graph = load_graph(graph_path) if graph_path.is_file() else None
     model = build_model(info.config, len(info.labels), graph, fresh=False)
     try:
-        model.load_state_dict(state["ema"]["module"] if checkpoint == "ema" else state["model"])
+        model.load_state_dict(weights)
     except (RuntimeError, TypeError, KeyError, AttributeError) as error:
         raise SchemaError(
             path, f"the weights do not fit the run's model ({info.config.model}, {len(info.labels)} labels): {load_error_summary(error)}"
         ) from None
     return model.to(device).eval()
+
+
+def _bundle_weights(bundle: Bundle, checkpoint: str) -> tuple[Path, dict[str, torch.Tensor]]:
+    """The one set of weights a bundle holds (safetensors: no pickle), and the path to name in errors.
+
+    A bundle keeps the weights chosen at export; ``best`` (every command's default) takes them, and
+    another choice must be the one exported, so that asking for weights the bundle lacks is an error.
+    """
+    if checkpoint not in ("best", bundle.checkpoint):
+        raise MlcdfError(f"{bundle.source}: the bundle holds the {bundle.checkpoint!r} weights only; leave out --checkpoint")
+    named = Path(f"{bundle.source} ({WEIGHTS})")
+    try:
+        return named, safetensors.torch.load_file(bundle.folder / WEIGHTS, device="cpu")
+    except (OSError, ValueError, safetensors.SafetensorError) as error:
+        raise SchemaError(named, f"not readable safetensors ({first_line(error)})") from None
 
 
 class SplitPredictions(NamedTuple):
@@ -124,22 +175,6 @@ class SplitPredictions(NamedTuple):
     num_params: int
     true_sequences: np.ndarray
     pred_sequences: np.ndarray | None
-
-
-def sequence_ids(sequences: list[str], labels: tuple[str, ...]) -> np.ndarray:
-    """Step names joined by ``-`` -> (N, C) ids in order, 0-padded (``"eye-nose"`` -> ``[2, 1, 0, 0, 0]``).
-
-    Raises:
-        MlcdfError: a step that is not a label, or more steps than labels.
-    """
-    lookup = {name: index + 1 for index, name in enumerate(labels)}
-    ids = np.zeros((len(sequences), len(labels)), dtype=np.int64)
-    for row, sequence in zip(ids, sequences):
-        steps = sequence.split(SEQUENCE_SEPARATOR) if sequence else []
-        if len(steps) > len(labels) or any(step not in lookup for step in steps):
-            raise MlcdfError(f"sequence {sequence!r} is not a sequence of at most {len(labels)} of the labels {', '.join(labels)}")
-        row[: len(steps)] = [lookup[step] for step in steps]
-    return ids
 
 
 def predict_split(
@@ -162,7 +197,7 @@ def predict_split(
     model = load_run_model(info, checkpoint, torch_device)
     prepared = load_prepared(info.config.prepared)
     table = prepared.read_split(split)
-    size = info.config.image_size
+    size = info.config.input_size
     source: ImageSource
     if info.config.cache:
         source = CachedSource(build_image_cache(prepared, split, size, table=table, progress=progress))
@@ -209,20 +244,27 @@ def predict_split(
         table.num_steps,
         info.labels,
         info.num_params,
-        sequence_ids(table.sequences, info.labels),
+        sequences_to_ids(table.sequences, info.labels),
         pred_sequences,
     )
 
 
 @dataclass(frozen=True)
 class ImagePredictions:
-    """Scores of user images: one row per readable image, plus the files that could not be read."""
+    """Scores of user images: one row per readable image, plus the files that could not be read.
+
+    A run whose task has an order (a sequence model) also gives ``sequences``, (N, L) step ids in order
+    (0 = none, as :meth:`mlcdf.tasks.Task.decode` gives them), and ``step_probabilities``, (N, L) the
+    probability of each of those steps; both are None for a multi-label run.
+    """
 
     labels: tuple[str, ...]
     paths: list[Path]
     scores: np.ndarray
     threshold: float
     unreadable: list[tuple[Path, str]]
+    sequences: np.ndarray | None = None
+    step_probabilities: np.ndarray | None = None
 
     @property
     def predicted(self) -> np.ndarray:
@@ -236,9 +278,21 @@ class ImagePredictions:
     def predicted_sets(self) -> list[list[str]]:
         return [[label for label, hit in zip(self.labels, row) if hit] for row in self.predicted]
 
+    def predicted_steps(self) -> list[list[tuple[str, float]]] | None:
+        """Each image's predicted steps in order, with each step's probability (``[]`` for a real image;
+        a token that is no label, which the decoder can emit, is named ``#<id>``: :func:`~mlcdf.labels.step_name`);
+        None for a run without an order."""
+        if self.sequences is None or self.step_probabilities is None:
+            return None
+        return [
+            [(step_name(step, self.labels), float(probability)) for step, probability in zip(ids.tolist(), probabilities) if step]
+            for ids, probabilities in zip(self.sequences, self.step_probabilities)
+        ]
 
-def find_images(inputs: list[Path]) -> list[Path]:
-    """Expand folders (recursively, sorted) into image files; files are kept as given.
+
+def find_images(inputs: list[Path], extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> list[Path]:
+    """Expand folders (recursively, sorted) into files with one of ``extensions`` (images by default, videos
+    too for ``mlcdf predict``); files are kept as given.
 
     Raises:
         MissingArtifactError: an input does not exist.
@@ -246,7 +300,7 @@ def find_images(inputs: list[Path]) -> list[Path]:
     found: list[Path] = []
     for item in inputs:
         if item.is_dir():
-            found.extend(sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS))
+            found.extend(sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in extensions))
         elif item.is_file():
             found.append(item)
         else:
@@ -278,6 +332,38 @@ def _collate_images(items):
     return [index for index, _ in good], images, bad
 
 
+class ScoredBatch(NamedTuple):
+    """A batch's per-label probabilities (N, C), and for a sequence run its steps (N, L) and their probabilities."""
+
+    scores: np.ndarray
+    sequences: np.ndarray | None
+    step_probabilities: np.ndarray | None
+
+
+class ImageScorer:
+    """A run's model on ``device``, scoring batches of ``uint8`` RGB images (N, S, S, 3) at its input size:
+    what :func:`predict_images`, face crops (:mod:`mlcdf.inference.faces`) and video frames share."""
+
+    def __init__(self, info: RunInfo, model: torch.nn.Module, device: torch.device) -> None:
+        self.info, self.model, self.device = info, model, device
+        self.task = info.task
+        self.autocast_dtype, _ = mixed_precision(device, None)
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> ScoredBatch:
+        batch = {"images": images, **no_augmentation(len(images))}
+        x = to_model_input(batch, self.device, self.info.input_mean, self.info.input_std, channels_last=self.device.type == "cuda")
+        with autocast(self.device, self.autocast_dtype):
+            logits = self.model(x)
+        decoded, probabilities = self.task.decode(logits), self.task.step_probabilities(logits)
+        ordered = decoded is not None and probabilities is not None
+        return ScoredBatch(
+            self.task.scores(logits).cpu().double().numpy(),
+            decoded.cpu().numpy().astype(np.int64) if ordered else None,  # type: ignore[union-attr]
+            probabilities.cpu().double().numpy() if ordered else None,  # type: ignore[union-attr]
+        )
+
+
 @torch.no_grad()
 def predict_images(
     run_dir: str | Path,
@@ -296,25 +382,34 @@ def predict_images(
     model = load_run_model(info, checkpoint, torch_device)
     paths = find_images(inputs)
     loader = torch.utils.data.DataLoader(
-        _ImageFiles(paths, info.config.image_size),
+        _ImageFiles(paths, info.config.input_size),
         batch_size=batch_size,
         num_workers=workers if len(paths) > batch_size else 0,
         collate_fn=_collate_images,
     )
-    autocast_dtype, _ = mixed_precision(torch_device, None)
-    to_scores = info.task.scores
+    scorer = ImageScorer(info, model, torch_device)
     kept: list[int] = []
     scores: list[np.ndarray] = []
+    steps: list[np.ndarray] = []
+    step_probabilities: list[np.ndarray] = []
     unreadable: list[tuple[Path, str]] = []
     for indices, images, bad in progress(loader, "Predicting", total=len(loader)):
         unreadable.extend((paths[index], reason) for index, reason in bad)
         if images is None:
             continue
-        batch = {"images": images, **no_augmentation(len(indices))}
-        x = to_model_input(batch, torch_device, info.input_mean, info.input_std, channels_last=torch_device.type == "cuda")
-        with autocast(torch_device, autocast_dtype):
-            logits = model(x)
-        scores.append(to_scores(logits).cpu().double().numpy())
+        scored = scorer(images)
+        scores.append(scored.scores)
+        if scored.sequences is not None and scored.step_probabilities is not None:
+            steps.append(scored.sequences)
+            step_probabilities.append(scored.step_probabilities)
         kept.extend(indices)
     score_array = np.concatenate(scores) if scores else np.zeros((0, len(info.labels)))
-    return ImagePredictions(info.labels, [paths[i] for i in kept], score_array, threshold, unreadable)
+    return ImagePredictions(
+        info.labels,
+        [paths[i] for i in kept],
+        score_array,
+        threshold,
+        unreadable,
+        sequences=np.concatenate(steps) if steps else None,
+        step_probabilities=np.concatenate(step_probabilities) if step_probabilities else None,
+    )

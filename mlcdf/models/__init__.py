@@ -24,6 +24,7 @@ from mlcdf.models._registry import (
     model_entrypoint,
     model_info,
     register_model,
+    resolve_config,
 )
 from mlcdf.models.gcn import GraphTensors, graph_from_state_dict
 from mlcdf.weights import LoadReport, load_backbone_weights, read_state_dict
@@ -48,4 +49,5 @@ __all__ = [
     "read_state_dict",
     "rebuild_model",
     "register_model",
+    "resolve_config",
 ]

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import timm
 
+from mlcdf.config import DEFAULT_RECIPE, RECIPES, TrainConfig
 from mlcdf.errors import MlcdfError
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "model_entrypoint",
     "model_info",
     "register_model",
+    "resolve_config",
     "split_model_name",
 ]
 
@@ -58,6 +60,8 @@ class ModelInfo:
             embeddings for graph models), or None when the paper has no such model.
         task: what the model is trained for, which picks its :mod:`mlcdf.tasks` task: ``multilabel`` (C
             logits) or ``sequence`` (token logits of an image-to-sequence model).
+        recipe: the training recipe (:data:`mlcdf.config.RECIPES`) of a run that names none: the one its
+            authors trained it with (``seqfakeformer`` for SeqFakeFormer), else ``asl``.
     """
 
     name: str
@@ -66,10 +70,16 @@ class ModelInfo:
     requires_graph: bool = False
     paper_params_m: float | None = None
     task: str = "multilabel"
+    recipe: str = DEFAULT_RECIPE
 
 
 def register_model(
-    fn: Callable | None = None, *, requires_graph: bool = False, paper_params_m: float | None = None, task: str = "multilabel"
+    fn: Callable | None = None,
+    *,
+    requires_graph: bool = False,
+    paper_params_m: float | None = None,
+    task: str = "multilabel",
+    recipe: str = DEFAULT_RECIPE,
 ) -> Callable:
     """Register a model entry function under its own name; usable bare or with keyword arguments.
 
@@ -81,10 +91,14 @@ def register_model(
         requires_graph: the model needs a label graph (False).
         paper_params_m: the paper's parameter count in millions (None).
         task: ``multilabel`` or ``sequence`` (``multilabel``).
+        recipe: the default training recipe, a key of :data:`mlcdf.config.RECIPES` (``asl``).
 
     Returns:
         The entry function, unchanged, or a decorator when called with keyword arguments only.
     """
+
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown recipe {recipe!r}; expected one of {', '.join(RECIPES)}")
 
     def decorate(entry: Callable) -> Callable:
         name = entry.__name__
@@ -102,6 +116,7 @@ def register_model(
             requires_graph=requires_graph,
             paper_params_m=paper_params_m,
             task=task,
+            recipe=recipe,
         )
         return entry
 
@@ -163,3 +178,13 @@ def model_info(name: str) -> ModelInfo:
         return _model_info[name]
     except KeyError:
         raise _unknown(name) from None
+
+
+def resolve_config(config: TrainConfig) -> TrainConfig:
+    """``config`` resolved (:meth:`~mlcdf.config.TrainConfig.resolve`) with its model's own recipe as the
+    default, so that a run of ``seqfakeformer_r50`` without ``--recipe`` trains as its authors did.
+
+    Raises:
+        MlcdfError: an unknown model, or what ``resolve`` raises.
+    """
+    return config.resolve(default_recipe=model_info(config.model).recipe)

@@ -140,7 +140,11 @@ class GaussianCrossAttention(nn.Module):
             return x.reshape(x.shape[0], batch, self.heads, self.dim // self.heads).permute(1, 2, 0, 3)
 
         q, k, v = heads(F.linear(query, w_q, b_q)), heads(F.linear(key, w_k, b_k)), heads(F.linear(value, w_v, b_v))
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), dropout_p=self.dropout if self.training else 0.0)
+        # Written out rather than F.scaled_dot_product_attention: torch.export (the ONNX export) mistakes the
+        # strides of its output under a dynamic batch and cannot reshape it; T and S are small (<= C + 1
+        # tokens, one key per feature cell), so the explicit form costs nothing that matters.
+        weights = (q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5 + bias.to(q.dtype)).softmax(dim=-1)
+        out = F.dropout(weights, self.dropout, self.training) @ v
         return self.out_proj(out.permute(2, 0, 1, 3).reshape(query.shape[0], batch, self.dim))
 
 
@@ -366,13 +370,13 @@ def create_seqfakeformer(arch: str, num_labels: int, *, freeze_stem: bool = True
     return model
 
 
-@register_model(task="sequence")
+@register_model(task="sequence", recipe="seqfakeformer")
 def seqfakeformer_r34(num_labels: int, *, backbone: str = "resnet34.tv_in1k", **kwargs: Any) -> SeqFakeFormer:
     """SeqFakeFormer on ResNet-34 (stride 32): image-to-sequence, Seq-DeepFake's model (Shao et al., ECCV 2022)."""
     return create_seqfakeformer(backbone, num_labels, **kwargs)
 
 
-@register_model(task="sequence")
+@register_model(task="sequence", recipe="seqfakeformer")
 def seqfakeformer_r50(num_labels: int, *, backbone: str = "resnet50.tv_in1k", **kwargs: Any) -> SeqFakeFormer:
     """SeqFakeFormer on ResNet-50 with a dilated layer4 (stride 16): Seq-DeepFake's model (Shao et al., ECCV 2022)."""
     kwargs.setdefault("output_stride", 16)

@@ -43,6 +43,11 @@ class Task(Protocol):
         """The predicted steps in order, (B, L) ids (0 = none, 1..C), or None for a task without an order."""
         ...
 
+    def step_probabilities(self, outputs: torch.Tensor) -> torch.Tensor | None:
+        """The probability of each predicted step (B, L), 0 where :meth:`decode` gives none; None for a
+        task without an order."""
+        ...
+
     def validation_score(self, targets: np.ndarray, scores: np.ndarray) -> float:
         """The figure (higher is better) that picks the best checkpoint and drives early stopping."""
         ...

@@ -51,6 +51,10 @@ class MultiLabelTask:
         """None: a multi-label model predicts a set, not an order."""
         return None
 
+    def step_probabilities(self, outputs: torch.Tensor) -> torch.Tensor | None:
+        """None: no steps (see :meth:`decode`)."""
+        return None
+
     def validation_score(self, targets: np.ndarray, scores: np.ndarray) -> float:
         """The mAP over the labels with positives (0 when none has any): it ranks checkpoints."""
         with warnings.catch_warnings():

@@ -20,17 +20,9 @@ from typing import Any
 import numpy as np
 
 from mlcdf.errors import MlcdfError
-from mlcdf.labels import SEQUENCE_SEPARATOR
+from mlcdf.labels import sequence_steps
 
 __all__ = ["estimate_prior_orders", "order_sets"]
-
-
-def _ids(sequence: str, lookup: dict[str, int]) -> tuple[int, ...]:
-    steps = sequence.split(SEQUENCE_SEPARATOR) if sequence else []
-    unknown = [step for step in steps if step not in lookup]
-    if unknown:
-        raise MlcdfError(f"sequence {sequence!r} has step(s) {unknown} that are not labels")
-    return tuple(lookup[step] for step in steps)
 
 
 def estimate_prior_orders(sequences: Sequence[str], labels: Sequence[str]) -> dict[str, Any]:
@@ -40,8 +32,7 @@ def estimate_prior_orders(sequences: Sequence[str], labels: Sequence[str]) -> di
         ``{"labels": [...], "orders": {"<ids of the set, ascending, joined by ->": [ids in order]},
         "mean_position": [one per label, NaN-free: a label never seen gets C + 1]}``.
     """
-    lookup = {name: index + 1 for index, name in enumerate(labels)}
-    counts: Counter[tuple[int, ...]] = Counter(_ids(sequence, lookup) for sequence in sequences)
+    counts: Counter[tuple[int, ...]] = Counter(sequence_steps(sequence, labels) for sequence in sequences)
     best: dict[tuple[int, ...], tuple[int, ...]] = {}
     for order, count in counts.items():
         key = tuple(sorted(order))

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mlcdf.errors import MlcdfError
-from mlcdf.labels import SEQUENCE_SEPARATOR
+from mlcdf.labels import sequence_steps
 from mlcdf.metrics import NoPositivesWarning, average_precision
 from mlcdf.models.seqfakeformer import sequence_tokens
 
@@ -99,27 +99,12 @@ class SequenceTask:
         self.sos, self.eos, self.pad = tokens["sos"], tokens["eos"], tokens["pad"]
         self.max_steps = len(self.labels)
 
-    def sequence_ids(self, sequence: str) -> list[int]:
-        """``"nose-lip"`` -> ``[1, 4]`` (exact names, as the prepared contract writes them).
-
-        Raises:
-            MlcdfError: an unknown step name, or more steps than labels.
-        """
-        lookup = {name: index + 1 for index, name in enumerate(self.labels)}
-        steps = [step for step in sequence.split(SEQUENCE_SEPARATOR)] if sequence else []
-        unknown = [step for step in steps if step not in lookup]
-        if unknown:
-            raise MlcdfError(f"sequence {sequence!r} has step(s) {unknown} that are not labels ({', '.join(self.labels)})")
-        if len(steps) > self.max_steps:
-            raise MlcdfError(f"sequence {sequence!r} has {len(steps)} steps; a sequence model takes at most {self.max_steps}")
-        return [lookup[step] for step in steps]
-
     def targets(self, table: SplitTable) -> np.ndarray:
         """(N, L+2) int64 tokens: ``[SOS, ids..., EOS, PAD...]`` per row."""
         rows = np.full((len(table.sequences), self.max_steps + 2), self.pad, dtype=np.int64)
         rows[:, 0] = self.sos
         for row, sequence in zip(rows, table.sequences):
-            ids = self.sequence_ids(sequence)
+            ids = sequence_steps(sequence, self.labels)
             row[1 : len(ids) + 1] = ids
             row[len(ids) + 1] = self.eos
         return rows
@@ -143,6 +128,12 @@ class SequenceTask:
         ended = is_eos.any(dim=1, keepdim=True)
         after = is_eos.long().cumsum(dim=1) > 0
         return ids.masked_fill(after | (ended & (ids == self.pad)), 0)
+
+    def step_probabilities(self, outputs: torch.Tensor) -> torch.Tensor:
+        """(B, L): the decoder's probability of the token it emitted at each step of the greedy path, 0 at
+        the slots :meth:`decode` leaves empty (the EOS and what follows it)."""
+        probabilities = outputs.float().softmax(dim=-1).amax(dim=-1)
+        return probabilities.masked_fill(self.decode(outputs) == 0, 0.0)
 
     def scores(self, outputs: torch.Tensor) -> torch.Tensor:
         """Per-label scores (B, C): see the class docstring."""

@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,7 @@ import timm.layers
 import torch
 
 from mlcdf import __version__
-from mlcdf.config import RECIPES, RESUME_OVERRIDES, TrainConfig
+from mlcdf.config import RECIPES, RESUME_OVERRIDES, TrainConfig, default_workers
 from mlcdf.data.dataset import (
     Augment,
     CachedSource,
@@ -45,7 +44,7 @@ from mlcdf.devices import resolve_device
 from mlcdf.errors import MlcdfError, SchemaError
 from mlcdf.io import atomic_open, check_output_apart, check_output_folder, file_lock, read_json_object, write_json
 from mlcdf.label_graph import LabelGraph, load_graph, save_graph
-from mlcdf.models import BackboneClassifier, create_model
+from mlcdf.models import BackboneClassifier, create_model, resolve_config
 from mlcdf.progress import ProgressFn, silent
 from mlcdf.tasks import Task, create_task
 from mlcdf.train.callbacks import SilentCallbacks, TrainCallbacks
@@ -149,8 +148,8 @@ def _param_groups(model: torch.nn.Module, config: TrainConfig) -> list[dict]:
     assert config.lr is not None, "TrainConfig.resolve() fills lr"
     backbone = getattr(model, "backbone", None)
     backbone_ids = {id(p) for p in backbone.parameters()} if backbone is not None else set()
-    factor = RECIPES[config.recipe].get("backbone_lr_factor", 1.0)
-    decay_all = bool(RECIPES[config.recipe].get("decay_all", False))
+    factor = config.recipe_options.get("backbone_lr_factor", 1.0)
+    decay_all = bool(config.recipe_options.get("decay_all", False))
     groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
     for param in model.parameters():
         if not param.requires_grad:
@@ -225,16 +224,16 @@ def _build_data(prepared: PreparedSubset, config: TrainConfig, task: Task, dist_
 
     def source(split: str, table):
         if not config.cache:
-            return FileSource([prepared.image_path(p) for p in table.file_paths], config.image_size)
+            return FileSource([prepared.image_path(p) for p in table.file_paths], config.input_size)
         # Each process builds or reuses the cache under a file lock, before the process group exists:
         # the others wait on the lock, which has no timeout, and not in a collective, which has (decoding
         # 1024 px PNGs can outlast NCCL's 10 minutes). The first builds it; the next ones find it done.
-        with file_lock(cache_path(prepared, split, config.image_size).with_suffix(".lock")):
+        with file_lock(cache_path(prepared, split, config.input_size).with_suffix(".lock")):
             return CachedSource(
                 build_image_cache(
                     prepared,
                     split,
-                    config.image_size,
+                    config.input_size,
                     table=table,
                     workers=config.workers,
                     progress=progress if dist_info.is_main else silent,
@@ -242,7 +241,7 @@ def _build_data(prepared: PreparedSubset, config: TrainConfig, task: Task, dist_
             )
 
     train_source = source("train", train_table)
-    augment = Augment(flip=config.flip, jitter=config.jitter, perturb=config.augment_perturb)
+    augment = Augment(flip=config.flip, **config.jitter_ranges(), perturb=config.augment_perturb)
     train_targets = task.targets(train_table)
     if val_table is None:
         kept, held = holdout_rows(len(train_table), config.val_fraction, config.seed)
@@ -379,7 +378,7 @@ def train(
             config = TrainConfig.from_dict({**resume_state["config"], **overrides}, source=str(last_path))
     elif last_path.is_file():
         raise MlcdfError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
-    config = config.resolve()
+    config = resolve_config(config)
     check_output_folder(run_dir)
     check_output_apart(run_dir, ("--prepared", config.prepared))
     if config.tensorboard is not None:
@@ -429,7 +428,7 @@ def _train(
         raise MlcdfError(f"{graph_path}: graph labels {list(graph.labels)} differ from the prepared labels {list(labels)}")
     classifier = build_model(config, len(labels), graph, fresh=resume_state is None)
     num_params = sum(p.numel() for p in classifier.parameters())
-    mean, std = tuple(classifier.input_mean), tuple(classifier.input_std)
+    mean, std = config.normalisation(classifier.input_mean, classifier.input_std)
     model: torch.nn.Module = classifier  # converted (--sync-bn) and wrapped (DDP) below
     model.to(device)
     channels_last = config.channels_last if config.channels_last is not None else device.type == "cuda"
@@ -439,7 +438,7 @@ def _train(
         model = sync_batchnorm(model, device)
     ema = ModelEma(model, config.ema_decay) if config.ema_decay > 0 else None
 
-    workers = config.workers if config.workers is not None else min(4, os.cpu_count() or 1)
+    workers = config.workers if config.workers is not None else default_workers(dist_info.world_size)
     if config.batch_size % dist_info.world_size:
         raise MlcdfError(f"--batch-size {config.batch_size} must be divisible by the {dist_info.world_size} processes")
     rank_batch = config.batch_size // dist_info.world_size
@@ -490,10 +489,12 @@ def _train(
             {
                 "train": dataclasses.asdict(config),
                 "subset": prepared.subset,
+                "alignment": prepared.alignment,
                 "labels": list(labels),
                 "num_params": num_params,
                 "input_mean": list(mean),
                 "input_std": list(std),
+                "augment": {"flip": config.flip, **{name: list(bounds) for name, bounds in config.jitter_ranges().items()}},
                 "graph": {"file": GRAPH_FILE, "embedding": graph_embedding_kind(graph), "source": config.graph}
                 if graph is not None
                 else None,

@@ -1,0 +1,1 @@
+"""``mlcdf serve``: a trained run (folder or bundle) behind a small HTTP service (the ``serve`` extra)."""
