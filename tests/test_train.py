@@ -189,6 +189,8 @@ def test_torchrun_ddp_matches_single_process(toy, tmp_path):
     mis-sharding (a row read twice or missed) moves it far more.
     A BatchNorm model: the val mAP that chose best.pt is the one `evaluate --split val` finds for best.pt
     (each rank's BatchNorm statistics follow its own half-batches; validation must use the saved ones).
+    A SeqFakeFormer (the sequence task, teacher forcing, its own recipe): the same, through its task's
+    per-label scores, and its greedy sequences decode in evaluation.
     """
     import dataclasses
 
@@ -210,8 +212,13 @@ def test_torchrun_ddp_matches_single_process(toy, tmp_path):
         toy, tmp_path / "single", model="ml_gcn", backbone="convnext_atto", graph=str(graph_file), epochs=1, batch_size=48
     )
     norm_config = tiny_config(toy, tmp_path / "ddp-bn", epochs=1)
+    sequence_config = tiny_config(toy, tmp_path / "ddp-seq", epochs=1, model="seqfakeformer_r34", backbone="test_resnet", lr=None)
     configs = []
-    for name, config in (("ddp-graph", dataclasses.replace(graph_config, out=str(tmp_path / "ddp-graph"))), ("ddp-bn", norm_config)):
+    for name, config in (
+        ("ddp-graph", dataclasses.replace(graph_config, out=str(tmp_path / "ddp-graph"))),
+        ("ddp-bn", norm_config),
+        ("ddp-seq", sequence_config),
+    ):
         configs.append(tmp_path / f"{name}.json")
         configs[-1].write_text(json.dumps(dataclasses.asdict(config)))
     env = {
@@ -236,17 +243,18 @@ def test_torchrun_ddp_matches_single_process(toy, tmp_path):
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     single = train(graph_config)
-    for run in ("ddp-graph", "ddp-bn"):
+    for run in ("ddp-graph", "ddp-bn", "ddp-seq"):
         assert json.loads((tmp_path / run / "config.json").read_text())["world_size"] == 2
+    assert json.loads((tmp_path / "ddp-seq" / "config.json").read_text())["train"]["recipe"] == "seqfakeformer"
     (ddp_record,), (single_record,) = read_log(tmp_path / "ddp-graph"), single.history
     assert abs(ddp_record["train_loss"] - single_record["train_loss"]) < 1e-5 * single_record["train_loss"]
-    best = load_checkpoint(tmp_path / "ddp-bn" / "checkpoints" / "best.pt")
-    result = runner.invoke(
-        app, ["evaluate", "--run", str(tmp_path / "ddp-bn"), "--split", "val", "--checkpoint", "best", "--device", "cpu"]
-    )
-    assert result.exit_code == 0, result.output
-    metrics = json.loads((tmp_path / "ddp-bn" / "eval" / "val" / "metrics.json").read_text())
-    assert metrics["mAP"] / 100 == pytest.approx(best["val_mAP"], abs=1e-6)
+    for run in ("ddp-bn", "ddp-seq"):
+        best = load_checkpoint(tmp_path / run / "checkpoints" / "best.pt")
+        result = runner.invoke(app, ["evaluate", "--run", str(tmp_path / run), "--split", "val", "--checkpoint", "best", "--device", "cpu"])
+        assert result.exit_code == 0, result.output
+        metrics = json.loads((tmp_path / run / "eval" / "val" / "metrics.json").read_text())
+        assert metrics["mAP"] / 100 == pytest.approx(best["val_mAP"], abs=1e-6), run
+    assert 0 <= metrics["Fixed-Acc"] <= 100 and metrics["sequence_decoder"] == {"kind": "model"}
 
 
 @pytest.mark.parametrize("name", ["gpu", "mps", "cuda:x"])

@@ -37,7 +37,7 @@ import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from mlcdf.config import check_count
 from mlcdf.data.prepared import META_FILE, SYNTH_JSON, load_prepared
@@ -66,6 +66,9 @@ from mlcdf.progress import ProgressFn, silent
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
+
+#: A study's analysed row (its own type per study).
+Row = TypeVar("Row")
 
 COMMAND = "mlcdf study cooccurrence"
 STUDY_JSON, STUDY_CSV, STUDY_MD, STUDY_PNG = "study.json", "study.csv", "study.md", "study.png"
@@ -297,21 +300,58 @@ def run_study(
     """
     check_output_folder(config.out)
     config.check()
-    out = Path(config.out)
-    check_study_outputs(out, config.settings(), _FIXED_SETTINGS, command=COMMAND, table_starts=(_CSV_HEADER, _MD_TITLE))
-    if dry_run:
-        return run_plan(config.plan(), out, jobs=jobs, devices=devices, launcher=launcher, slurm=slurm, dry_run=True), []
-    write_json(out / STUDY_JSON, config.settings())
-    for strength in config.strengths:
-        make_dataset(config.synth_config(strength), config.prepared_dir(strength), log=log, progress=progress)
-    result = run_plan(config.plan(), out, jobs=jobs, devices=devices, launcher=launcher, slurm=slurm, log=log, progress=progress, **hooks)
-    rows = collect_rows(config)
-    write_study(out, rows, config)
-    log(f"{len(rows)} evaluated runs; {out / STUDY_CSV}, {out / STUDY_MD}, {out / STUDY_PNG}")
-    return result, rows
+    datasets = [(config.synth_config(strength), config.prepared_dir(strength)) for strength in config.strengths]
+    return run_study_plan(
+        Path(config.out),
+        config.settings(),
+        config.plan(),
+        command=COMMAND,
+        fixed=_FIXED_SETTINGS,
+        table_starts=(_CSV_HEADER, _MD_TITLE),
+        datasets=datasets,
+        analyse=lambda: collect_rows(config),
+        write=lambda out, rows: write_study(out, rows, config),
+        run_options=dict(jobs=jobs, devices=devices, launcher=launcher, slurm=slurm, **hooks),
+        dry_run=dry_run,
+        log=log,
+        progress=progress,
+    )
 
 
 # --------------------------------------------------------------------------------------------- shared by the studies
+
+
+def run_study_plan(
+    out: Path,
+    settings: Mapping[str, Any],
+    plan: Plan,
+    *,
+    command: str,
+    fixed: Sequence[str],
+    table_starts: Sequence[str],
+    datasets: Sequence[tuple[SynthConfig, Path]],
+    analyse: Callable[[], list[Row]],
+    write: Callable[[Path, list[Row]], None],
+    run_options: Mapping[str, Any],
+    dry_run: bool,
+    log: Callable[[str], None],
+    progress: ProgressFn,
+) -> tuple[PlanResult, list[Row]]:
+    """What every study does around its own analysis: check OUT (:func:`check_study_outputs`), record the
+    settings, make the synthetic ``datasets``, run ``plan`` with ``run_options`` (those of
+    :func:`mlcdf.experiments.runner.run_plan`), then ``analyse`` the evaluated runs into rows and ``write``
+    them under OUT. ``dry_run`` only reports each run's status."""
+    check_study_outputs(out, settings, fixed, command=command, table_starts=table_starts)
+    if dry_run:
+        return run_plan(plan, out, **run_options, dry_run=True), []
+    write_json(out / STUDY_JSON, settings)
+    for synth, prepared_dir in datasets:
+        make_dataset(synth, prepared_dir, log=log, progress=progress)
+    result = run_plan(plan, out, **run_options, log=log, progress=progress)
+    rows = analyse()
+    write(out, rows)
+    log(f"{len(rows)} rows; {out / STUDY_CSV}, {out / STUDY_MD}, {out / STUDY_PNG}")
+    return result, rows
 
 
 def check_study_outputs(out: Path, settings: Mapping[str, Any], fixed: Sequence[str], *, command: str, table_starts: Sequence[str]) -> None:

@@ -43,25 +43,21 @@ from mlcdf.data.synth import SynthConfig
 from mlcdf.errors import MlcdfError
 from mlcdf.evaluation.evaluate import METRICS_FILE, default_eval_dir, read_metrics
 from mlcdf.experiments.plans import Plan
-from mlcdf.experiments.runner import PlanResult, run_plan
+from mlcdf.experiments.runner import PlanResult
 from mlcdf.experiments.study import (
-    STUDY_CSV,
-    STUDY_JSON,
-    STUDY_MD,
     STUDY_PNG,
     Spread,
     chance_map,
-    check_study_outputs,
     csv_number,
     direct_model,
     evaluated_runs,
-    make_dataset,
     paired_differences,
     run_name,
+    run_study_plan,
     save_figure,
     write_study_files,
 )
-from mlcdf.io import check_output_folder, write_json
+from mlcdf.io import check_output_folder
 from mlcdf.labels import SUBSETS
 from mlcdf.models import is_model
 from mlcdf.progress import ProgressFn, silent
@@ -260,17 +256,21 @@ def run_study(
     """
     check_output_folder(config.out)
     config.check()
-    out = Path(config.out)
-    check_study_outputs(out, config.settings(), _FIXED_SETTINGS, command=COMMAND, table_starts=(_CSV_HEADER, _MD_TITLE))
-    if dry_run:
-        return run_plan(config.plan(), out, jobs=jobs, devices=devices, launcher=launcher, slurm=slurm, dry_run=True), []
-    write_json(out / STUDY_JSON, config.settings())
-    make_dataset(config.synth_config(), config.prepared_dir, log=log, progress=progress)
-    result = run_plan(config.plan(), out, jobs=jobs, devices=devices, launcher=launcher, slurm=slurm, log=log, progress=progress, **hooks)
-    rows = collect_rows(config)
-    write_study(out, rows, config)
-    log(f"{len(rows)} rows; {out / STUDY_CSV}, {out / STUDY_MD}, {out / STUDY_PNG}")
-    return result, rows
+    return run_study_plan(
+        Path(config.out),
+        config.settings(),
+        config.plan(),
+        command=COMMAND,
+        fixed=_FIXED_SETTINGS,
+        table_starts=(_CSV_HEADER, _MD_TITLE),
+        datasets=[(config.synth_config(), config.prepared_dir)],
+        analyse=lambda: collect_rows(config),
+        write=lambda out, rows: write_study(out, rows, config),
+        run_options=dict(jobs=jobs, devices=devices, launcher=launcher, slurm=slurm, **hooks),
+        dry_run=dry_run,
+        log=log,
+        progress=progress,
+    )
 
 
 # --------------------------------------------------------------------------------------------- analysis
