@@ -307,6 +307,31 @@ def check_workers(value: int | None, option: str = "--workers") -> int | None:
     return value
 
 
+#: ``--threshold`` words of the commands that predict on new images: ``tuned`` (the run's per-label
+#: thresholds tuned on validation, an error without) and ``auto`` (those where the run has them, else
+#: :data:`DEFAULT_THRESHOLD`); :mod:`mlcdf.inference.thresholds` applies them.
+THRESHOLD_WORDS = ("auto", "tuned")
+DEFAULT_THRESHOLD = 0.5
+
+
+def parse_threshold(value: str | float) -> str | float:
+    """``--threshold`` as given: one of :data:`THRESHOLD_WORDS`, or a number in [0, 1].
+
+    Raises:
+        MlcdfError: anything else (NaN too).
+    """
+    word = value.strip().lower() if isinstance(value, str) else value
+    if word in THRESHOLD_WORDS:
+        return word
+    try:
+        number = float(word)
+    except ValueError:
+        number = math.nan
+    if not 0 <= number <= 1:
+        raise MlcdfError(f"--threshold must be a number in [0, 1], 'tuned' or 'auto', got {value!r}")
+    return number
+
+
 def asl_defaults() -> dict[str, float]:
     """The Asymmetric Loss settings of a run that sets none: the ASL paper's, used by Seq-DeepFake too."""
     defaults = TrainConfig(prepared="", model="", out="")

@@ -157,6 +157,76 @@ def test_explain_and_evaluate_take_a_bundle(evaluated_run, bundle, images, tmp_p
     assert no_out.exit_code == 2 and "give --out DIR" in no_out.output
 
 
+def with_thresholds(run, target, values):
+    """A copy of ``run`` at ``target`` whose test evaluation records ``values`` as thresholds tuned on val."""
+    shutil.copytree(run, target)
+    metrics_file = target / "eval" / "test" / "metrics.json"
+    metrics = json.loads(metrics_file.read_text())
+    metrics["threshold"] = values
+    metrics_file.write_text(json.dumps(metrics))
+    return target
+
+
+def test_tuned_thresholds_decide_predictions_from_a_run_and_its_bundle(evaluated_run, images, tmp_path):
+    # Even labels always predicted, odd ones never: decisions 0.5 could not give (the scores differ from 0 and 1).
+    tuned = {label: 0.0 if index % 2 == 0 else 1.0 for index, label in enumerate(LABELS)}
+    run = with_thresholds(evaluated_run, tmp_path / "run", tuned)
+    bundle_path = tmp_path / "tuned.mlcdf"
+    export_bundle(run, bundle_path)
+    expected = np.array([[index % 2 == 0 for index in range(5)]] * 2)
+    for source in (run, bundle_path):
+        result = predict_images(source, [images], device="cpu", workers=0)
+        assert np.array_equal(result.predicted, expected), source
+        assert result.thresholds.to_json() == tuned and str(result.thresholds).startswith("tuned for F1 per label on ")
+        out = tmp_path / f"{source.name}.json"
+        cli = runner.invoke(app, ["predict", str(source), str(images), "--out", str(out), "--device", "cpu", "--workers", "0"])
+        assert cli.exit_code == 0, cli.output
+        written = json.loads(out.read_text())
+        assert written["threshold"] == tuned
+        assert [row["predicted"] for row in written["predictions"]] == ["nose+eyebrow+hair"] * 2
+    # A number given on the command line wins, for every label.
+    fixed = predict_images(bundle_path, [images], device="cpu", workers=0, threshold=0.5)
+    assert fixed.thresholds.to_json() == 0.5 and np.array_equal(fixed.predicted, fixed.scores >= 0.5)
+
+
+def test_tuned_thresholds_that_do_not_fit_or_do_not_exist_are_one_line_errors(evaluated_run, bundle, images, tmp_path):
+    untuned = tmp_path / "untuned"
+    shutil.copytree(evaluated_run, untuned)
+    shutil.rmtree(untuned / "eval")
+    assert predict_images(untuned, [images], device="cpu", workers=0).thresholds.to_json() == 0.5  # auto: none tuned, 0.5
+    result = runner.invoke(app, ["predict", str(untuned), str(images), "--threshold", "tuned", "--device", "cpu"])
+    assert result.exit_code == 2 and "has no tuned thresholds; run 'mlcdf evaluate --run RUN --tune-thresholds'" in result.output
+    for bad in ("1.5", "nan", "best"):
+        result = runner.invoke(app, ["predict", str(bundle), str(images), "--threshold", bad, "--device", "cpu"])
+        assert result.exit_code == 2 and "a number in [0, 1], 'tuned' or 'auto'" in result.output, (bad, result.output)
+
+    # A bundle whose thresholds.json names other labels (its hashes made to match: a careless edit, not damage).
+    def other_labels(name, data):
+        if name == "thresholds.json":
+            document = json.loads(data)
+            document["thresholds"] = {"nose": 0.5, "mouth": 0.5}
+            return name, json.dumps(document).encode()
+        return name, data
+
+    edited = tmp_path / "edited.mlcdf"
+    with zipfile.ZipFile(bundle) as source:
+        members = {info.filename: source.read(info.filename) for info in source.infolist()}
+    members = dict(other_labels(name, data) for name, data in members.items())
+    manifest = json.loads(members[MANIFEST])
+    manifest["members"]["thresholds.json"] = {
+        "sha256": hashlib.sha256(members["thresholds.json"]).hexdigest(),
+        "size": len(members["thresholds.json"]),
+    }
+    members[MANIFEST] = json.dumps(manifest).encode()
+    with zipfile.ZipFile(edited, "w") as target:
+        for name, data in members.items():
+            target.writestr(name, data)
+    out = tmp_path / "out.csv"
+    result = runner.invoke(app, ["predict", str(edited), str(images), "--out", str(out), "--device", "cpu"])
+    assert result.exit_code == 2 and "edited.mlcdf: thresholds.json: the tuned thresholds must name each" in result.output, result.output
+    assert result.output.strip().count("\n") == 0 and not out.exists()
+
+
 def test_a_bundle_holds_one_set_of_weights(evaluated_run, bundle, images, tmp_path):
     result = runner.invoke(app, ["predict", str(bundle), str(images), "--checkpoint", "last", "--device", "cpu"])
     assert result.exit_code == 2 and "holds the 'best' weights only" in result.output

@@ -10,6 +10,7 @@ from headless import colour_area, render
 
 from mlcdf.errors import MlcdfError
 from mlcdf.inference.report_html import (
+    COLOURS,
     MAX_CHART_LABELS,
     ReportFace,
     ReportInput,
@@ -18,9 +19,11 @@ from mlcdf.inference.report_html import (
     timeline_svg,
     write_report,
 )
+from mlcdf.inference.thresholds import Thresholds
 
 LABELS = tuple(f"label_{i:02d}" for i in range(40))
 MAGENTA, CYAN = (255, 0, 255), (0, 255, 255)
+AT_HALF = Thresholds.uniform(LABELS, 0.5)
 HOSTILE = '<script>alert(1)</script>"><img src=x onerror=alert(2)>.png'
 
 
@@ -52,7 +55,7 @@ def fake_inputs() -> list[ReportInput]:
 
 
 def test_report_is_sorted_by_suspicion_and_escapes_every_name():
-    page = render_report(fake_inputs(), LABELS, 0.5, source=HOSTILE)
+    page = render_report(fake_inputs(), AT_HALF, source=HOSTILE)
     assert "<script" not in page and "onerror=alert" not in page.replace("onerror=alert(2)&gt;", "")
     assert page.count("&lt;script&gt;alert(1)&lt;/script&gt;") >= 3  # title of the section, summary row, source line
     order = [m for m in re.findall(r"<h2>(.*?)</h2>", page)]
@@ -68,12 +71,35 @@ def test_report_is_sorted_by_suspicion_and_escapes_every_name():
 
 
 def test_forty_labels_show_the_predicted_ones_first_and_every_label_on_request():
-    page = render_report(fake_inputs(), LABELS, 0.5)
+    page = render_report(fake_inputs(), AT_HALF)
     section = page[page.index('id="input-0"') : page.index('id="input-1"')]
     assert "<b>predicted:</b> label_03, label_17, label_39</div>" in section
     visible, folded = section.split("<details>")
     assert visible.count('class="row hit"') == 3 and visible.count('class="row"') == 3  # predicted + 3 more
     assert folded.count('class="row') == 40
+
+
+def test_per_label_thresholds_decide_the_verdict_and_are_named():
+    values = np.full(len(LABELS), 0.5)
+    values[[3, 17]] = (0.99, 0.2)  # label_03 (0.97) is no longer predicted; label_17 (0.8) still is
+    values[22] = 0.01  # a calm label (scores below 0.3) now is
+    tuned = Thresholds(LABELS, values, "tuned per label for F1 on val")
+    page = render_report(fake_inputs(), tuned)
+    section = page[page.index('id="input-0"') : page.index('id="input-1"')]
+    assert "<b>predicted:</b> label_17, label_39, label_22</div>" in section
+    assert "threshold tuned per label for F1 on val;" in page
+
+
+def test_timeline_draws_each_labels_threshold_when_they_differ():
+    times, scores = np.array([0.0, 1.0]), np.zeros((2, 40))
+    scores[:, 7], scores[:, 9] = 1.0, 0.9
+    levels = np.full(40, 0.5)
+    levels[[7, 9]] = (0.0, 1.0)
+    dashed = re.findall(
+        r'<line [^>]*y1="([0-9.]+)"[^>]*stroke="([^"]+)" stroke-dasharray', timeline_svg(times, scores, LABELS, levels, height=130)
+    )
+    assert dashed[:2] == [("108.0", COLOURS[0]), ("8.0", COLOURS[1])] and len(dashed) == MAX_CHART_LABELS
+    assert re.findall(r'<line [^>]*y1="([0-9.]+)"[^>]*stroke-dasharray', timeline_svg(times, scores, LABELS, 0.5, height=130)) == ["58.0"]
 
 
 def test_timeline_draws_the_most_probable_labels_over_time():
@@ -90,14 +116,14 @@ def test_timeline_draws_the_most_probable_labels_over_time():
 
 def test_write_report_is_atomic_and_replaces_only_its_own(tmp_path):
     report = tmp_path / "report.html"
-    write_report(report, fake_inputs(), LABELS, 0.5)
+    write_report(report, fake_inputs(), AT_HALF)
     check_report_replaceable(report, "mlcdf predict")  # its own earlier page: fine
     foreign = tmp_path / "notes.html"
     foreign.write_text("<html>mine</html>")
     with pytest.raises(MlcdfError, match="notes.html: exists and was not written by 'mlcdf predict'"):
         check_report_replaceable(foreign, "mlcdf predict")
     # A file name's stray bytes (surrogate escapes) are written as escapes, not a UnicodeEncodeError.
-    write_report(report, [ReportInput("caf\udce9.png", "image", ())], LABELS, 0.5)
+    write_report(report, [ReportInput("caf\udce9.png", "image", ())], AT_HALF)
     assert "caf\\udce9.png" in report.read_text(encoding="utf-8")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.html", "report.html"]  # no temporaries left
 
@@ -105,7 +131,7 @@ def test_write_report_is_atomic_and_replaces_only_its_own(tmp_path):
 @pytest.mark.slow
 def test_report_renders_in_headless_chromium_without_console_errors(tmp_path):
     report = tmp_path / "report.html"
-    write_report(report, fake_inputs(), LABELS, 0.5, source="runs/toy")
+    write_report(report, fake_inputs(), AT_HALF, source="runs/toy")
     page = render(report.as_uri(), tmp_path / "shot.png")
     assert page.console == []
     # The crops are shown: two cyan crops of 160 x 160 CSS pixels and one magenta (borders excluded).

@@ -124,6 +124,7 @@ def test_predict_answers_json_for_an_image_and_a_video(server, tmp_path):
     assert body["labels"] == ["nose", "eye", "eyebrow", "lip", "hair"] and body["kind"] == "image"
     (face,) = body["faces"]
     assert face["box"] == [0.0, 0.0, 50.0, 40.0] and set(face["scores"]) == set(body["labels"])
+    assert body["threshold"] == 0.5  # auto: the toy run has no tuned thresholds
     assert face["predicted"] == [label for label, p in face["scores"].items() if p >= 0.5]
     video = server.post("/predict", video_bytes(tmp_path), filename="clip.mp4").json()
     assert video["kind"] == "video" and len(video["faces"]) == 1 and video["faces"][0]["frames"] == 6

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from mlcdf.config import check_workers
+from mlcdf.config import check_workers, parse_threshold
 from mlcdf.data.images import DEFAULT_MAX_PIXELS, MAX_PIXELS_ENV
 from mlcdf.labels import SUBSETS
 
@@ -95,6 +95,26 @@ MaxPixelsOpt = Annotated[
         help=f"Images declaring more pixels than this count as unreadable (decompression bombs): skipped where "
         f"unreadable files are, an error elsewhere. Default {DEFAULT_MAX_PIXELS:,}, Pillow's limit; raise it for "
         "genuinely huge images.",
+    ),
+]
+
+
+def _check_threshold(value: str) -> str:
+    """``--threshold``'s callback: a one-line error (exit code 2) unless :func:`mlcdf.config.parse_threshold` takes it."""
+    parse_threshold(value)
+    return value
+
+
+#: ``--threshold`` of the commands that predict on new images (predict, serve): text, for its words.
+ThresholdOpt = Annotated[
+    str,
+    typer.Option(
+        "--threshold",
+        callback=_check_threshold,
+        metavar="NUMBER|tuned|auto",
+        help="A manipulation is predicted when its probability reaches this: a number in [0, 1]; 'tuned': the "
+        "per-label thresholds tuned on validation that the bundle carries, or the run's 'mlcdf evaluate "
+        "--tune-thresholds'; 'auto': tuned where the run has them, else 0.5.",
     ),
 ]
 

@@ -23,6 +23,7 @@ from mlcdf.cli._options import (
     MaxPixelsOpt,
     QuietOpt,
     RunArg,
+    ThresholdOpt,
     check_workers_option,
 )
 from mlcdf.errors import MlcdfError
@@ -32,6 +33,7 @@ from mlcdf.labels import SEQUENCE_SEPARATOR
 if TYPE_CHECKING:
     from mlcdf.inference.faces import FacePredictions
     from mlcdf.inference.runs import ImagePredictions
+    from mlcdf.inference.thresholds import Thresholds
 
 #: ``--min-face-size`` and ``--max-faces`` defaults (:mod:`mlcdf.inference.faces`'s, kept here so that
 #: ``--help`` imports no torch; a test holds them equal).
@@ -75,13 +77,16 @@ def predict_command(
             dir_okay=False,
         ),
     ] = None,
-    threshold: Annotated[
-        float, typer.Option("--threshold", min=0.0, max=1.0, help="A manipulation is predicted when its probability is at least this.")
-    ] = 0.5,
+    threshold: ThresholdOpt = "auto",
     checkpoint: CheckpointOpt = Checkpoint.best,
     device: DeviceOpt = Device.auto,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 64,
-    workers: Annotated[int, typer.Option("--workers", min=0, callback=check_workers_option, help="Decoding processes.")] = 2,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers", min=0, callback=check_workers_option, help="Decoding processes for whole images (faces: one photo at a time)."
+        ),
+    ] = 2,
     faces: Annotated[
         Faces,
         typer.Option(
@@ -121,7 +126,9 @@ def predict_command(
 ) -> None:
     """Say which manipulations each image carries: per-label probabilities, the predicted set and a fake score.
 
-    Unreadable files are reported and skipped. The fake score is the largest label probability. A
+    Unreadable files are reported and skipped. The fake score is the largest label probability. A label
+    is predicted when its probability reaches its threshold: by default the per-label thresholds tuned on
+    validation where the run or bundle has them ('mlcdf evaluate --tune-thresholds'), else 0.5. A
     sequence run (SeqFakeFormer) also gives the predicted steps in the order applied, with each step's
     probability (--out: columns sequence and step_probabilities).
 
@@ -204,7 +211,7 @@ def path_text(path: Path) -> str:
 def _print_predictions(result: ImagePredictions) -> None:
     # With many labels a column per label no longer fits: the predicted labels carry their scores instead.
     per_label_columns = len(result.labels) <= MAX_LABEL_COLUMNS
-    table = Table(title=f"{len(result.paths)} image(s), threshold {result.threshold}", title_justify="left")
+    table = Table(title=f"{len(result.paths)} image(s), threshold {result.thresholds}", title_justify="left")
     table.add_column("image", overflow="fold")
     for label in result.labels if per_label_columns else ():
         table.add_column(escape(label), justify="right")
@@ -213,11 +220,11 @@ def _print_predictions(result: ImagePredictions) -> None:
     steps = result.predicted_steps()
     if steps is not None:
         table.add_column("sequence (step probability)")
-    for index, (path, row, fake, chosen) in enumerate(
-        list(zip(result.paths, result.scores, result.fake_scores, result.predicted_sets()))[:SHOWN_ROWS]
+    for index, (path, row, hits, fake, chosen) in enumerate(
+        list(zip(result.paths, result.scores, result.predicted, result.fake_scores, result.predicted_sets()))[:SHOWN_ROWS]
     ):
         if per_label_columns:
-            cells = [f"[bold]{p:.2f}[/bold]" if p >= result.threshold else f"{p:.2f}" for p in row]
+            cells = [f"[bold]{p:.2f}[/bold]" if hit else f"{p:.2f}" for p, hit in zip(row, hits)]
             predicted = ", ".join(chosen) or "real"
         else:
             cells = []
@@ -256,7 +263,7 @@ def _write_predictions(result: ImagePredictions, path: Path) -> None:
         row["step_probabilities"] = [probability for _, probability in image_steps]
     with atomic_open(path) as handle:
         if path.suffix.lower() == ".json":
-            json.dump({"labels": list(result.labels), "threshold": result.threshold, "predictions": rows}, handle, indent=2)
+            json.dump({"labels": list(result.labels), "threshold": result.thresholds.to_json(), "predictions": rows}, handle, indent=2)
         else:
             writer = csv.DictWriter(handle, fieldnames=list(rows[0]), lineterminator="\n")
             writer.writeheader()
@@ -307,7 +314,7 @@ def _predict_faces(
     crops: Path | None,
     min_face_size: float,
     max_faces: int,
-    threshold: float,
+    threshold: str,
     checkpoint: Checkpoint,
     device: Device,
     batch_size: int,
@@ -334,7 +341,10 @@ def _predict_faces(
     scored = [row for row in result.rows if row.status == SCORED]
     if not result.rows:
         raise MlcdfError("no image among the inputs")
-    table = Table(title=f"{len(scored)} face(s) scored in {len(result.rows)} row(s), alignment {result.alignment}", title_justify="left")
+    table = Table(
+        title=f"{len(scored)} face(s) scored in {len(result.rows)} row(s), alignment {result.alignment}, threshold {result.thresholds}",
+        title_justify="left",
+    )
     for column in ("image", "face", "status", "fake", "predicted"):
         table.add_column(column, overflow="fold", justify="right" if column in ("face", "fake") else "left")
     for row in result.rows[:SHOWN_ROWS]:
@@ -384,7 +394,7 @@ def _write_face_rows(result: FacePredictions, path: Path) -> None:
     with atomic_open(path) as handle:
         if path.suffix.lower() == ".json":
             json.dump(
-                {"labels": list(result.labels), "threshold": result.threshold, "alignment": result.alignment, "faces": rows},
+                {"labels": list(result.labels), "threshold": result.thresholds.to_json(), "alignment": result.alignment, "faces": rows},
                 handle,
                 indent=2,
             )
@@ -414,7 +424,7 @@ def is_face_rows_file(path: Path) -> bool:
 class MediaOptions(NamedTuple):
     """What ``mlcdf predict`` passes on to :class:`~mlcdf.inference.media.MediaPredictor` for videos and reports."""
 
-    threshold: float
+    threshold: str
     frames: int | None
     every: int | None
     frame_rows: bool
@@ -476,17 +486,17 @@ def _predict_media(
         report.append(result.report)
     if not rows and html is None:
         raise MlcdfError("no face was scored in the inputs")
-    _print_media_rows(rows, predictor.threshold)
+    _print_media_rows(rows, predictor.thresholds)
     if out_file is not None:
-        _write_media_rows(rows, predictor.labels, predictor.threshold, out_file)
+        _write_media_rows(rows, predictor.thresholds, out_file)
         err.print(f"wrote {len(rows)} row(s) to {out_file}")
     if html is not None:
-        write_report(html, report, predictor.labels, predictor.threshold, source=path_text(run))
+        write_report(html, report, predictor.thresholds, source=path_text(run))
         err.print(f"wrote the report of {len(report)} input(s) to {html}")
 
 
-def _print_media_rows(rows: list[dict], threshold: float) -> None:
-    table = Table(title=f"{len(rows)} row(s), threshold {threshold}", title_justify="left")
+def _print_media_rows(rows: list[dict], thresholds: Thresholds) -> None:
+    table = Table(title=f"{len(rows)} row(s), threshold {thresholds}", title_justify="left")
     for column in ("file", "kind", "face / track", "time (s)", "fake", "predicted"):
         table.add_column(column, overflow="fold", justify="right" if column in ("fake", "time (s)") else "left")
     for row in rows[:SHOWN_ROWS]:
@@ -504,10 +514,11 @@ def _print_media_rows(rows: list[dict], threshold: float) -> None:
 MEDIA_COLUMNS = ["file_path", "kind", "face", "track", "start", "end", "frames", "time", "box", "alignment", "landmarks", "confidence"]
 
 
-def _write_media_rows(rows: list[dict], labels: tuple[str, ...], threshold: float, path: Path) -> None:
+def _write_media_rows(rows: list[dict], thresholds: Thresholds, path: Path) -> None:
+    labels = thresholds.labels
     with atomic_open(path) as handle:
         if path.suffix.lower() == ".json":
-            json.dump({"labels": list(labels), "threshold": threshold, "rows": rows}, handle, indent=2)
+            json.dump({"labels": list(labels), "threshold": thresholds.to_json(), "rows": rows}, handle, indent=2)
             return
         writer = csv.DictWriter(
             handle, fieldnames=[*MEDIA_COLUMNS, *(f"score_{label}" for label in labels), "fake_score", "predicted"], lineterminator="\n"

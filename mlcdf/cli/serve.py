@@ -7,7 +7,17 @@ from typing import Annotated
 import typer
 
 from mlcdf.cli._console import err
-from mlcdf.cli._options import Checkpoint, CheckpointOpt, Device, DeviceOpt, EveryOpt, FramesOpt, MaxPixelsOpt, RunArg
+from mlcdf.cli._options import (
+    Checkpoint,
+    CheckpointOpt,
+    Device,
+    DeviceOpt,
+    EveryOpt,
+    FramesOpt,
+    MaxPixelsOpt,
+    RunArg,
+    ThresholdOpt,
+)
 from mlcdf.cli.predict import FaceAlignment, Faces
 from mlcdf.errors import MlcdfError
 
@@ -19,9 +29,7 @@ def serve_command(
     run: RunArg,
     host: Annotated[str, typer.Option("--host", help="Address to listen on; the default answers this machine only.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=1, max=65535, help="TCP port.")] = 8000,
-    threshold: Annotated[
-        float, typer.Option("--threshold", min=0.0, max=1.0, help="A manipulation is predicted when its probability is at least this.")
-    ] = 0.5,
+    threshold: ThresholdOpt = "auto",
     max_upload_mb: Annotated[
         int, typer.Option("--max-upload-mb", min=1, max=MAX_UPLOAD_MB, help="Largest upload in MiB; larger ones get 413.")
     ] = 100,
@@ -74,7 +82,11 @@ def serve_command(
         alignment=None if alignment is None else alignment.value,
     )
     app = create_app(predictor, max_upload_bytes=max_upload_mb * 1024 * 1024, video_options={"frames": frames, "every": every})
-    err.print(f"serving {predictor.info.source} ({len(predictor.labels)} labels) on http://{host}:{port}/", highlight=False, markup=False)
+    err.print(
+        f"serving {predictor.info.source} ({len(predictor.labels)} labels, threshold {predictor.thresholds}) on http://{host}:{port}/",
+        highlight=False,
+        markup=False,
+    )
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
 

@@ -24,7 +24,8 @@ from mlcdf import __version__
 from mlcdf.errors import MlcdfError, first_line
 from mlcdf.inference.bundle import BUNDLE_SUFFIX, MODEL_CARD, PRIOR_ORDERS, THRESHOLDS, WEIGHTS, is_bundle_file, write_bundle
 from mlcdf.inference.runs import RunInfo, load_run_model, read_run
-from mlcdf.io import atomic_path, check_file_replaceable, json_object_with, read_json_object, write_json
+from mlcdf.inference.thresholds import run_evaluations, tuned_thresholds_in
+from mlcdf.io import atomic_path, check_file_replaceable, json_object_with, write_json
 from mlcdf.tasks import Task
 from mlcdf.train.stage import CONFIG_FILE, GRAPH_FILE
 
@@ -169,9 +170,6 @@ def export_onnx(
     return ExportReport(out_path, size, info.labels, diff, opset)
 
 
-#: Where ``mlcdf evaluate --run`` writes a split's metrics (``RUN/eval/<split>/metrics.json``), in the
-#: order a model card prefers them.
-_EVAL_METRICS = ("eval/test/metrics.json", "eval/val/metrics.json")
 _CARD_METRICS = ("mAP", "CP", "CR", "CF1", "OP", "OR", "OF1")
 
 
@@ -182,25 +180,6 @@ class BundleReport:
     size: int
     members: tuple[str, ...]
     model_card: str
-
-
-def _evaluations(run_dir: Path) -> dict[str, dict[str, Any]]:
-    """The run's evaluations that exist, by split (``test`` first), for the card, thresholds and priors."""
-    found = {}
-    for relative in _EVAL_METRICS:
-        path = run_dir / relative
-        if path.is_file():
-            found[path.parent.name] = read_json_object(path)
-    return found
-
-
-def _tuned_thresholds(evaluations: dict[str, dict[str, Any]], labels: tuple[str, ...]) -> dict[str, Any] | None:
-    """Per-label thresholds an evaluation tuned on validation (``--tune-thresholds``), or None."""
-    for split, metrics in evaluations.items():
-        tuning, thresholds = metrics.get("threshold_tuning"), metrics.get("threshold")
-        if tuning and isinstance(thresholds, dict) and list(thresholds) == list(labels):
-            return {"thresholds": thresholds, "objective": tuning.get("objective"), "tuned_on": tuning.get("tuned_on"), "from": split}
-    return None
 
 
 def _prior_orders(evaluations: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
@@ -251,7 +230,10 @@ def model_card(info: RunInfo, checkpoint: str, evaluations: dict[str, dict[str, 
                 )
             lines.append("")
     if tuned is not None:
-        lines += [f"Per-label thresholds tuned for {tuned['objective']} on {tuned['tuned_on']} are in `thresholds.json`.", ""]
+        lines += [
+            f"Per-label thresholds tuned for {tuned['objective']} on {tuned['tuned_on']} are in `thresholds.json`; `mlcdf predict` and `mlcdf serve` apply them by default (`--threshold auto`).",
+            "",
+        ]
     lines += [
         "",
         "## Intended use",
@@ -297,8 +279,8 @@ def export_bundle(run_dir: str | Path, out_path: str | Path, *, checkpoint: str 
     model = load_run_model(info, checkpoint, "cpu")
     # Cloned: safetensors refuses tensors that share memory, which tied weights would.
     weights = safetensors.torch.save({name: tensor.detach().clone().contiguous() for name, tensor in model.state_dict().items()})
-    evaluations = _evaluations(info.run_dir)
-    tuned = _tuned_thresholds(evaluations, info.labels)
+    evaluations = run_evaluations(info.run_dir)
+    tuned = tuned_thresholds_in(evaluations, info.labels)
     prior = _prior_orders(evaluations)
     card = model_card(info, checkpoint, evaluations, tuned)
     members = {CONFIG_FILE: (info.run_dir / CONFIG_FILE).read_bytes(), WEIGHTS: weights, MODEL_CARD: card.encode("utf-8")}

@@ -27,6 +27,7 @@ from mlcdf.faces.align import FACE_ALIGNMENTS, align_face, to_crop_coordinates
 from mlcdf.faces.detect import FaceDetector
 from mlcdf.faces.photos import load_photo
 from mlcdf.inference.runs import ImageScorer, RunInfo, find_images, load_run_model, read_run
+from mlcdf.inference.thresholds import AUTO, Thresholds, decision_thresholds
 from mlcdf.io import check_file_replaceable, png_written_by, save_png
 from mlcdf.progress import ProgressFn, silent
 
@@ -83,16 +84,14 @@ class FacePredictions:
     """Every row of :func:`predict_faces`, with what is needed to read them."""
 
     labels: tuple[str, ...]
-    threshold: float
+    thresholds: Thresholds
     alignment: str
     rows: list[FaceRow]
     notes: list[str] = field(default_factory=list)
 
     def predicted(self, row: FaceRow) -> list[str]:
-        """The labels of ``row`` at or above the threshold (none for a row without scores)."""
-        if row.scores is None:
-            return []
-        return [label for label, score in zip(self.labels, row.scores) if score >= self.threshold]
+        """The labels of ``row`` at or above their thresholds (none for a row without scores)."""
+        return [] if row.scores is None else self.thresholds.predicted(row.scores)
 
 
 def choose_alignment(mode: str, run_alignment: str, override: str | None) -> str:
@@ -236,7 +235,7 @@ def predict_faces(
     checkpoint: str = "best",
     device: str = "auto",
     batch_size: int = 64,
-    threshold: float = 0.5,
+    threshold: str | float = AUTO,
     keep_crops: bool = False,
     progress: ProgressFn = silent,
 ) -> FacePredictions:
@@ -249,6 +248,7 @@ def predict_faces(
     crop's pixels only with ``keep_crops``, so memory stays bounded by one batch of crops otherwise.
     """
     info = read_run(run)
+    thresholds = decision_thresholds(info, threshold)
     torch_device = resolve_device(device)
     model = load_run_model(info, checkpoint, torch_device)
     predictor = FacePredictor(
@@ -278,4 +278,4 @@ def predict_faces(
     finish(predictor.flush())
     # Rows of a photo are finished when their batch is scored: put them back in input order.
     rows.sort(key=lambda row: (index_of[row.file], -1 if row.face is None else row.face))
-    return FacePredictions(info.labels, threshold, predictor.alignment, rows, predictor.notes)
+    return FacePredictions(info.labels, thresholds, predictor.alignment, rows, predictor.notes)

@@ -27,6 +27,7 @@ from mlcdf.faces.photos import load_photo
 from mlcdf.inference.faces import SCORED, FacePredictor, FaceRow
 from mlcdf.inference.report_html import ReportFace, ReportInput, gradcam_overlays
 from mlcdf.inference.runs import find_images, load_run_model, read_run
+from mlcdf.inference.thresholds import AUTO, Thresholds, decision_thresholds
 from mlcdf.inference.video import VIDEO_EXTENSIONS, FrameFace, VideoPrediction, is_video, predict_video
 from mlcdf.models import BackboneClassifier
 from mlcdf.progress import ProgressFn, silent
@@ -89,11 +90,11 @@ class MediaPredictor:
         explain: add Grad-CAM panels of the predicted labels to the report's faces (needs ``keep_crops``).
     """
 
-    def __init__(self, faces: FacePredictor, *, threshold: float = 0.5, keep_crops: bool = True, explain: bool = True) -> None:
+    def __init__(self, faces: FacePredictor, thresholds: Thresholds, *, keep_crops: bool = True, explain: bool = True) -> None:
         self.faces = faces
         self.info = faces.info
         self.labels = faces.info.labels
-        self.threshold = threshold
+        self.thresholds = thresholds
         self.keep_crops = keep_crops
         self.explain = explain and keep_crops
 
@@ -104,17 +105,19 @@ class MediaPredictor:
         *,
         checkpoint: str = "best",
         device: str = "auto",
-        threshold: float = 0.5,
+        threshold: str | float = AUTO,
         keep_crops: bool = True,
         explain: bool = True,
         **face_options: Any,
     ) -> MediaPredictor:
-        """Read the run (folder or bundle), load its model on ``device``; ``face_options`` go to :class:`FacePredictor`."""
+        """Read the run (folder or bundle), load its model on ``device``; ``face_options`` go to :class:`FacePredictor`,
+        ``threshold`` to :func:`~mlcdf.inference.thresholds.decision_thresholds`."""
         info = read_run(run)
+        thresholds = decision_thresholds(info, threshold)  # a bad choice stops here, before the model loads
         torch_device = resolve_device(device)
         model = load_run_model(info, checkpoint, torch_device)
         faces = FacePredictor(info, model, torch_device, **face_options)
-        return cls(faces, threshold=threshold, keep_crops=keep_crops, explain=explain)
+        return cls(faces, thresholds, keep_crops=keep_crops, explain=explain)
 
     def _face_rows(self, file: Path, pictures: list[np.ndarray]) -> list[list[FaceRow]]:
         """Every row of each picture (faces scored in batches across pictures), in picture order."""
@@ -146,7 +149,7 @@ class MediaPredictor:
             **fields,
             "scores": {label: float(p) for label, p in zip(self.labels, scores)},
             "fake_score": float(scores.max()) if scores.size else 0.0,
-            "predicted": [label for label, p in zip(self.labels, scores) if p >= self.threshold],
+            "predicted": self.thresholds.predicted(scores),
         }
 
     def _overlays(self, crop: np.ndarray | None, scores: np.ndarray) -> tuple[tuple[str, np.ndarray], ...]:
@@ -155,7 +158,7 @@ class MediaPredictor:
         scorer = self.faces.scorer
         # The scorer holds the model load_run_model built: an mlcdf model, which Grad-CAM needs.
         model = cast(BackboneClassifier, scorer.model)
-        return gradcam_overlays(model, self.info, crop, scores, self.threshold, scorer.device)
+        return gradcam_overlays(model, self.info, crop, scores, self.thresholds, scorer.device)
 
     def predict_photo(self, path: str | Path, name: str | None = None) -> MediaResult:
         """Rows and report of a photo, one per face.

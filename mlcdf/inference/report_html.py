@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     import torch
 
     from mlcdf.inference.runs import RunInfo
+    from mlcdf.inference.thresholds import Thresholds
     from mlcdf.models import BackboneClassifier
 
 #: The marker that makes a report recognisable as mlcdf's own (so a later report may replace it).
@@ -120,20 +121,21 @@ def _figure(image: np.ndarray, caption: str, css_class: str) -> str:
     return f'<figure class="{css_class}"><img src="{_image_uri(image)}" alt="{_text(caption)}"><figcaption>{_text(caption)}</figcaption></figure>'
 
 
-def _score_rows(labels: Sequence[str], scores: np.ndarray, threshold: float) -> str:
+def _score_rows(labels: Sequence[str], scores: np.ndarray, thresholds: np.ndarray) -> str:
     order = np.argsort(-scores, kind="stable")
+    hits = scores >= thresholds
 
     def row(index: int) -> str:
         score = float(scores[index])
-        hit = " hit" if score >= threshold else ""
+        hit = " hit" if hits[index] else ""
         return (
             f'<div class="row{hit}"><span class="label" title="{_text(labels[index])}">{_text(labels[index])}</span>'
             f'<span class="bar"><span style="width:{100 * score:.1f}%"></span></span><span>{score:.3f}</span></div>'
         )
 
-    predicted = [int(i) for i in order if scores[i] >= threshold]
-    shown = predicted + [int(i) for i in order if scores[i] < threshold][:SHOWN_UNPREDICTED]
-    verdict = ", ".join(labels[i] for i in predicted) or "none (no label reaches the threshold)"
+    predicted = [int(i) for i in order if hits[i]]
+    shown = predicted + [int(i) for i in order if not hits[i]][:SHOWN_UNPREDICTED]
+    verdict = ", ".join(labels[i] for i in predicted) or "none (no label reaches its threshold)"
     parts = [f'<div class="scores"><div><b>predicted:</b> {_text(verdict)}</div>', *(row(i) for i in shown)]
     if len(shown) < len(labels):
         parts.append(f"<details><summary>all {len(labels)} labels</summary>{''.join(row(int(i)) for i in order)}</details>")
@@ -142,10 +144,11 @@ def _score_rows(labels: Sequence[str], scores: np.ndarray, threshold: float) -> 
 
 
 def timeline_svg(
-    times: np.ndarray, scores: np.ndarray, labels: Sequence[str], threshold: float, *, width: int = 520, height: int = 170
+    times: np.ndarray, scores: np.ndarray, labels: Sequence[str], thresholds: float | np.ndarray, *, width: int = 520, height: int = 170
 ) -> str:
     """An SVG chart of each label's probability over time (the :data:`MAX_CHART_LABELS` highest), with
-    the threshold dashed, and its legend as HTML."""
+    the threshold dashed (each drawn label's in its colour when they differ), and its legend as HTML."""
+    levels = np.broadcast_to(np.asarray(thresholds, dtype=np.float64), (len(labels),))  # one number, or one per label
     times, scores = np.asarray(times, dtype=np.float64), np.asarray(scores, dtype=np.float64).reshape(len(times), -1)
     left, right, top, bottom = 36, 8, 8, 22
     span = float(times.max() - times.min()) if len(times) > 1 else 0.0
@@ -161,8 +164,14 @@ def timeline_svg(
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" aria-label="label probabilities over time">',
         f'<rect x="{left}" y="{top}" width="{width - left - right}" height="{height - top - bottom}" fill="#fafafa" stroke="#bbb"/>',
-        f'<line x1="{left}" x2="{width - right}" y1="{y(threshold):.1f}" y2="{y(threshold):.1f}" stroke="#999" stroke-dasharray="4 3"/>',
     ]
+    if len(levels) and np.all(levels == levels[0]):
+        dashes = [("#999", float(levels[0]))]
+    else:
+        dashes = [(colour, float(levels[index])) for colour, index in zip(COLOURS, chosen)]
+    for colour, threshold in dashes:
+        level = y(threshold)
+        parts.append(f'<line x1="{left}" x2="{width - right}" y1="{level:.1f}" y2="{level:.1f}" stroke="{colour}" stroke-dasharray="4 3"/>')
     for value in (0.0, 0.5, 1.0):
         parts.append(f'<text x="{left - 4}" y="{y(value) + 4:.1f}" font-size="10" text-anchor="end">{value:g}</text>')
     for t, anchor in ((start, "start"), (start + span, "end")):
@@ -180,29 +189,29 @@ def timeline_svg(
     return "".join(parts) + f'<div class="legend">{legend}<span class="muted">{_text(more)}</span></div>'
 
 
-def _face_html(face: ReportFace, labels: Sequence[str], threshold: float) -> str:
+def _face_html(face: ReportFace, labels: Sequence[str], thresholds: np.ndarray) -> str:
     parts = ['<div class="face">']
     if face.crop is not None:
         parts.append(_figure(face.crop, "what the model saw", "crop"))
     parts.append(f"<div><h3>{_text(face.title)}</h3>")
     if face.details:
         parts.append(f'<div class="muted">{_text(face.details)}</div>')
-    parts.append(_score_rows(labels, face.scores, threshold))
+    parts.append(_score_rows(labels, face.scores, thresholds))
     parts.append("</div>")
     if face.overlays:
         parts.append(
             '<div class="overlays">' + "".join(_figure(image, f"Grad-CAM: {label}", "overlay") for label, image in face.overlays) + "</div>"
         )
     if face.timeline is not None:
-        parts.append(f'<div class="timeline">{timeline_svg(*face.timeline, labels, threshold)}</div>')
+        parts.append(f'<div class="timeline">{timeline_svg(*face.timeline, labels, thresholds)}</div>')
     parts.append("</div>")
     return "".join(parts)
 
 
-def render_report(
-    inputs: Sequence[ReportInput], labels: Sequence[str], threshold: float, *, title: str = "mlcdf report", source: str = ""
-) -> str:
-    """The report page as text; ``source`` (the run or bundle) is named under the title."""
+def render_report(inputs: Sequence[ReportInput], thresholds: Thresholds, *, title: str = "mlcdf report", source: str = "") -> str:
+    """The report page as text, a label predicted where it reaches its threshold (``thresholds`` names
+    the labels too); ``source`` (the run or bundle) is named under the title."""
+    labels = thresholds.labels
     ordered = sorted(inputs, key=lambda item: -item.suspicion)
     summary = []
     sections = []
@@ -219,7 +228,7 @@ def render_report(
         ]
         if item.note:
             body.append(f'<p class="note">{_text(item.note)}</p>')
-        body.extend(_face_html(face, labels, threshold) for face in faces)
+        body.extend(_face_html(face, labels, thresholds.values) for face in faces)
         body.append("</section>")
         sections.append("".join(body))
     head = (
@@ -230,7 +239,7 @@ def render_report(
     )
     intro = (
         f'<h1>{_text(title)}</h1><p class="muted">{_text(source)}{" - " if source else ""}{len(ordered)} input(s), '
-        f"{len(labels)} labels, threshold {threshold:g}; most suspicious first (highest label probability).</p>"
+        f"{len(labels)} labels, threshold {_text(str(thresholds))}; most suspicious first (highest label probability).</p>"
     )
     table = (
         '<table class="summary"><tr><th>input</th><th>kind</th><th>faces</th><th>max probability</th><th>note</th></tr>'
@@ -254,16 +263,16 @@ def check_report_replaceable(path: str | Path, command: str) -> None:
     check_file_replaceable(path, command=command, is_own=is_report_file)
 
 
-def write_report(path: str | Path, inputs: Sequence[ReportInput], labels: Sequence[str], threshold: float, **kwargs: str) -> None:
+def write_report(path: str | Path, inputs: Sequence[ReportInput], thresholds: Thresholds, **kwargs: str) -> None:
     """Write :func:`render_report`'s page to ``path`` atomically (text that is not UTF-8, e.g. a file name's
     stray bytes, as ``\\xNN`` escapes)."""
-    page = render_report(inputs, labels, threshold, **kwargs)
+    page = render_report(inputs, thresholds, **kwargs)
     with atomic_open(path, "w", encoding="utf-8", errors="backslashreplace") as handle:
         handle.write(page)
 
 
 def gradcam_overlays(
-    model: BackboneClassifier, info: RunInfo, crop: np.ndarray, scores: np.ndarray, threshold: float, device: torch.device
+    model: BackboneClassifier, info: RunInfo, crop: np.ndarray, scores: np.ndarray, thresholds: Thresholds, device: torch.device
 ) -> tuple[tuple[str, np.ndarray], ...]:
     """Grad-CAM panels of a face crop (RGB at the model's input size) for its predicted labels, the
     :data:`MAX_OVERLAYS` most probable; none for a sequence model (its maps are per step, ``mlcdf explain``)."""
@@ -272,7 +281,8 @@ def gradcam_overlays(
     from mlcdf.data.dataset import no_augmentation, to_model_input
     from mlcdf.inference.explain import grad_cam, overlay
 
-    chosen = [int(i) for i in np.argsort(-scores, kind="stable") if scores[i] >= threshold][:MAX_OVERLAYS]
+    hits = thresholds.hits(scores)
+    chosen = [int(i) for i in np.argsort(-scores, kind="stable") if hits[i]][:MAX_OVERLAYS]
     if not chosen:
         return ()
     batch = {"images": torch.from_numpy(np.array(crop)[None]), **no_augmentation(1)}

@@ -33,6 +33,7 @@ from mlcdf.data.prepared import load_prepared
 from mlcdf.devices import resolve_device
 from mlcdf.errors import MissingArtifactError, MlcdfError, SchemaError, first_line
 from mlcdf.inference.bundle import WEIGHTS, Bundle, is_bundle_reference, open_bundle
+from mlcdf.inference.thresholds import AUTO, Thresholds, decision_thresholds
 from mlcdf.label_graph import load_graph
 from mlcdf.labels import sequences_to_ids, step_name
 from mlcdf.models import BackboneClassifier
@@ -261,14 +262,14 @@ class ImagePredictions:
     labels: tuple[str, ...]
     paths: list[Path]
     scores: np.ndarray
-    threshold: float
+    thresholds: Thresholds
     unreadable: list[tuple[Path, str]]
     sequences: np.ndarray | None = None
     step_probabilities: np.ndarray | None = None
 
     @property
     def predicted(self) -> np.ndarray:
-        return self.scores >= self.threshold
+        return self.thresholds.hits(self.scores)
 
     @property
     def fake_scores(self) -> np.ndarray:
@@ -372,12 +373,16 @@ def predict_images(
     checkpoint: str = "best",
     device: str = "auto",
     batch_size: int = 64,
-    threshold: float = 0.5,
+    threshold: str | float = AUTO,
     workers: int = 2,
     progress: ProgressFn = silent,
 ) -> ImagePredictions:
-    """Score user images (files or folders) with a run's model; unreadable files are listed, not fatal."""
+    """Score user images (files or folders) with a run's model; unreadable files are listed, not fatal.
+
+    ``threshold`` decides the predicted labels (:func:`~mlcdf.inference.thresholds.decision_thresholds`).
+    """
     info = read_run(run_dir)
+    thresholds = decision_thresholds(info, threshold)
     torch_device = resolve_device(device)
     model = load_run_model(info, checkpoint, torch_device)
     paths = find_images(inputs)
@@ -408,7 +413,7 @@ def predict_images(
         info.labels,
         [paths[i] for i in kept],
         score_array,
-        threshold,
+        thresholds,
         unreadable,
         sequences=np.concatenate(steps) if steps else None,
         step_probabilities=np.concatenate(step_probabilities) if step_probabilities else None,

@@ -4,7 +4,8 @@ Routes:
 
 - ``GET /``: an upload page (a plain form, no script) whose answer is the HTML report of ``mlcdf predict --html``;
 - ``POST /predict``: multipart field ``file`` (an image or a video) -> JSON ``{file, kind, labels, threshold,
-  faces, note, warnings}``, ``faces`` holding the rows of :class:`~mlcdf.inference.media.MediaResult`;
+  faces, note, warnings}``, ``faces`` holding the rows of :class:`~mlcdf.inference.media.MediaResult`,
+  ``threshold`` the number applied or each label's (tuned thresholds);
 - ``POST /report``: the same upload -> the HTML report;
 - ``GET /health``: ``{"status": "ok", ...}`` once the model is loaded.
 
@@ -169,7 +170,7 @@ def create_app(
                 "file": result.name,
                 "kind": result.kind,
                 "labels": list(predictor.labels),
-                "threshold": predictor.threshold,
+                "threshold": predictor.thresholds.to_json(),
                 "faces": result.rows,
                 "note": result.note,
                 "warnings": list(result.warnings),
@@ -180,9 +181,7 @@ def create_app(
         result = await analyse(request)
         if isinstance(result, JSONResponse):
             return result
-        page = render_report(
-            [result.report], predictor.labels, predictor.threshold, title=f"mlcdf: {result.name}", source=predictor.info.source
-        )
+        page = render_report([result.report], predictor.thresholds, title=f"mlcdf: {result.name}", source=predictor.info.source)
         return HTMLResponse(page)
 
     async def index(request: Request) -> Response:
