@@ -23,6 +23,8 @@ from mlcdf.errors import MlcdfError
 
 #: The largest --max-upload-mb: a request body is written to disk, so the bound keeps a client from filling it.
 MAX_UPLOAD_MB = 4096
+#: The largest --max-pending: the disk holds up to that many uploads at once.
+MAX_PENDING = 256
 
 
 def serve_command(
@@ -33,6 +35,16 @@ def serve_command(
     max_upload_mb: Annotated[
         int, typer.Option("--max-upload-mb", min=1, max=MAX_UPLOAD_MB, help="Largest upload in MiB; larger ones get 413.")
     ] = 100,
+    max_pending: Annotated[
+        int,
+        typer.Option(
+            "--max-pending",
+            min=1,
+            max=MAX_PENDING,
+            help="Uploads taken in at once (being read, waiting for the model or scored); one more gets 503. "
+            "The disk holds up to this many times --max-upload-mb.",
+        ),
+    ] = 8,
     frames: FramesOpt = None,
     every: EveryOpt = None,
     faces: Annotated[
@@ -51,8 +63,8 @@ def serve_command(
 ) -> None:
     """Serve a run (folder or bundle) over HTTP: POST /predict (an image or video) -> JSON; GET / an upload page.
 
-    The model is loaded once. Uploads are bounded by --max-upload-mb and --max-pixels; a bad upload gets
-    a 4xx answer with a JSON message. Stop with Ctrl+C.
+    The model is loaded once. Uploads are bounded by --max-upload-mb and --max-pixels, and in number by
+    --max-pending (more get 503); a bad upload gets a 4xx answer with a JSON message. Stop with Ctrl+C.
 
     Example:
 
@@ -81,7 +93,12 @@ def serve_command(
         mode=faces.value,
         alignment=None if alignment is None else alignment.value,
     )
-    app = create_app(predictor, max_upload_bytes=max_upload_mb * 1024 * 1024, video_options={"frames": frames, "every": every})
+    app = create_app(
+        predictor,
+        max_upload_bytes=max_upload_mb * 1024 * 1024,
+        max_pending=max_pending,
+        video_options={"frames": frames, "every": every},
+    )
     err.print(
         f"serving {predictor.info.source} ({len(predictor.labels)} labels, threshold {predictor.thresholds}) on http://{host}:{port}/",
         highlight=False,

@@ -7,12 +7,15 @@ Routes:
   faces, note, warnings}``, ``faces`` holding the rows of :class:`~mlcdf.inference.media.MediaResult`,
   ``threshold`` the number applied or each label's (tuned thresholds);
 - ``POST /report``: the same upload -> the HTML report;
-- ``GET /health``: ``{"status": "ok", ...}`` once the model is loaded.
+- ``GET /health``: ``{"status": "ok", "pending": N, ...}`` once the model is loaded.
 
 Safety: the model is loaded once and used by one worker thread only (a single-thread executor), so
 concurrent requests queue for it while the event loop stays free to accept and read uploads. An upload
 is bounded in bytes (:data:`DEFAULT_MAX_UPLOAD_BYTES`; over it, 413 before the rest is read) and in
-pixels (the pixel limit of :mod:`mlcdf.data.images`, also for video frames). It is written to a folder the
+pixels (the pixel limit of :mod:`mlcdf.data.images`, also for video frames); at most
+:data:`DEFAULT_MAX_PENDING` uploads are taken in at once (being read, waiting for the model or being
+scored), so the disk holds at most that many uploads and a flood gets 503 with ``Retry-After``, not a
+queue without end. It is written to a folder the
 server made for itself, under a random name: the client's file name is shown back, never used as a path.
 A bad upload is a 4xx with ``{"error": message}``, never a 500.
 """
@@ -39,6 +42,8 @@ from mlcdf.inference.video import VIDEO_EXTENSIONS
 SERVE_INSTALL_HINT = "mlcdf serve needs Starlette and Uvicorn: pip install 'mlcdf[serve]'"
 #: Largest upload accepted, in bytes (``--max-upload-mb``).
 DEFAULT_MAX_UPLOAD_BYTES = 100 * 1024 * 1024
+#: Uploads taken in at once (``--max-pending``); one more is answered 503.
+DEFAULT_MAX_PENDING = 8
 #: A client's file name is shown back at most this long.
 MAX_NAME_CHARS = 200
 #: The form field holding the upload.
@@ -97,12 +102,17 @@ def upload_page(predictor: MediaPredictor, max_upload_bytes: int) -> str:
 
 
 def create_app(
-    predictor: MediaPredictor, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, video_options: dict[str, Any] | None = None
+    predictor: MediaPredictor,
+    *,
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+    max_pending: int = DEFAULT_MAX_PENDING,
+    video_options: dict[str, Any] | None = None,
 ) -> Any:
     """The Starlette application serving ``predictor``.
 
     Args:
         max_upload_bytes: the largest request body accepted (413 above it).
+        max_pending: uploads taken in at once, from reading to answer (503 above it).
         video_options: ``frames`` / ``every`` for videos (:meth:`MediaPredictor.predict_video`).
 
     Raises:
@@ -121,9 +131,11 @@ def create_app(
     # One thread owns the model: requests queue for it, the event loop does not wait.
     model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlcdf-model")
     uploads = Path(tempfile.mkdtemp(prefix="mlcdf-serve-"))
+    # Uploads taken in and not yet answered; changed on the event loop only, so no lock.
+    pending = 0
 
-    def error(status: int, message: str) -> JSONResponse:
-        return JSONResponse({"error": message}, status_code=status)
+    def error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+        return JSONResponse({"error": message}, status_code=status, headers=headers)
 
     def predict_saved(path: Path, name: str) -> MediaResult:
         try:
@@ -132,6 +144,16 @@ def create_app(
             path.unlink(missing_ok=True)
 
     async def analyse(request: Request) -> MediaResult | JSONResponse:
+        nonlocal pending
+        if pending >= max_pending:
+            return error(503, f"busy: {max_pending} uploads are being analysed; retry shortly", {"Retry-After": "1"})
+        pending += 1
+        try:
+            return await _analyse(request)
+        finally:
+            pending -= 1
+
+    async def _analyse(request: Request) -> MediaResult | JSONResponse:
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > max_upload_bytes:
             return error(413, f"upload over the limit of {max_upload_bytes:,} bytes")
@@ -188,7 +210,7 @@ def create_app(
         return HTMLResponse(upload_page(predictor, max_upload_bytes))
 
     async def health(request: Request) -> Response:
-        return JSONResponse({"status": "ok", "labels": list(predictor.labels), "source": predictor.info.source})
+        return JSONResponse({"status": "ok", "labels": list(predictor.labels), "source": predictor.info.source, "pending": pending})
 
     async def http_error(request: Request, exc: Exception) -> Response:
         status = exc.status_code if isinstance(exc, HTTPException) else 400
