@@ -68,7 +68,8 @@ def server(toy_run, tmp_path_factory):
     port = free_port()
     env = {**os.environ, "TMPDIR": str(temp), "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "mlcdf", "serve", str(toy_run), "--port", str(port), "--device", "cpu"]
-    command += ["--max-upload-mb", str(MAX_UPLOAD_MB), "--frames", "6"]
+    # Room for the concurrency test's 14 requests at once (the bound itself: test_serve_limits.py).
+    command += ["--max-upload-mb", str(MAX_UPLOAD_MB), "--frames", "6", "--max-pending", "32"]
     log = temp.parent / "server.log"
     with open(log, "w") as output:
         process = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT)

@@ -12,20 +12,32 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from mlcdf.config import DEFAULT_THRESHOLD, THRESHOLD_WORDS, parse_threshold
 from mlcdf.errors import MlcdfError, SchemaError
+from mlcdf.inference.bundle import Bundle
 from mlcdf.io import read_json_object
-
-if TYPE_CHECKING:
-    from mlcdf.inference.runs import RunInfo
 
 AUTO, TUNED = THRESHOLD_WORDS
 #: Where ``mlcdf evaluate --run`` writes a split's metrics (``RUN/eval/<split>/metrics.json``), ``test`` first.
 EVAL_METRICS = ("eval/test/metrics.json", "eval/val/metrics.json")
+
+
+class RunSource(Protocol):
+    """What the thresholds need of a run (:class:`mlcdf.inference.runs.RunInfo` has it; named here, not
+    imported, because that module builds its predictions with :class:`Thresholds`)."""
+
+    @property
+    def labels(self) -> tuple[str, ...]: ...
+    @property
+    def run_dir(self) -> Path: ...
+    @property
+    def bundle(self) -> Bundle | None: ...
+    @property
+    def source(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -86,7 +98,7 @@ def tuned_thresholds_in(evaluations: dict[str, dict[str, Any]], labels: tuple[st
     return None
 
 
-def _tuned(info: RunInfo) -> Thresholds | None:
+def _tuned(info: RunSource) -> Thresholds | None:
     """The run's tuned thresholds, or None when it has none.
 
     Raises:
@@ -108,7 +120,7 @@ def _tuned(info: RunInfo) -> Thresholds | None:
     return Thresholds(info.labels, np.asarray(numbers, dtype=np.float64), f"tuned for {objective} on {tuned_on}")
 
 
-def decision_thresholds(info: RunInfo, choice: str | float = AUTO) -> Thresholds:
+def decision_thresholds(info: RunSource, choice: str | float = AUTO) -> Thresholds:
     """The thresholds predictions with ``info``'s run apply, for ``choice`` (:func:`mlcdf.config.parse_threshold`'s forms).
 
     Raises:
