@@ -67,11 +67,12 @@ def rich_progress(*, quiet: bool = False) -> ProgressFn:
 
 
 def warn(message: str) -> None:
-    err.print(f"[yellow]warning:[/yellow] {escape(message)}", highlight=False)
+    """One line, however long: a path in it stays whole to copy or grep (as the errors of :mod:`mlcdf.cli.main`)."""
+    err.print(f"[yellow]warning:[/yellow] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def note(message: str) -> None:
-    err.print(escape(message), highlight=False)
+    err.print(escape(message), highlight=False, soft_wrap=True)
 
 
 def matrix_table(title: str, labels: tuple[str, ...], matrix: np.ndarray, fmt: str, bold: np.ndarray | None = None) -> Table:
