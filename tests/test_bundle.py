@@ -196,6 +196,15 @@ def test_tuned_thresholds_that_do_not_fit_or_do_not_exist_are_one_line_errors(ev
     assert predict_images(untuned, [images], device="cpu", workers=0).thresholds.to_json() == 0.5  # auto: none tuned, 0.5
     result = runner.invoke(app, ["predict", str(untuned), str(images), "--threshold", "tuned", "--device", "cpu"])
     assert result.exit_code == 2 and "has no tuned thresholds; run 'mlcdf evaluate --run RUN --tune-thresholds'" in result.output
+    # A hand-edited evaluation: tuning that is not a record is no tuning; thresholds that are not numbers are named.
+    hostile = with_thresholds(evaluated_run, tmp_path / "hostile", {label: "x" for label in LABELS})
+    result = runner.invoke(app, ["predict", str(hostile), str(images), "--device", "cpu"])
+    assert result.exit_code == 2 and f"{hostile}/eval/test/metrics.json: a tuned threshold is not a number" in result.output.replace(
+        "\n", ""
+    )
+    metrics_file = hostile / "eval" / "test" / "metrics.json"
+    metrics_file.write_text(json.dumps({**json.loads(metrics_file.read_text()), "threshold_tuning": "yes"}))
+    assert predict_images(hostile, [images], device="cpu", workers=0).thresholds.to_json() == 0.5
     for bad in ("1.5", "nan", "best"):
         result = runner.invoke(app, ["predict", str(bundle), str(images), "--threshold", bad, "--device", "cpu"])
         assert result.exit_code == 2 and "a number in [0, 1], 'tuned' or 'auto'" in result.output, (bad, result.output)

@@ -93,7 +93,7 @@ def tuned_thresholds_in(evaluations: dict[str, dict[str, Any]], labels: tuple[st
     ``thresholds.json`` holds them (``thresholds``, ``objective``, ``tuned_on``, ``from``), or None."""
     for split, metrics in evaluations.items():
         tuning, thresholds = metrics.get("threshold_tuning"), metrics.get("threshold")
-        if tuning and isinstance(thresholds, dict) and list(thresholds) == list(labels):
+        if isinstance(tuning, dict) and isinstance(thresholds, dict) and list(thresholds) == list(labels):
             return {"thresholds": thresholds, "objective": tuning.get("objective"), "tuned_on": tuning.get("tuned_on"), "from": split}
     return None
 
@@ -107,7 +107,8 @@ def _tuned(info: RunSource) -> Thresholds | None:
     if info.bundle is not None:
         document, where = info.bundle.thresholds, f"{info.bundle.source}: thresholds.json"
     else:
-        document, where = tuned_thresholds_in(run_evaluations(info.run_dir), info.labels), str(info.run_dir / "eval")
+        document = tuned_thresholds_in(run_evaluations(info.run_dir), info.labels)
+        where = "" if document is None else str(info.run_dir / "eval" / document["from"] / "metrics.json")
     if document is None:
         return None
     values = document.get("thresholds")
